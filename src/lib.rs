@@ -2,6 +2,8 @@
 //!
 //! See the README for the `residual!` language, and [`zoo`] for the classic models.
 
+pub mod io;
+
 pub use dfdx;
 pub use residual_macros::residual;
 pub use residual_runtime as runtime;
