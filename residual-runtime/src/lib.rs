@@ -8,6 +8,7 @@ pub mod init;
 pub mod layers;
 pub mod pool;
 pub mod shortcut;
+pub mod storage;
 pub mod summary;
 mod tape;
 
