@@ -1,0 +1,90 @@
+//! The zoo's parameter and MAC counts against the published figures (torchvision's model
+//! docs; He et al. 2015 table 6 and 2016 for the CIFAR nets), and dfdx's own count of the built
+//! models against the macro's compile-time constant.
+
+use residual::dfdx::prelude::*;
+use residual::zoo::*;
+use residual::ModelInfo;
+
+/// The macro's constant, and dfdx's count over the built model's tensors, both equal `expected`.
+fn assert_params<M>(expected: usize)
+where
+    M: ModelInfo + BuildOnDevice<Cpu, f32>,
+    M::Built: NumParams<f32, Cpu>,
+{
+    assert_eq!(M::NUM_PARAMS, expected, "{}: compile-time parameter count", M::NAME);
+    let built = Cpu::default().build_module::<M, f32>();
+    assert_eq!(built.num_trainable_params(), expected, "{}: dfdx's count of the built model", M::NAME);
+}
+
+fn assert_macs<M: ModelInfo>(published_gmacs: f64) {
+    let ours = M::MACS as f64 / 1e9;
+    let rel = (ours - published_gmacs).abs() / published_gmacs;
+    assert!(rel < 0.01, "{}: {ours:.3} GMACs vs published {published_gmacs} ({:.2}% off)", M::NAME, rel * 100.0);
+}
+
+#[test]
+fn imagenet_resnets_have_torchvisions_parameter_counts() {
+    assert_params::<ResNet18<f32, Cpu>>(11_689_512);
+    assert_params::<ResNet34<f32, Cpu>>(21_797_672);
+    assert_params::<ResNet50<f32, Cpu>>(25_557_032);
+    assert_params::<ResNet101<f32, Cpu>>(44_549_160);
+    assert_params::<ResNet152<f32, Cpu>>(60_192_808);
+}
+
+#[test]
+fn resnext_and_wide_resnet_have_torchvisions_parameter_counts() {
+    assert_params::<ResNeXt50_32x4d<f32, Cpu>>(25_028_904);
+    assert_params::<WideResNet50_2<f32, Cpu>>(68_883_240);
+}
+
+#[test]
+fn imagenet_resnets_macs_within_one_percent_of_torchvision() {
+    assert_macs::<ResNet18<f32, Cpu>>(1.814);
+    assert_macs::<ResNet34<f32, Cpu>>(3.664);
+    assert_macs::<ResNet50<f32, Cpu>>(4.089);
+    assert_macs::<ResNet101<f32, Cpu>>(7.801);
+    assert_macs::<ResNet152<f32, Cpu>>(11.514);
+}
+
+#[test]
+fn imagenet_shapes_are_3x224x224_to_1000() {
+    assert_eq!(ResNet50::<f32, Cpu>::INPUT_SHAPE, &[3, 224, 224]);
+    assert_eq!(ResNet152::<f32, Cpu>::OUTPUT_SHAPE, &[1000]);
+}
+
+/// He et al. 2015, table 6: 0.27M / 0.46M / 0.66M / 0.85M / 1.7M. The paper rounds, so these
+/// are checked to the paper's precision.
+#[test]
+fn cifar_resnets_match_the_papers_parameter_counts() {
+    let m = |n: usize| n as f64 / 1e6;
+    assert!((m(ResNet20::<f32, Cpu>::NUM_PARAMS) - 0.27).abs() < 0.005);
+    assert!((m(ResNet32::<f32, Cpu>::NUM_PARAMS) - 0.46).abs() < 0.005);
+    assert!((m(ResNet44::<f32, Cpu>::NUM_PARAMS) - 0.66).abs() < 0.005);
+    assert!((m(ResNet56::<f32, Cpu>::NUM_PARAMS) - 0.85).abs() < 0.005);
+    assert!((m(ResNet110::<f32, Cpu>::NUM_PARAMS) - 1.7).abs() < 0.05);
+    // Pre-activation ResNet-164: 1.7M (He et al. 2016, table 2).
+    assert!((m(PreActResNet164::<f32, Cpu>::NUM_PARAMS) - 1.7).abs() < 0.05);
+    // Option A shortcuts are parameter-free: ResNet-20 = 269,722 exactly (hand count:
+    // stem 432 + 32, stage 1 3x(2x2304 + 2x32), stage 2 4608+9216+128 + 2x(2x9216+2x64),
+    // stage 3 18432+36864+256 + 2x(2x36864+2x128), fc 650).
+    assert_params::<ResNet20<f32, Cpu>>(269_722);
+}
+
+#[test]
+fn plain_twins_have_the_same_parameters_as_their_resnets() {
+    // Option A adds no parameters, so removing the shortcuts changes nothing in the count.
+    assert_eq!(PlainNet20::<f32, Cpu>::NUM_PARAMS, ResNet20::<f32, Cpu>::NUM_PARAMS);
+    assert_eq!(PlainNet56::<f32, Cpu>::NUM_PARAMS, ResNet56::<f32, Cpu>::NUM_PARAMS);
+    assert_eq!(PlainNet110::<f32, Cpu>::NUM_PARAMS, ResNet110::<f32, Cpu>::NUM_PARAMS);
+}
+
+#[test]
+fn cifar_resnet_runs_forward_to_finite_logits() {
+    let dev = Cpu::seed_from_u64(0);
+    let model = dev.build_module::<ResNet20<f32, Cpu>, f32>();
+    let x: Tensor<Rank4<2, 3, 32, 32>, f32, Cpu> = dev.sample_normal();
+    let y = model.forward(x.clone());
+    assert_eq!(y.shape().concrete(), [2, 10]);
+    assert!(y.as_vec().iter().all(|v| v.is_finite()));
+}
