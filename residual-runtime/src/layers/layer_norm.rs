@@ -1,0 +1,119 @@
+//! `LayerNorm<M>`: PyTorch's `nn.LayerNorm(M)` (eps 1e-5, affine) over the last dim, any tape.
+
+use dfdx::nn::{BuildOnDevice, Module, NonMutableModule, ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::shapes::{HasShape, Axis, Const, Dim, Dtype, Rank1};
+use dfdx::tensor::{Storage, Tape, Tensor};
+use dfdx::tensor_ops::{BroadcastTo, Device, TryAdd, TryMul};
+
+use crate::Element;
+
+/// Normalizes the last dim (biased variance, eps inside the square root) and applies the affine
+/// `weight` (ones) and `bias` (zeros), named as in PyTorch.
+#[derive(Clone, Debug)]
+pub struct LayerNorm<const M: usize, E: Dtype, D: Storage<E>> {
+    pub weight: Tensor<Rank1<M>, E, D>,
+    pub bias: Tensor<Rank1<M>, E, D>,
+}
+
+impl<const M: usize, E: Dtype, D: Storage<E>> LayerNorm<M, E, D> {
+    /// PyTorch's default.
+    pub const EPS: f64 = 1e-5;
+}
+
+impl<const M: usize, E: Dtype, D: Storage<E>> NonMutableModule for LayerNorm<M, E, D> {}
+
+impl<B: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>> Module<Tensor<(B, Const<M>), E, D, T>>
+    for LayerNorm<M, E, D>
+{
+    type Output = Tensor<(B, Const<M>), E, D, T>;
+    type Error = D::Err;
+
+    fn try_forward(&self, x: Tensor<(B, Const<M>), E, D, T>) -> Result<Self::Output, D::Err> {
+        let shape = *x.shape();
+        x.try_normalize::<Axis<1>>(Self::EPS)?
+            .try_mul(self.weight.retaped::<T>().try_broadcast_like(&shape)?)?
+            .try_add(self.bias.retaped::<T>().try_broadcast_like(&shape)?)
+    }
+}
+
+impl<B: Dim, S: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>>
+    Module<Tensor<(B, S, Const<M>), E, D, T>> for LayerNorm<M, E, D>
+{
+    type Output = Tensor<(B, S, Const<M>), E, D, T>;
+    type Error = D::Err;
+
+    fn try_forward(&self, x: Tensor<(B, S, Const<M>), E, D, T>) -> Result<Self::Output, D::Err> {
+        let shape = *x.shape();
+        x.try_normalize::<Axis<2>>(Self::EPS)?
+            .try_mul(self.weight.retaped::<T>().try_broadcast_like(&shape)?)?
+            .try_add(self.bias.retaped::<T>().try_broadcast_like(&shape)?)
+    }
+}
+
+impl<const M: usize, E: Element, D: Device<E>> TensorCollection<E, D> for LayerNorm<M, E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = LayerNorm<M, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, TensorOptions::reset_to_ones()),
+                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, TensorOptions::reset_to_zeros()),
+            ),
+            |(weight, bias)| LayerNorm { weight, bias },
+        )
+    }
+}
+
+impl<const M: usize, E: Element, D: Device<E>> BuildOnDevice<D, E> for LayerNorm<M, E, D> {
+    type Built = Self;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfdx::prelude::*;
+
+    #[test]
+    fn matches_a_naive_layer_norm_with_gradients() {
+        let dev: Cpu = Default::default();
+        let mut ln = LayerNorm::<4, f64, Cpu>::build_on_device(&dev);
+        ln.weight = dev.tensor([0.5, 1.0, -2.0, 3.0]);
+        ln.bias = dev.tensor([0.0, 1.0, 0.5, -1.0]);
+        let xs: Vec<f64> = (0..2 * 3 * 4).map(|i| ((i * 37) % 17) as f64 / 4.0 - 2.0).collect();
+        let reference = |xs: &[f64], w: &[f64; 4]| -> Vec<f64> {
+            let mut out = Vec::new();
+            for row in xs.chunks(4) {
+                let mean = row.iter().sum::<f64>() / 4.0;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 4.0;
+                for (j, v) in row.iter().enumerate() {
+                    out.push((v - mean) / (var + 1e-5).sqrt() * w[j] + [0.0, 1.0, 0.5, -1.0][j]);
+                }
+            }
+            out
+        };
+        let w = [0.5, 1.0, -2.0, 3.0];
+        let want = reference(&xs, &w);
+
+        let x3: Tensor<Rank3<2, 3, 4>, f64, _> = dev.tensor(xs.clone());
+        let y3 = ln.forward(x3.clone());
+        let x2: Tensor<(usize, Const<4>), f64, _> = dev.tensor_from_vec(xs.clone(), (6, Const));
+        let y2 = ln.forward(x2);
+        for ((a, b), c) in y3.as_vec().iter().zip(y2.as_vec()).zip(&want) {
+            assert!((a - c).abs() < 1e-10 && (b - c).abs() < 1e-10);
+        }
+
+        // d/dweight[j] of sum(y * k) by central differences on the reference.
+        let k: Vec<f64> = (0..24).map(|i| (i % 5) as f64 - 2.0).collect();
+        let g = (ln.forward(x3.leaky_trace()) * dev.tensor::<Rank3<2, 3, 4>>(k.clone())).sum().backward();
+        let gw = g.get(&ln.weight).as_vec();
+        for j in 0..4 {
+            let f = |d: f64| {
+                let mut wp = w;
+                wp[j] += d;
+                reference(&xs, &wp).iter().zip(&k).map(|(a, b)| a * b).sum::<f64>()
+            };
+            let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
+            assert!((gw[j] - fd).abs() < 1e-6, "{} vs {fd}", gw[j]);
+        }
+    }
+}

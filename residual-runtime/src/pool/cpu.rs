@@ -1,0 +1,145 @@
+//! Pooling on the CPU: one rayon task per (batch, channel) plane. Instantiated here for `f32`
+//! and `f64` so the loops are optimised in this crate, not left generic for the caller.
+
+use dfdx::tensor::{Cpu, CpuError};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::{Pool2dKernel, Pool2dOp, PoolKind};
+
+/// The input rows or columns a window covers: `[lo, hi)` clipped to `[0, len)`.
+#[inline]
+fn window(out_index: usize, op: &Pool2dOp, len: usize) -> (usize, usize) {
+    let start = (out_index * op.stride) as isize - op.padding as isize;
+    let end = start + op.kernel as isize;
+    (start.max(0) as usize, (end.max(0) as usize).min(len))
+}
+
+/// The flat index of the window's maximum: the first one in row-major order, except that a NaN
+/// wins (and a later NaN wins over an earlier one), as PyTorch's CPU kernel does.
+#[inline]
+fn argmax<E: Float>(plane: &[E], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
+    let mut best = y0 * w + x0;
+    let mut max = E::neg_infinity();
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let v = plane[y * w + x];
+            if v > max || v.is_nan() {
+                max = v;
+                best = y * w + x;
+            }
+        }
+    }
+    best
+}
+
+fn forward_plane<E: Float>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out: &mut [E]) {
+    // count_include_pad: windows never reach past the padded border when ceil_mode is off, so
+    // every window divides by the full kernel area.
+    let inv_area = E::one() / E::from(op.kernel * op.kernel).unwrap_or_else(E::one);
+    for oy in 0..op.out_h {
+        let rows = window(oy, op, op.in_h);
+        for ox in 0..op.out_w {
+            let cols = window(ox, op, op.in_w);
+            out[oy * op.out_w + ox] = match kind {
+                PoolKind::Max => inp[argmax(inp, op.in_w, rows, cols)],
+                PoolKind::Avg => {
+                    let mut sum = E::zero();
+                    for y in rows.0..rows.1 {
+                        for &v in &inp[y * op.in_w + cols.0..y * op.in_w + cols.1] {
+                            sum = sum + v;
+                        }
+                    }
+                    sum * inv_area
+                }
+            };
+        }
+    }
+}
+
+fn backward_plane<E: Float + std::ops::AddAssign>(kind: PoolKind, op: &Pool2dOp, inp: &[E], grad_inp: &mut [E], grad_out: &[E]) {
+    let inv_area = E::one() / E::from(op.kernel * op.kernel).unwrap_or_else(E::one);
+    for oy in 0..op.out_h {
+        let rows = window(oy, op, op.in_h);
+        for ox in 0..op.out_w {
+            let cols = window(ox, op, op.in_w);
+            let g = grad_out[oy * op.out_w + ox];
+            match kind {
+                PoolKind::Max => grad_inp[argmax(inp, op.in_w, rows, cols)] += g,
+                PoolKind::Avg => {
+                    let share = g * inv_area;
+                    for y in rows.0..rows.1 {
+                        for gi in &mut grad_inp[y * op.in_w + cols.0..y * op.in_w + cols.1] {
+                            *gi += share;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn forward<E: Float + Send + Sync>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out: &mut [E]) {
+    let in_plane = op.in_h * op.in_w;
+    let out_plane = op.out_h * op.out_w;
+    if in_plane == 0 || out_plane == 0 {
+        return;
+    }
+    out.par_chunks_mut(out_plane)
+        .zip(inp.par_chunks(in_plane))
+        .for_each(|(o, i)| forward_plane(kind, op, i, o));
+}
+
+fn backward<E: Float + Send + Sync + std::ops::AddAssign>(
+    kind: PoolKind,
+    op: &Pool2dOp,
+    inp: &[E],
+    grad_inp: &mut [E],
+    grad_out: &[E],
+) {
+    let in_plane = op.in_h * op.in_w;
+    let out_plane = op.out_h * op.out_w;
+    if in_plane == 0 || out_plane == 0 {
+        return;
+    }
+    grad_inp
+        .par_chunks_mut(in_plane)
+        .zip(inp.par_chunks(in_plane))
+        .zip(grad_out.par_chunks(out_plane))
+        .for_each(|((gi, i), go)| backward_plane(kind, op, i, gi, go));
+}
+
+macro_rules! impl_pool2d_cpu {
+    ($e:ty) => {
+        impl Pool2dKernel<$e> for Cpu {
+            fn pool2d_forward(
+                &self,
+                kind: PoolKind,
+                op: &Pool2dOp,
+                input: &Self::Vec,
+                output: &mut Self::Vec,
+            ) -> Result<(), CpuError> {
+                forward::<$e>(kind, op, input, output);
+                Ok(())
+            }
+
+            fn pool2d_backward(
+                &self,
+                kind: PoolKind,
+                op: &Pool2dOp,
+                input: &Self::Vec,
+                _output: &Self::Vec,
+                grad_input: &mut Self::Vec,
+                grad_output: &Self::Vec,
+            ) -> Result<(), CpuError> {
+                // Max recomputes each window's argmax from the input rather than comparing with
+                // the output, so ties go to the first maximum exactly as in the forward pass.
+                backward::<$e>(kind, op, input, grad_input, grad_output);
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_pool2d_cpu!(f32);
+impl_pool2d_cpu!(f64);
