@@ -65,15 +65,16 @@ impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BatchNorm2d<C, E, 
         let shape = *x.shape();
         let n = <S as HasAxes<Ax>>::size(&shape) as f64;
 
-        // Batch statistics, on the tape: the gradient flows through mean and variance.
+        // Batch statistics, on the tape: the gradient flows through mean and variance. Each
+        // statistic's tape holds its backward ops, so it is moved (not `retaped`) into its use.
         let mean = x.retaped::<T>().try_mean::<Rank1<C>, Ax>()?;
-        let centered = x.try_sub(mean.retaped::<T>().try_broadcast_like(&shape)?)?;
+        // Running statistics are updated off the tape (axpy reads the values only).
+        self.running_mean.try_axpy(1.0 - Self::MOMENTUM, &mean, Self::MOMENTUM)?;
+        let centered = x.try_sub(mean.try_broadcast_like(&shape)?)?;
         let var = centered.retaped::<T>().try_square()?.try_mean::<Rank1<C>, Ax>()?;
 
-        // Running statistics, off the tape. PyTorch updates running_var with the unbiased
-        // variance; with one value per channel that is undefined (PyTorch refuses to train), so
-        // running_var is then left as it is.
-        self.running_mean.try_axpy(1.0 - Self::MOMENTUM, &mean, Self::MOMENTUM)?;
+        // PyTorch updates running_var with the unbiased variance; with one value per channel
+        // that is undefined (PyTorch refuses to train), so running_var is then left as it is.
         if n > 1.0 {
             self.running_var.try_axpy(1.0 - Self::MOMENTUM, &var, Self::MOMENTUM * n / (n - 1.0))?;
         }
@@ -259,7 +260,7 @@ mod tests {
         }
         // Evaluation uses the running statistics.
         let xs = input(5);
-        let y = bn.forward(dev.tensor::<Rank4<B, CH, H, W>>(xs.clone()));
+        let y = bn.forward(dev.tensor_from_vec(xs.clone(), (Const::<B>, Const::<CH>, Const::<H>, Const::<W>)));
         for (i, a) in y.as_vec().iter().enumerate() {
             let c = (i / (H * W)) % CH;
             let want = (xs[i] - rm[c]) / (rv[c] + EPS).sqrt() * [1.5, -0.5][c] + [0.25, 2.0][c];
@@ -280,9 +281,9 @@ mod tests {
         let (gamma, beta) = ([1.5, -0.5], [0.25, 2.0]);
 
         let mut bn = build(&dev);
-        let grads = bn.alloc_grads();
         let x: Tensor<Rank4<B, CH, H, W>, f64, _> = dev.tensor(xs.clone());
-        let y = bn.forward_mut(x.trace(grads));
+        // A leaky tape keeps the input's gradient too (`alloc_grads` keeps only parameters').
+        let y = bn.forward_mut(x.leaky_trace());
         let w: Tensor<Rank4<B, CH, H, W>, f64, _> = dev.tensor(wl.clone());
         let g = (y * w).sum().backward();
 
@@ -339,7 +340,7 @@ mod tests {
         assert_eq!(g.get(&bn.bias).as_vec(), vec![(H * W) as f64; CH]);
         // Training without a tape still updates the running statistics.
         let before = bn.running_mean.as_vec();
-        let _ = bn.forward_mut(dev.tensor::<Rank4<B, CH, H, W>>(input(3)));
+        let _ = bn.forward_mut(dev.tensor_from_vec(input(3), (Const::<B>, Const::<CH>, Const::<H>, Const::<W>)));
         assert_ne!(bn.running_mean.as_vec(), before);
     }
 }

@@ -84,7 +84,8 @@ mod tests {
         let s: Tensor<(usize, Const<4>, Const<3>), f64, _> = dev.zeros_like(&(5, Const, Const));
         let y: Tensor<(usize, Const<12>), f64, _> = Flatten::<12>.forward(s);
         assert_eq!(y.shape().0, 5);
-        let z: Tensor<Rank2<2, 12>, f64, _> = Flatten::<12>.forward(dev.tensor(values.clone()));
+        let z2: Tensor<Rank2<2, 12>, f64, _> = dev.tensor(values.clone());
+        let z: Tensor<Rank2<2, 12>, f64, _> = Flatten::<12>.forward(z2);
         assert_eq!(z.as_vec(), values);
     }
 }

@@ -104,7 +104,7 @@ mod tests {
 
         // d/dweight[j] of sum(y * k) by central differences on the reference.
         let k: Vec<f64> = (0..24).map(|i| (i % 5) as f64 - 2.0).collect();
-        let g = (ln.forward(x3.leaky_trace()) * dev.tensor::<Rank3<2, 3, 4>>(k.clone())).sum().backward();
+        let g = (ln.forward(x3.leaky_trace()) * dev.tensor_from_vec(k.clone(), (Const::<2>, Const::<3>, Const::<4>))).sum().backward();
         let gw = g.get(&ln.weight).as_vec();
         for j in 0..4 {
             let f = |d: f64| {
