@@ -1,0 +1,562 @@
+//! CPU conv kernels: im2col + GEMM (the `gemm` crate, the one dfdx itself uses) for dense and
+//! grouped convs, a direct loop for depthwise ones.
+//!
+//! Forward, per group: `out_g [Og, P] = W_g [Og, Kg] x col [Kg, P]`, where `col` is the im2col
+//! matrix (`Kg = C/groups * K * K` rows, `P = OH * OW` columns). Backward: `dW_g += dout_g x
+//! col^T` and `dcol = W_g^T x dout_g`, scattered back into `dx` (col2im).
+//!
+//! Small feature maps (the 7x7 and 14x14 stages of a ResNet) make thin GEMMs (`P = 49`) that run
+//! far below peak, so the columns of several images are laid side by side into one GEMM
+//! (`[Kg, n_img * P]`); the result is scattered back to NCHW afterwards, a copy that is small
+//! next to the GEMM. A 1x1, stride-1, unpadded conv on one image needs no im2col at all: the
+//! input plane is already the column matrix.
+//!
+//! The generic code is instantiated here for f32 and f64 only (the `Conv2dKernel` impls at the
+//! bottom), so it is compiled and optimised in this crate. Scratch buffers are kept per thread
+//! and grown, never shrunk, so a training loop allocates them once.
+
+use std::cell::RefCell;
+
+use dfdx::tensor::{Cpu, CpuError};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{Conv2dKernel, Conv2dOp};
+
+/// Aim for at least this many GEMM columns by batching images (measured on the ResNet-50 layers
+/// with examples/bench_conv.rs: below ~1000 columns the GEMM loses efficiency).
+const TARGET_COLS: usize = 1536;
+/// Upper bound on the im2col buffer, in elements, when batching images.
+const MAX_COL_ELEMS: usize = 1 << 24;
+
+/// The element types the CPU kernels are instantiated for.
+pub(crate) trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + Default
+    + PartialEq
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    /// Runs `f` with this thread's scratch buffers (or fresh ones on re-entry).
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R;
+}
+
+/// Reusable buffers: the im2col matrix, a GEMM output or gathered gradient, and the column
+/// gradient of the backward pass.
+#[derive(Default)]
+pub(crate) struct Scratch<E> {
+    col: Vec<E>,
+    tmp: Vec<E>,
+    dcol: Vec<E>,
+}
+
+/// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers
+/// overwrite what they use, so stale contents never leak into results.
+fn grown<E: Real>(v: &mut Vec<E>, len: usize) -> &mut [E] {
+    if v.len() < len {
+        v.resize(len, E::ZERO);
+    }
+    &mut v[..len]
+}
+
+macro_rules! impl_real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: RefCell<Scratch<$t>> = RefCell::new(Scratch::default());
+                }
+                SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut s) => f(&mut s),
+                    Err(_) => f(&mut Scratch::default()),
+                })
+            }
+        }
+    };
+}
+impl_real!(f32);
+impl_real!(f64);
+
+/// Derived sizes of one conv.
+#[derive(Clone, Copy)]
+struct Dims {
+    c: usize,
+    o: usize,
+    cg: usize,
+    og: usize,
+    /// Rows of the im2col matrix of one group: `cg * k * k`.
+    kg: usize,
+    /// Input plane size `H * W`.
+    hw: usize,
+    /// Output plane size `OH * OW`.
+    p: usize,
+    /// 1x1, stride 1, no padding: the input plane is its own column matrix.
+    pointwise: bool,
+    depthwise: bool,
+}
+
+impl Dims {
+    fn new(op: &Conv2dOp) -> Self {
+        let cg = op.in_channels / op.groups;
+        Dims {
+            c: op.in_channels,
+            o: op.out_channels,
+            cg,
+            og: op.out_channels / op.groups,
+            kg: cg * op.kernel * op.kernel,
+            hw: op.in_h * op.in_w,
+            p: op.out_h * op.out_w,
+            pointwise: op.kernel == 1 && op.stride == 1 && op.padding == 0,
+            depthwise: cg == 1 && op.groups > 1,
+        }
+    }
+
+    /// How many images share one GEMM.
+    fn images_per_chunk(&self, op: &Conv2dOp) -> usize {
+        if self.p >= TARGET_COLS || op.batch <= 1 {
+            return 1;
+        }
+        let by_cols = TARGET_COLS.div_ceil(self.p);
+        let by_mem = (MAX_COL_ELEMS / (self.kg * self.p).max(1)).max(1);
+        by_cols.min(by_mem).min(op.batch)
+    }
+}
+
+/// Output positions `o` in `0..out_len` whose input index `o * stride + offset` lies in
+/// `0..in_len`, as a half-open range.
+#[inline]
+fn valid_range(out_len: usize, in_len: usize, stride: usize, offset: isize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if offset >= 0 { 0 } else { (-offset + s - 1) / s };
+    let end = in_len as isize - offset;
+    let hi = if end <= 0 { 0 } else { (end + s - 1) / s };
+    let hi = (hi as usize).min(out_len);
+    ((lo as usize).min(hi), hi)
+}
+
+/// `dst[m x n] (row stride dst_rs) = [dst +] lhs[m x k] * rhs[k x n]`, all strides in elements.
+///
+/// # Safety
+/// Every pointer must be valid for the elements its strides and sizes address, and `dst` must
+/// not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul<E: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut E,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const E,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const E,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        E::ONE,
+        E::ONE,
+        false,
+        false,
+        false,
+        Parallelism::Rayon(0),
+    );
+}
+
+/// Writes the im2col matrix of images `b0..b0 + n_img`, group `g`, into `col`
+/// (`[kg, n_img * p]`, row `(c * K + ky) * K + kx`, column `img * p + oy * OW + ox`).
+fn im2col<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], b0: usize, n_img: usize, g: usize, col: &mut [E]) {
+    let ncols = n_img * d.p;
+    let (k, s, w) = (op.kernel, op.stride, op.in_w);
+    col.par_chunks_mut(ncols).enumerate().for_each(|(r, row)| {
+        let c = r / (k * k);
+        let ky = (r / k) % k;
+        let kx = r % k;
+        let off_y = (ky * op.dilation) as isize - op.padding as isize;
+        let off_x = (kx * op.dilation) as isize - op.padding as isize;
+        let (ylo, yhi) = valid_range(op.out_h, op.in_h, s, off_y);
+        let (xlo, xhi) = valid_range(op.out_w, op.in_w, s, off_x);
+        for img in 0..n_img {
+            let plane = &x[((b0 + img) * d.c + g * d.cg + c) * d.hw..][..d.hw];
+            let dst = &mut row[img * d.p..][..d.p];
+            dst[..ylo * op.out_w].fill(E::ZERO);
+            dst[yhi * op.out_w..].fill(E::ZERO);
+            for oy in ylo..yhi {
+                let iy = (oy * s) as isize + off_y;
+                let src = &plane[iy as usize * w..][..w];
+                let drow = &mut dst[oy * op.out_w..][..op.out_w];
+                drow[..xlo].fill(E::ZERO);
+                drow[xhi..].fill(E::ZERO);
+                if xlo < xhi {
+                    let ix0 = ((xlo * s) as isize + off_x) as usize;
+                    if s == 1 {
+                        drow[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+                    } else {
+                        for (j, v) in drow[xlo..xhi].iter_mut().enumerate() {
+                            *v = src[ix0 + j * s];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Adds the column gradient `dcol` (`[kg, n_img * p]`, laid out as in [`im2col`]) into the
+/// input gradient planes of images `b0..b0 + n_img`, group `g`. Parallel over planes, which are
+/// disjoint, so no two threads add into the same element.
+fn col2im_add<E: Real>(op: &Conv2dOp, d: &Dims, dcol: &[E], b0: usize, n_img: usize, g: usize, gx: &mut [E]) {
+    let ncols = n_img * d.p;
+    let (k, s, w) = (op.kernel, op.stride, op.in_w);
+    let planes = &mut gx[b0 * d.c * d.hw..(b0 + n_img) * d.c * d.hw];
+    planes.par_chunks_mut(d.hw).enumerate().for_each(|(i, plane)| {
+        let (img, cc) = (i / d.c, i % d.c);
+        if cc / d.cg != g {
+            return;
+        }
+        let c = cc - g * d.cg;
+        for ky in 0..k {
+            let off_y = (ky * op.dilation) as isize - op.padding as isize;
+            let (ylo, yhi) = valid_range(op.out_h, op.in_h, s, off_y);
+            for kx in 0..k {
+                let off_x = (kx * op.dilation) as isize - op.padding as isize;
+                let (xlo, xhi) = valid_range(op.out_w, op.in_w, s, off_x);
+                if xlo >= xhi {
+                    continue;
+                }
+                let r = (c * k + ky) * k + kx;
+                let src = &dcol[r * ncols + img * d.p..][..d.p];
+                for oy in ylo..yhi {
+                    let iy = ((oy * s) as isize + off_y) as usize;
+                    let ix0 = ((xlo * s) as isize + off_x) as usize;
+                    let srow = &src[oy * op.out_w + xlo..oy * op.out_w + xhi];
+                    let drow = &mut plane[iy * w..][..w];
+                    if s == 1 {
+                        for (dv, &sv) in drow[ix0..ix0 + srow.len()].iter_mut().zip(srow) {
+                            *dv += sv;
+                        }
+                    } else {
+                        for (j, &sv) in srow.iter().enumerate() {
+                            drow[ix0 + j * s] += sv;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
+    let d = Dims::new(op);
+    if d.depthwise {
+        return depthwise_forward(op, &d, x, w, out);
+    }
+    let nb = d.images_per_chunk(op);
+    E::with_scratch(|scratch| {
+        let mut b0 = 0;
+        while b0 < op.batch {
+            let n_img = nb.min(op.batch - b0);
+            let ncols = n_img * d.p;
+            for g in 0..op.groups {
+                let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
+                let (rhs, rhs_rs): (&[E], usize) = if d.pointwise && n_img == 1 {
+                    (&x[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw], d.hw)
+                } else {
+                    let col = grown(&mut scratch.col, d.kg * ncols);
+                    im2col(op, &d, x, b0, n_img, g, col);
+                    (col, ncols)
+                };
+                if n_img == 1 {
+                    let dst = &mut out[(b0 * d.o + g * d.og) * d.p..][..d.og * d.p];
+                    // SAFETY: dst is og x p (row stride p), w_g og x kg, rhs kg x p (row stride
+                    // rhs_rs); the slices above hold exactly those elements and do not overlap.
+                    unsafe {
+                        matmul((d.og, d.p, d.kg), dst.as_mut_ptr(), d.p, false,
+                               w_g.as_ptr(), (d.kg, 1), rhs.as_ptr(), (rhs_rs, 1));
+                    }
+                } else {
+                    let tmp = grown(&mut scratch.tmp, d.og * ncols);
+                    // SAFETY: tmp is og x ncols, rhs kg x ncols; disjoint buffers.
+                    unsafe {
+                        matmul((d.og, ncols, d.kg), tmp.as_mut_ptr(), ncols, false,
+                               w_g.as_ptr(), (d.kg, 1), rhs.as_ptr(), (rhs_rs, 1));
+                    }
+                    for img in 0..n_img {
+                        let dst = &mut out[((b0 + img) * d.o + g * d.og) * d.p..][..d.og * d.p];
+                        dst.par_chunks_mut(d.p).enumerate().for_each(|(oc, drow)| {
+                            drow.copy_from_slice(&tmp[oc * ncols + img * d.p..][..d.p]);
+                        });
+                    }
+                }
+            }
+            b0 += n_img;
+        }
+    });
+}
+
+fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
+    let d = Dims::new(op);
+    if d.depthwise {
+        depthwise_backward_input(op, &d, w, gx, gout);
+        depthwise_backward_weight(op, &d, x, gw, gout);
+        return;
+    }
+    let nb = d.images_per_chunk(op);
+    E::with_scratch(|scratch| {
+        let Scratch { col, tmp, dcol } = scratch;
+        let mut b0 = 0;
+        while b0 < op.batch {
+            let n_img = nb.min(op.batch - b0);
+            let ncols = n_img * d.p;
+            for g in 0..op.groups {
+                let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
+                // The output gradient of this group as an og x ncols matrix.
+                let (dout, dout_rs): (&[E], usize) = if n_img == 1 {
+                    (&gout[(b0 * d.o + g * d.og) * d.p..][..d.og * d.p], d.p)
+                } else {
+                    let t = grown(tmp, d.og * ncols);
+                    t.par_chunks_mut(ncols).enumerate().for_each(|(oc, trow)| {
+                        for img in 0..n_img {
+                            trow[img * d.p..][..d.p].copy_from_slice(
+                                &gout[((b0 + img) * d.o + g * d.og + oc) * d.p..][..d.p],
+                            );
+                        }
+                    });
+                    (t, ncols)
+                };
+                let direct = d.pointwise && n_img == 1;
+                let (cols, cols_rs): (&[E], usize) = if direct {
+                    (&x[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw], d.hw)
+                } else {
+                    let c = grown(col, d.kg * ncols);
+                    im2col(op, &d, x, b0, n_img, g, c);
+                    (c, ncols)
+                };
+                let gw_g = &mut gw[g * d.og * d.kg..][..d.og * d.kg];
+                // dW_g [og x kg] += dout [og x ncols] * cols^T [ncols x kg]
+                // SAFETY: sizes as stated; gw_g is disjoint from dout and cols.
+                unsafe {
+                    matmul((d.og, d.kg, ncols), gw_g.as_mut_ptr(), d.kg, true,
+                           dout.as_ptr(), (dout_rs, 1), cols.as_ptr(), (1, cols_rs));
+                }
+                if direct {
+                    let gx_g = &mut gx[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw];
+                    // dx_g [cg x hw] += W_g^T [cg x og] * dout [og x hw]
+                    // SAFETY: sizes as stated; gx_g is disjoint from w_g and dout.
+                    unsafe {
+                        matmul((d.kg, ncols, d.og), gx_g.as_mut_ptr(), d.hw, true,
+                               w_g.as_ptr(), (1, d.kg), dout.as_ptr(), (dout_rs, 1));
+                    }
+                } else {
+                    let dc = grown(dcol, d.kg * ncols);
+                    // dcol [kg x ncols] = W_g^T [kg x og] * dout [og x ncols]
+                    // SAFETY: sizes as stated; dc is its own buffer.
+                    unsafe {
+                        matmul((d.kg, ncols, d.og), dc.as_mut_ptr(), ncols, false,
+                               w_g.as_ptr(), (1, d.kg), dout.as_ptr(), (dout_rs, 1));
+                    }
+                    col2im_add(op, &d, dc, b0, n_img, g, gx);
+                }
+            }
+            b0 += n_img;
+        }
+    });
+}
+
+/// Depthwise (one input channel per group): `out[b, o] = sum_k w[o, k] * x[b, o / og]`,
+/// one output plane per task.
+fn depthwise_forward<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], w: &[E], out: &mut [E]) {
+    let (k, s, kk) = (op.kernel, op.stride, op.kernel * op.kernel);
+    out.par_chunks_mut(d.p).enumerate().for_each(|(i, oplane)| {
+        let (b, o) = (i / d.o, i % d.o);
+        let xplane = &x[(b * d.c + o / d.og) * d.hw..][..d.hw];
+        oplane.fill(E::ZERO);
+        for ky in 0..k {
+            let off_y = (ky * op.dilation) as isize - op.padding as isize;
+            let (ylo, yhi) = valid_range(op.out_h, op.in_h, s, off_y);
+            for kx in 0..k {
+                let off_x = (kx * op.dilation) as isize - op.padding as isize;
+                let (xlo, xhi) = valid_range(op.out_w, op.in_w, s, off_x);
+                if xlo >= xhi {
+                    continue;
+                }
+                let wv = w[o * kk + ky * k + kx];
+                for oy in ylo..yhi {
+                    let iy = ((oy * s) as isize + off_y) as usize;
+                    let ix0 = ((xlo * s) as isize + off_x) as usize;
+                    let xrow = &xprow(xplane, iy, op.in_w)[ix0..];
+                    let orow = &mut oplane[oy * op.out_w + xlo..oy * op.out_w + xhi];
+                    for (j, ov) in orow.iter_mut().enumerate() {
+                        *ov += wv * xrow[j * s];
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[inline]
+fn xprow<E>(plane: &[E], y: usize, w: usize) -> &[E] {
+    &plane[y * w..][..w]
+}
+
+/// Depthwise input gradient: one input plane per task, summing over its `og` output channels.
+fn depthwise_backward_input<E: Real>(op: &Conv2dOp, d: &Dims, w: &[E], gx: &mut [E], gout: &[E]) {
+    let (k, s, kk) = (op.kernel, op.stride, op.kernel * op.kernel);
+    gx.par_chunks_mut(d.hw).enumerate().for_each(|(i, xplane)| {
+        let (b, c) = (i / d.c, i % d.c);
+        for o in c * d.og..(c + 1) * d.og {
+            let gplane = &gout[(b * d.o + o) * d.p..][..d.p];
+            for ky in 0..k {
+                let off_y = (ky * op.dilation) as isize - op.padding as isize;
+                let (ylo, yhi) = valid_range(op.out_h, op.in_h, s, off_y);
+                for kx in 0..k {
+                    let off_x = (kx * op.dilation) as isize - op.padding as isize;
+                    let (xlo, xhi) = valid_range(op.out_w, op.in_w, s, off_x);
+                    if xlo >= xhi {
+                        continue;
+                    }
+                    let wv = w[o * kk + ky * k + kx];
+                    for oy in ylo..yhi {
+                        let iy = ((oy * s) as isize + off_y) as usize;
+                        let ix0 = ((xlo * s) as isize + off_x) as usize;
+                        let grow = &gplane[oy * op.out_w + xlo..oy * op.out_w + xhi];
+                        let xrow = &mut xplane[iy * op.in_w..][..op.in_w];
+                        for (j, &gv) in grow.iter().enumerate() {
+                            xrow[ix0 + j * s] += wv * gv;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Depthwise weight gradient: one output channel's `K x K` taps per task, summed over the batch.
+fn depthwise_backward_weight<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], gw: &mut [E], gout: &[E]) {
+    let (k, s, kk) = (op.kernel, op.stride, op.kernel * op.kernel);
+    gw.par_chunks_mut(kk).enumerate().for_each(|(o, taps)| {
+        for b in 0..op.batch {
+            let xplane = &x[(b * d.c + o / d.og) * d.hw..][..d.hw];
+            let gplane = &gout[(b * d.o + o) * d.p..][..d.p];
+            for ky in 0..k {
+                let off_y = (ky * op.dilation) as isize - op.padding as isize;
+                let (ylo, yhi) = valid_range(op.out_h, op.in_h, s, off_y);
+                for kx in 0..k {
+                    let off_x = (kx * op.dilation) as isize - op.padding as isize;
+                    let (xlo, xhi) = valid_range(op.out_w, op.in_w, s, off_x);
+                    if xlo >= xhi {
+                        continue;
+                    }
+                    let mut acc = E::ZERO;
+                    for oy in ylo..yhi {
+                        let iy = ((oy * s) as isize + off_y) as usize;
+                        let ix0 = ((xlo * s) as isize + off_x) as usize;
+                        let grow = &gplane[oy * op.out_w..][xlo..xhi];
+                        let xrow = &xprow(xplane, iy, op.in_w)[ix0..];
+                        for (j, &gv) in grow.iter().enumerate() {
+                            acc += gv * xrow[j * s];
+                        }
+                    }
+                    taps[ky * k + kx] += acc;
+                }
+            }
+        }
+    });
+}
+
+/// The buffer lengths `op` implies, checked before any raw-pointer GEMM touches them.
+fn check_lens(lens: &[(usize, usize)]) -> Result<(), CpuError> {
+    if lens.iter().all(|(have, want)| have == want) {
+        Ok(())
+    } else {
+        Err(CpuError::WrongNumElements)
+    }
+}
+
+fn sizes(op: &Conv2dOp) -> (usize, usize, usize) {
+    let x = op.batch * op.in_channels * op.in_h * op.in_w;
+    let w = op.out_channels * op.in_per_group() * op.kernel * op.kernel;
+    let y = op.batch * op.out_channels * op.out_h * op.out_w;
+    (x, w, y)
+}
+
+/// Parameters the kernels divide by or index with; zero would be a bug in the caller.
+fn check_op(op: &Conv2dOp) -> Result<(), CpuError> {
+    let ok = op.groups > 0
+        && op.stride > 0
+        && op.kernel > 0
+        && op.dilation > 0
+        && op.in_channels % op.groups == 0
+        && op.out_channels % op.groups == 0
+        && op.in_channels > 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(CpuError::WrongNumElements)
+    }
+}
+
+macro_rules! impl_conv_kernel {
+    ($t:ty) => {
+        impl Conv2dKernel<$t> for Cpu {
+            fn conv2d_forward(
+                &self,
+                op: &Conv2dOp,
+                input: &Self::Vec,
+                weight: &Self::Vec,
+                output: &mut Self::Vec,
+            ) -> Result<(), Self::Err> {
+                check_op(op)?;
+                let (x, w, y) = sizes(op);
+                check_lens(&[(input.len(), x), (weight.len(), w), (output.len(), y)])?;
+                forward::<$t>(op, input, weight, output);
+                Ok(())
+            }
+
+            fn conv2d_backward(
+                &self,
+                op: &Conv2dOp,
+                input: &Self::Vec,
+                weight: &Self::Vec,
+                grad_input: &mut Self::Vec,
+                grad_weight: &mut Self::Vec,
+                grad_output: &Self::Vec,
+            ) -> Result<(), Self::Err> {
+                check_op(op)?;
+                let (x, w, y) = sizes(op);
+                check_lens(
+                    &[
+                        (input.len(), x),
+                        (weight.len(), w),
+                        (grad_input.len(), x),
+                        (grad_weight.len(), w),
+                        (grad_output.len(), y),
+                    ],
+                )?;
+                backward::<$t>(op, input, weight, grad_input, grad_weight, grad_output);
+                Ok(())
+            }
+        }
+    };
+}
+impl_conv_kernel!(f32);
+impl_conv_kernel!(f64);

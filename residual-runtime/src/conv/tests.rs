@@ -1,0 +1,469 @@
+//! conv2d against two independent references: a naive f64 loop written here, and numpy values
+//! from `scripts/reference/conv_fixtures.py` (fixtures/conv2d.txt). Gradients are taken through
+//! dfdx's tape (`loss.backward()`), for the loss `L = sum(conv(x, w)^2)`.
+
+use dfdx::optim::{Optimizer, Sgd, SgdConfig};
+use dfdx::prelude::*;
+
+use super::*;
+use crate::init::{ConvInit, KaimingNormalFanOut, TorchDefaultInit};
+use crate::layers::{Bias2d, Conv2d};
+use crate::Element;
+
+/// One conv configuration and its dims.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    batched: bool,
+    b: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    cfg: Conv2dConfig,
+}
+
+impl Case {
+    fn op(&self) -> Conv2dOp {
+        Conv2dOp::new(self.cfg, self.b, self.c, self.o, self.h, self.w).expect("valid test case")
+    }
+    fn x_len(&self) -> usize {
+        self.b * self.c * self.h * self.w
+    }
+    fn w_len(&self) -> usize {
+        self.o * (self.c / self.cfg.groups) * self.cfg.kernel * self.cfg.kernel
+    }
+    /// The fixture script's input formulas.
+    fn x(&self) -> Vec<f64> {
+        (0..self.x_len()).map(|i| (0.37 * i as f64 + 0.1).sin()).collect()
+    }
+    fn weight(&self) -> Vec<f64> {
+        (0..self.w_len()).map(|i| 0.5 * (0.23 * i as f64 + 0.2).cos()).collect()
+    }
+}
+
+/// Reference values for one case: `y`, `dL/dx`, `dL/dw` with `L = sum(y^2)`.
+struct Expected {
+    y: Vec<f64>,
+    dx: Vec<f64>,
+    dw: Vec<f64>,
+}
+
+/// Direct definition of the conv: every output element summed tap by tap, in f64.
+fn naive_forward(case: &Case, x: &[f64], w: &[f64]) -> Vec<f64> {
+    let op = case.op();
+    let (cg, og, k) = (case.c / op.groups, case.o / op.groups, op.kernel);
+    let mut y = vec![0.0; op.batch * op.out_channels * op.out_h * op.out_w];
+    for b in 0..op.batch {
+        for o in 0..case.o {
+            let g = o / og;
+            for oy in 0..op.out_h {
+                for ox in 0..op.out_w {
+                    let mut acc = 0.0;
+                    for ci in 0..cg {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * op.stride + ky * op.dilation) as isize - op.padding as isize;
+                                let ix = (ox * op.stride + kx * op.dilation) as isize - op.padding as isize;
+                                if iy < 0 || ix < 0 || iy >= case.h as isize || ix >= case.w as isize {
+                                    continue;
+                                }
+                                let c = g * cg + ci;
+                                let xv = x[((b * case.c + c) * case.h + iy as usize) * case.w + ix as usize];
+                                acc += xv * w[((o * cg + ci) * k + ky) * k + kx];
+                            }
+                        }
+                    }
+                    y[((b * case.o + o) * op.out_h + oy) * op.out_w + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Gradients of `sum(y^2)` by the chain rule over the same loop: each tap's contribution
+/// `x * w` to `y` sends `dy * w` to `x` and `dy * x` to `w`.
+fn naive_grads(case: &Case, x: &[f64], w: &[f64]) -> Expected {
+    let op = case.op();
+    let y = naive_forward(case, x, w);
+    let (cg, og, k) = (case.c / op.groups, case.o / op.groups, op.kernel);
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; w.len()];
+    for b in 0..op.batch {
+        for o in 0..case.o {
+            let g = o / og;
+            for oy in 0..op.out_h {
+                for ox in 0..op.out_w {
+                    let dy = 2.0 * y[((b * case.o + o) * op.out_h + oy) * op.out_w + ox];
+                    for ci in 0..cg {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * op.stride + ky * op.dilation) as isize - op.padding as isize;
+                                let ix = (ox * op.stride + kx * op.dilation) as isize - op.padding as isize;
+                                if iy < 0 || ix < 0 || iy >= case.h as isize || ix >= case.w as isize {
+                                    continue;
+                                }
+                                let xi = ((b * case.c + g * cg + ci) * case.h + iy as usize) * case.w + ix as usize;
+                                let wi = ((o * cg + ci) * k + ky) * k + kx;
+                                dx[xi] += dy * w[wi];
+                                dw[wi] += dy * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Expected { y, dx, dw }
+}
+
+/// Parses fixtures/conv2d.txt (format documented in the script that writes it).
+fn fixtures() -> Vec<(String, Case, Expected)> {
+    let text = include_str!("fixtures/conv2d.txt");
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(head) = lines.next() {
+        let f: Vec<&str> = head.split_whitespace().collect();
+        assert_eq!(f[0], "case", "fixture header: {head}");
+        let n: Vec<usize> = f[2..].iter().map(|s| s.parse().expect("fixture int")).collect();
+        let case = Case {
+            batched: n[0] == 1,
+            b: n[1],
+            c: n[2],
+            o: n[3],
+            h: n[4],
+            w: n[5],
+            cfg: Conv2dConfig { kernel: n[6], stride: n[7], padding: n[8], dilation: n[9], groups: n[10] },
+        };
+        let mut arr = |tag: &str| -> Vec<f64> {
+            let line = lines.next().expect("fixture record");
+            let mut it = line.split_whitespace();
+            assert_eq!(it.next(), Some(tag));
+            let len: usize = it.next().expect("len").parse().expect("len");
+            let v: Vec<f64> = it.map(|s| s.parse().expect("fixture float")).collect();
+            assert_eq!(v.len(), len);
+            v
+        };
+        let (y, dx, dw) = (arr("y"), arr("dx"), arr("dw"));
+        out.push((f[1].to_string(), case, Expected { y, dx, dw }));
+    }
+    assert!(out.len() >= 10, "fixture file lost cases");
+    out
+}
+
+/// `|a - b| <= tol * max(1, max|b|)` elementwise.
+fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * scale,
+            "{what}[{i}]: got {g}, want {w} (tol {tol} x {scale})"
+        );
+    }
+}
+
+fn back<S: Shape, E: Element + Into<f64>>(t: Tensor<S, E, Cpu>) -> Vec<f64>
+where
+    Cpu: Device<E>,
+{
+    t.as_vec().into_iter().map(Into::into).collect()
+}
+
+/// Runs the conv through dfdx's tape in element type `E` and returns `(y, dx, dw)` in f64.
+fn run_taped<E: Element + Into<f64>>(case: &Case) -> (Vec<f64>, Vec<f64>, Vec<f64>)
+where
+    Cpu: Device<E> + Conv2dKernel<E>,
+{
+    let dev: Cpu = Default::default();
+    let cast = |v: Vec<f64>| -> Vec<E> { v.into_iter().map(|a| <E as num_traits::NumCast>::from(a).expect("cast")).collect() };
+    let k = case.cfg.kernel;
+    let w = dev.tensor_from_vec(cast(case.weight()), (case.o, case.c / case.cfg.groups, k, k));
+    if case.batched {
+        let x = dev.tensor_from_vec(cast(case.x()), (case.b, case.c, case.h, case.w));
+        let y = try_conv2d_nchw(x.leaky_trace(), w.clone(), case.cfg).expect("conv2d");
+        let y_vals = back(y.retaped::<NoneTape>());
+        let grads = y.square().sum().backward();
+        (y_vals, back(grads.get(&x)), back(grads.get(&w)))
+    } else {
+        let op = case.op();
+        let x = dev.tensor_from_vec(cast(case.x()), (case.c, case.h, case.w));
+        let y = try_conv2d(x.leaky_trace(), w.clone(), case.cfg, (case.o, op.out_h, op.out_w))
+            .expect("conv2d");
+        let y_vals = back(y.retaped::<NoneTape>());
+        let grads = y.square().sum().backward();
+        (y_vals, back(grads.get(&x)), back(grads.get(&w)))
+    }
+}
+
+#[test]
+fn naive_loop_agrees_with_numpy_fixtures() {
+    // The two references are independent; checking them against each other first means a
+    // failure below points at the kernels, not at a reference.
+    for (name, case, want) in fixtures() {
+        let got = naive_grads(&case, &case.x(), &case.weight());
+        assert_close(&format!("{name} naive y"), &got.y, &want.y, 1e-12);
+        assert_close(&format!("{name} naive dx"), &got.dx, &want.dx, 1e-12);
+        assert_close(&format!("{name} naive dw"), &got.dw, &want.dw, 1e-12);
+    }
+}
+
+#[test]
+fn f64_forward_and_grads_through_tape_match_numpy() {
+    for (name, case, want) in fixtures() {
+        let (y, dx, dw) = run_taped::<f64>(&case);
+        assert_close(&format!("{name} y"), &y, &want.y, 1e-12);
+        assert_close(&format!("{name} dx"), &dx, &want.dx, 1e-12);
+        assert_close(&format!("{name} dw"), &dw, &want.dw, 1e-12);
+    }
+}
+
+#[test]
+fn f32_forward_and_grads_through_tape_match_numpy() {
+    for (name, case, want) in fixtures() {
+        let (y, dx, dw) = run_taped::<f32>(&case);
+        assert_close(&format!("{name} y"), &y, &want.y, 1e-5);
+        assert_close(&format!("{name} dx"), &dx, &want.dx, 1e-5);
+        assert_close(&format!("{name} dw"), &dw, &want.dw, 1e-5);
+    }
+}
+
+/// Configurations the fixtures do not reach: planes large enough that each image gets its own
+/// GEMM (no column batching), more groups, batch edge cases.
+#[test]
+fn f64_matches_naive_loop_on_more_shapes() {
+    let cases = [
+        // P = 40 * 40 = 1600 columns: one image per GEMM; 1x1 also takes the no-im2col path.
+        (2, 2, 3, 40, 40, Conv2dConfig::new(3).padding(1)),
+        (2, 3, 4, 40, 41, Conv2dConfig::new(1)),
+        (2, 3, 4, 80, 80, Conv2dConfig::new(1).stride(2)),
+        // many small images: several images per GEMM, with a short last chunk
+        (7, 6, 4, 5, 3, Conv2dConfig::new(3).padding(1).groups(2)),
+        (5, 4, 6, 9, 9, Conv2dConfig::new(5).stride(3).padding(2).dilation(2)),
+        (3, 6, 6, 5, 5, Conv2dConfig::new(1).groups(3)),
+        // depthwise, multiplier 1, with a 7x7 kernel
+        (2, 5, 5, 11, 8, Conv2dConfig::new(7).padding(3).groups(5)),
+        // kernel covering the whole (padded) input: 1x1 output
+        (3, 2, 3, 4, 4, Conv2dConfig::new(5).padding(1)),
+    ];
+    for (b, c, o, h, w, cfg) in cases {
+        let case = Case { batched: true, b, c, o, h, w, cfg };
+        let want = naive_grads(&case, &case.x(), &case.weight());
+        let (y, dx, dw) = run_taped::<f64>(&case);
+        let name = format!("{case:?}");
+        assert_close(&format!("{name} y"), &y, &want.y, 1e-11);
+        assert_close(&format!("{name} dx"), &dx, &want.dx, 1e-11);
+        assert_close(&format!("{name} dw"), &dw, &want.dw, 1e-11);
+    }
+}
+
+#[test]
+fn backward_accumulates_into_existing_gradients() {
+    // dfdx adds every use of a tensor into one gradient: y = conv(x) used twice in the loss
+    // (sum(y^2) + sum(y^2)) must give twice the single-use gradient.
+    let case = Case { batched: true, b: 2, c: 3, o: 4, h: 6, w: 5, cfg: Conv2dConfig::new(3).padding(1) };
+    let want = naive_grads(&case, &case.x(), &case.weight());
+    let dev: Cpu = Default::default();
+    let x = dev.tensor_from_vec(case.x(), (2, 3, 6, 5));
+    let w = dev.tensor_from_vec(case.weight(), (4, 3, 3, 3));
+    let mut grads = Gradients::leaky();
+    for _ in 0..2 {
+        let y = try_conv2d_nchw(x.trace(grads), w.clone(), case.cfg).expect("conv2d");
+        grads = y.square().sum().backward();
+    }
+    let double = |v: &[f64]| v.iter().map(|a| 2.0 * a).collect::<Vec<_>>();
+    assert_close("dx", &grads.get(&x).as_vec(), &double(&want.dx), 1e-12);
+    assert_close("dw", &grads.get(&w).as_vec(), &double(&want.dw), 1e-12);
+}
+
+#[test]
+fn non_contiguous_input_is_read_in_logical_order() {
+    // x stored as [B, H, W, C] and permuted to [B, C, H, W]: the conv must see the logical
+    // layout, and the gradient must come back through the permute.
+    let case = Case { batched: true, b: 2, c: 3, o: 2, h: 4, w: 5, cfg: Conv2dConfig::new(3).padding(1) };
+    let xs = case.x();
+    let mut nhwc = vec![0.0; xs.len()];
+    for b in 0..2 {
+        for c in 0..3 {
+            for y in 0..4 {
+                for x in 0..5 {
+                    nhwc[((b * 4 + y) * 5 + x) * 3 + c] = xs[((b * 3 + c) * 4 + y) * 5 + x];
+                }
+            }
+        }
+    }
+    let dev: Cpu = Default::default();
+    let x_nhwc: Tensor<Rank4<2, 4, 5, 3>, f64, _> = dev.tensor_from_vec(nhwc, Default::default());
+    let w = dev.tensor_from_vec(case.weight(), (2, 3, 3, 3));
+    let x = x_nhwc.leaky_trace().permute::<Rank4<2, 3, 4, 5>, _>();
+    let y = try_conv2d(x, w.clone(), case.cfg, (Const::<2>, Const::<2>, Const::<4>, Const::<5>))
+        .expect("conv2d");
+    let want = naive_grads(&case, &xs, &case.weight());
+    assert_close("y", &y.retaped::<NoneTape>().as_vec(), &want.y, 1e-12);
+    let grads = y.square().sum().backward();
+    assert_close("dw", &grads.get(&w).as_vec(), &want.dw, 1e-12);
+    let gx = grads.get(&x_nhwc).as_vec();
+    let mut gx_nchw = vec![0.0; gx.len()];
+    for b in 0..2 {
+        for c in 0..3 {
+            for y in 0..4 {
+                for x in 0..5 {
+                    gx_nchw[((b * 3 + c) * 4 + y) * 5 + x] = gx[((b * 4 + y) * 5 + x) * 3 + c];
+                }
+            }
+        }
+    }
+    assert_close("dx", &gx_nchw, &want.dx, 1e-12);
+}
+
+#[test]
+fn bad_shapes_return_errors_naming_the_shapes() {
+    let dev: Cpu = Default::default();
+    let w = dev.tensor_from_vec(vec![0.0f32; 8 * 4 * 9], (8usize, 4usize, 3usize, 3usize));
+    let cfg = Conv2dConfig::new(3).padding(1);
+
+    // wrong channel count
+    let x = dev.tensor_from_vec(vec![0.0f32; 2 * 5 * 6 * 6], (2usize, 5usize, 6usize, 6usize));
+    let msg = try_conv2d_nchw(x, w.clone(), cfg).expect_err("5 channels into a 4-channel conv").to_string();
+    assert!(msg.contains("conv2d") && msg.contains("[2, 4, H, W]") && msg.contains("[2, 5, 6, 6]"), "{msg}");
+
+    // wrong rank
+    let x = dev.tensor_from_vec(vec![0.0f32; 4 * 6], (4usize, 6usize));
+    let msg = try_conv2d_nchw(x, w.clone(), cfg).expect_err("rank 2").to_string();
+    assert!(msg.contains("[B, C, H, W] or [C, H, W]") && msg.contains("[4, 6]"), "{msg}");
+
+    // input smaller than the dilated kernel
+    let x = dev.tensor_from_vec(vec![0.0f32; 4 * 2 * 9], (4usize, 2usize, 9usize));
+    let msg = try_conv2d_nchw(x, w.clone(), cfg.dilation(3).padding(0)).expect_err("too small").to_string();
+    assert!(msg.contains("H >= 7") && msg.contains("[4, 2, 9]"), "{msg}");
+
+    // weight groups do not fit
+    let x = dev.tensor_from_vec(vec![0.0f32; 8 * 36], (1usize, 8usize, 6usize, 6usize));
+    let msg = try_conv2d_nchw(x, w.clone(), cfg.groups(3)).expect_err("8 out channels, 3 groups").to_string();
+    assert!(msg.contains("weight") && msg.contains("[8, 4, 3, 3]"), "{msg}");
+
+    // output shape the caller asked for does not match
+    let x = dev.tensor_from_vec(vec![0.0f32; 4 * 36], (1usize, 4usize, 6usize, 6usize));
+    let msg = try_conv2d(x, w, cfg, (1usize, 8usize, 5usize, 6usize)).expect_err("wrong out").to_string();
+    assert!(msg.contains("[1, 8, 6, 6]") && msg.contains("[1, 8, 5, 6]"), "{msg}");
+}
+
+// ---- layers ----
+
+type TestConv = Conv2d<4, 6, 3, 2, 1, 1, 2, 2, 5, 4, f64, Cpu>;
+
+#[test]
+fn conv2d_layer_forward_batched_unbatched_and_grads() {
+    let case = Case {
+        batched: true,
+        b: 3,
+        c: 4,
+        o: 6,
+        h: 9,
+        w: 8,
+        cfg: Conv2dConfig::new(3).stride(2).padding(1).groups(2),
+    };
+    let want = naive_grads(&case, &case.x(), &case.weight());
+    let dev: Cpu = Default::default();
+    let mut m = dev.build_module::<TestConv, f64>();
+    m.weight = dev.tensor_from_vec(case.weight(), Default::default());
+
+    let x: Tensor<Rank4<3, 4, 9, 8>, f64, _> = dev.tensor_from_vec(case.x(), Default::default());
+    let y: Tensor<Rank4<3, 6, 5, 4>, f64, _, _> = m.forward(x.leaky_trace());
+    assert_close("layer y", &y.retaped::<NoneTape>().as_vec(), &want.y, 1e-12);
+    let grads = y.square().sum().backward();
+    assert_close("layer dx", &grads.get(&x).as_vec(), &want.dx, 1e-12);
+    assert_close("layer dw", &grads.get(&m.weight).as_vec(), &want.dw, 1e-12);
+
+    // unbatched: the first image on its own
+    let x0: Tensor<Rank3<4, 9, 8>, f64, _> = dev.tensor_from_vec(case.x()[..4 * 72].to_vec(), Default::default());
+    let y0: Tensor<Rank3<6, 5, 4>, f64, _> = m.forward(x0);
+    assert_close("layer y unbatched", &y0.as_vec(), &want.y[..6 * 20], 1e-12);
+
+    // dynamic batch dim
+    let xd = dev.tensor_from_vec(case.x(), (3usize, Const::<4>, Const::<9>, Const::<8>));
+    let yd = m.forward(xd);
+    assert_eq!(yd.shape().0, 3);
+    assert_close("layer y dyn batch", &yd.as_vec(), &want.y, 1e-12);
+}
+
+#[test]
+fn conv2d_layer_checked_forward_rejects_bad_shapes() {
+    let dev: Cpu = Default::default();
+    let m = dev.build_module::<TestConv, f64>();
+    let bad = dev.tensor_from_vec(vec![0.0; 3 * 5 * 9 * 8], (3usize, 5usize, 9usize, 8usize));
+    let msg = m.try_forward_checked(bad).expect_err("5 channels").to_string();
+    assert!(msg.contains("Conv2d<4, 6, k=3, s=2, p=1, d=1, g=2>"), "{msg}");
+    assert!(msg.contains("[B, 4, 9..=10, 7..=8]") && msg.contains("[3, 5, 9, 8]"), "{msg}");
+    // right channels, spatial size that gives a different output
+    let bad = dev.tensor_from_vec(vec![0.0; 4 * 12 * 8], (4usize, 12usize, 8usize));
+    let msg = m.try_forward_checked(bad).expect_err("12 rows").to_string();
+    assert!(msg.contains("[4, 9..=10, 7..=8]") && msg.contains("[4, 12, 8]"), "{msg}");
+    // a fitting usize-shaped input runs and gets the static output dims
+    let ok = dev.tensor_from_vec(vec![1.0; 2 * 4 * 10 * 7], (2usize, 4usize, 10usize, 7usize));
+    let y = m.try_forward_checked(ok).expect("fits");
+    assert_eq!(y.shape().0, 2);
+}
+
+#[test]
+fn conv2d_layer_params_init_and_sgd_step() {
+    let dev: Cpu = Default::default();
+    let mut m = dev.build_module::<TestConv, f64>();
+    assert_eq!(m.num_trainable_params(), 6 * 2 * 3 * 3);
+    // PyTorch default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = 2 * 3 * 3.
+    let bound = 1.0 / 18f64.sqrt();
+    let w0 = m.weight.as_vec();
+    assert!(w0.iter().all(|v| v.abs() <= bound), "{w0:?}");
+    assert!(w0.iter().any(|v| v.abs() > bound / 4.0), "init should spread over the range");
+
+    // One SGD step moves the weight by -lr * dL/dw, with dL/dw from the numpy fixture.
+    let (_, case, want) = fixtures().into_iter().find(|(n, ..)| n == "k3_s2_p1_g2_b3").expect("fixture");
+    m.weight = dev.tensor_from_vec(case.weight(), Default::default());
+    let x: Tensor<Rank4<3, 4, 9, 8>, f64, _> = dev.tensor_from_vec(case.x(), Default::default());
+    let grads = m.forward(x.leaky_trace()).square().sum().backward();
+    let mut opt = Sgd::new(&m, SgdConfig { lr: 0.01, momentum: None, weight_decay: None });
+    opt.update(&mut m, &grads).expect("sgd");
+    let stepped: Vec<f64> = case.weight().iter().zip(&want.dw).map(|(w, g)| w - 0.01 * g).collect();
+    assert_close("sgd", &m.weight.as_vec(), &stepped, 1e-12);
+}
+
+#[test]
+fn kaiming_normal_fan_out_has_the_torchvision_std() {
+    let dev: Cpu = Default::default();
+    let m = dev.build_module::<Conv2d<64, 128, 3, 1, 1, 1, 1, 64, 8, 8, f64, Cpu, KaimingNormalFanOut>, f64>();
+    let w = m.weight.as_vec();
+    let n = w.len() as f64;
+    let mean = w.iter().sum::<f64>() / n;
+    let std = (w.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let want = (2.0f64 / (128.0 * 9.0)).sqrt();
+    // 73,728 samples: the sample std is within 1% of the true one with overwhelming probability.
+    assert!((std / want - 1.0).abs() < 0.01, "std {std}, want {want}");
+    assert!(mean.abs() < 0.01 * want * 10.0, "mean {mean}");
+    // and the default init is bounded by 1/sqrt(fan_in) on the same shape
+    let mut t: Tensor<Rank4<128, 64, 3, 3>, f64, Cpu> = dev.zeros();
+    TorchDefaultInit::init(&mut t, 64 * 9, 128 * 9).expect("init");
+    let bound = 1.0 / (64.0f64 * 9.0).sqrt();
+    let v = t.as_vec();
+    assert!(v.iter().all(|x| x.abs() <= bound) && v.iter().any(|x| x.abs() > 0.9 * bound));
+}
+
+#[test]
+fn bias2d_adds_per_channel_and_inits_like_torch() {
+    let dev: Cpu = Default::default();
+    let mut m = dev.build_module::<Bias2d<3, 27, f32, Cpu>, f32>();
+    assert_eq!(m.num_trainable_params(), 3);
+    let bound = 1.0 / 27f32.sqrt();
+    assert!(m.bias.as_vec().iter().all(|b| b.abs() <= bound));
+    m.bias = dev.tensor([1.0, -2.0, 0.5]);
+    let x: Tensor<Rank4<2, 3, 2, 2>, f32, _> = dev.tensor_from_vec((0..24).map(|i| i as f32).collect(), Default::default());
+    let y = m.forward(x.leaky_trace()).as_vec();
+    for (i, v) in y.iter().enumerate() {
+        let c = (i / 4) % 3;
+        assert_eq!(*v, i as f32 + [1.0, -2.0, 0.5][c]);
+    }
+    let x3: Tensor<Rank3<3, 1, 2>, f32, _> = dev.tensor_from_vec(vec![0.0; 6], Default::default());
+    assert_eq!(m.forward(x3).as_vec(), vec![1.0, 1.0, -2.0, -2.0, 0.5, 0.5]);
+    // the bias gradient of sum(y) is the number of elements per channel
+    let g = m.forward(x.leaky_trace()).sum().backward();
+    assert_eq!(g.get(&m.bias).as_vec(), vec![8.0, 8.0, 8.0]);
+}
