@@ -24,7 +24,10 @@ pub trait TensorStorage<E: Dtype>: Storage<E> {
 
     /// A buffer holding `t`'s elements, contiguous row-major. `t` must be contiguous (callers
     /// run `try_contiguous` first): its physical buffer is what is read.
-    fn try_storage_of<S: Shape, T>(&self, t: &Tensor<S, E, Self, T>) -> Result<Self::Vec, Self::Err>;
+    fn try_storage_of<S: Shape, T>(
+        &self,
+        t: &Tensor<S, E, Self, T>,
+    ) -> Result<Self::Vec, Self::Err>;
 }
 
 impl<E: Dtype> TensorStorage<E> for Cpu {
@@ -39,7 +42,10 @@ impl<E: Dtype> TensorStorage<E> for Cpu {
         self.try_tensor_from_vec(data, shape)
     }
 
-    fn try_storage_of<S: Shape, T>(&self, t: &Tensor<S, E, Self, T>) -> Result<Self::Vec, Self::Err> {
+    fn try_storage_of<S: Shape, T>(
+        &self,
+        t: &Tensor<S, E, Self, T>,
+    ) -> Result<Self::Vec, Self::Err> {
         // `alloc_len` zero-fills through calloc (dfdx's default `fast-alloc`), so the pages are
         // first touched by the copy itself.
         let mut buf = self.try_alloc_len(t.shape().num_elements())?;

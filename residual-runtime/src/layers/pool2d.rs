@@ -1,7 +1,7 @@
 //! `MaxPool2d` and `AvgPool2d`: statically shaped pooling layers over [`crate::pool`].
 
 use dfdx::nn::{Module, NonMutableModule, ZeroSizedModule};
-use dfdx::shapes::{HasShape, Const, Dim};
+use dfdx::shapes::{Const, Dim, HasShape};
 use dfdx::tensor::{Tape, Tensor};
 use dfdx::tensor_ops::Device;
 

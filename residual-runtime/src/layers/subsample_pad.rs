@@ -1,7 +1,7 @@
 //! `SubsamplePad`: the ResNet paper's option-A shortcut as a layer over [`crate::shortcut`].
 
 use dfdx::nn::{Module, NonMutableModule, ZeroSizedModule};
-use dfdx::shapes::{HasShape, Const, Dim};
+use dfdx::shapes::{Const, Dim, HasShape};
 use dfdx::tensor::{Tape, Tensor};
 use dfdx::tensor_ops::Device;
 
@@ -13,14 +13,20 @@ use crate::{Element, Error};
 /// `(OUT - IN) / 2` in front and the rest behind. `OH`/`OW` are the sizes the macro computed
 /// (`ceil(H / STRIDE)`); monomorphization re-checks them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SubsamplePad<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize>;
+pub struct SubsamplePad<
+    const IN: usize,
+    const OUT: usize,
+    const STRIDE: usize,
+    const OH: usize,
+    const OW: usize,
+>;
 
-impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize> ZeroSizedModule
-    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize>
+    ZeroSizedModule for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 {
 }
-impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize> NonMutableModule
-    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize>
+    NonMutableModule for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 {
 }
 
@@ -28,7 +34,10 @@ impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, co
     SubsamplePad<IN, OUT, STRIDE, OH, OW>
 {
     /// The same op for an input of any shape, checked at run time (channels must be `<= OUT`).
-    pub fn try_forward_checked<S, E, D, T>(&self, x: Tensor<S, E, D, T>) -> Result<Tensor<S::Rechanneled, E, D, T>, Error>
+    pub fn try_forward_checked<S, E, D, T>(
+        &self,
+        x: Tensor<S, E, D, T>,
+    ) -> Result<Tensor<S::Rechanneled, E, D, T>, Error>
     where
         S: ImageShape,
         E: Element,
@@ -41,9 +50,18 @@ impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, co
     fn op<const H: usize, const W: usize>(batch: usize) -> SubsamplePadOp {
         const {
             assert!(IN <= OUT, "SubsamplePad: OUT must be >= IN");
-            assert!(STRIDE >= 1 && H >= 1 && W >= 1, "SubsamplePad: stride and sizes must be >= 1");
-            assert!(OH == (H - 1) / STRIDE + 1, "SubsamplePad: OH must be ceil(H / STRIDE)");
-            assert!(OW == (W - 1) / STRIDE + 1, "SubsamplePad: OW must be ceil(W / STRIDE)");
+            assert!(
+                STRIDE >= 1 && H >= 1 && W >= 1,
+                "SubsamplePad: stride and sizes must be >= 1"
+            );
+            assert!(
+                OH == (H - 1) / STRIDE + 1,
+                "SubsamplePad: OH must be ceil(H / STRIDE)"
+            );
+            assert!(
+                OW == (W - 1) / STRIDE + 1,
+                "SubsamplePad: OW must be ceil(W / STRIDE)"
+            );
         }
         SubsamplePadOp {
             batch,
@@ -59,8 +77,20 @@ impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, co
     }
 }
 
-impl<B, const H: usize, const W: usize, const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize, E, D, T>
-    Module<Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>> for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+impl<
+        B,
+        const H: usize,
+        const W: usize,
+        const IN: usize,
+        const OUT: usize,
+        const STRIDE: usize,
+        const OH: usize,
+        const OW: usize,
+        E,
+        D,
+        T,
+    > Module<Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>>
+    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 where
     B: Dim,
     E: Element,
@@ -70,15 +100,29 @@ where
     type Output = Tensor<(B, Const<OUT>, Const<OH>, Const<OW>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(&self, x: Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>) -> Result<Self::Output, D::Err> {
+    fn try_forward(
+        &self,
+        x: Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>,
+    ) -> Result<Self::Output, D::Err> {
         let b = x.shape().0;
         let op = Self::op::<H, W>(b.size());
         shortcut::subsample_pad_unchecked(x, op, (b, Const, Const, Const))
     }
 }
 
-impl<const H: usize, const W: usize, const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize, E, D, T>
-    Module<Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>> for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+impl<
+        const H: usize,
+        const W: usize,
+        const IN: usize,
+        const OUT: usize,
+        const STRIDE: usize,
+        const OH: usize,
+        const OW: usize,
+        E,
+        D,
+        T,
+    > Module<Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>>
+    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 where
     E: Element,
     D: Device<E> + SubsamplePadKernel<E>,
@@ -87,7 +131,10 @@ where
     type Output = Tensor<(Const<OUT>, Const<OH>, Const<OW>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(&self, x: Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>) -> Result<Self::Output, D::Err> {
+    fn try_forward(
+        &self,
+        x: Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>,
+    ) -> Result<Self::Output, D::Err> {
         let op = Self::op::<H, W>(1);
         shortcut::subsample_pad_unchecked(x, op, (Const, Const, Const))
     }

@@ -18,7 +18,12 @@ fn window(out_index: usize, op: &Pool2dOp, len: usize) -> (usize, usize) {
 /// The flat index of the window's maximum: the first one in row-major order, except that a NaN
 /// wins (and a later NaN wins over an earlier one), as PyTorch's CPU kernel does.
 #[inline]
-fn argmax<E: Float>(plane: &[E], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
+fn argmax<E: Float>(
+    plane: &[E],
+    w: usize,
+    (y0, y1): (usize, usize),
+    (x0, x1): (usize, usize),
+) -> usize {
     let mut best = y0 * w + x0;
     let mut max = E::neg_infinity();
     for y in y0..y1 {
@@ -57,7 +62,13 @@ fn forward_plane<E: Float>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out: &mut [
     }
 }
 
-fn backward_plane<E: Float + std::ops::AddAssign>(kind: PoolKind, op: &Pool2dOp, inp: &[E], grad_inp: &mut [E], grad_out: &[E]) {
+fn backward_plane<E: Float + std::ops::AddAssign>(
+    kind: PoolKind,
+    op: &Pool2dOp,
+    inp: &[E],
+    grad_inp: &mut [E],
+    grad_out: &[E],
+) {
     let inv_area = E::one() / E::from(op.kernel * op.kernel).unwrap_or_else(E::one);
     for oy in 0..op.out_h {
         let rows = window(oy, op, op.in_h);
