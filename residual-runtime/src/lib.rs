@@ -3,6 +3,8 @@
 //! `residual!` macro instantiates. See `docs/ARCHITECTURE.md` for the contracts.
 
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod error;
 pub mod init;
 pub mod layers;
