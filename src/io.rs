@@ -17,7 +17,7 @@ use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorMut,
     ViewTensorName, ViewTensorRef,
 };
-use dfdx::shapes::Shape;
+use dfdx::shapes::{HasShape, Shape};
 use dfdx::tensor::Tensor;
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors};
 
