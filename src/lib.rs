@@ -2,6 +2,9 @@
 //!
 //! See the README for the `residual!` language, and [`zoo`] for the classic models.
 
+// Lets `residual!` (whose output names `::residual::__private`) be used inside this crate too.
+extern crate self as residual;
+
 pub mod io;
 
 pub use dfdx;

@@ -1,1 +1,128 @@
-//! The `residual!` macro.
+//! The `residual!` macro: declare residual networks, get statically shaped dfdx modules.
+//!
+//! # Grammar
+//!
+//! ```text
+//! file      := item*
+//! item      := attr* 'block' Ident ('(' params? ')')? '{' seq '}'
+//!            | attr* vis? 'model' Ident '[' int (',' int)* ']' '{' seq '}'
+//! attr      := '#[' 'init' '(' ('torch_default' | 'kaiming_normal') ')' ']'
+//!            | '#[' 'zero_init_residual' ']'               (models only)
+//!            | doc comment                                  (copied onto the struct)
+//! params    := param (',' param)* ','?         param := Ident ('=' expr)?
+//! seq       := step ('->' step)*
+//! step      := (Ident ':')? unit ('x' expr ('(' 'first' ':' args ')')?)?
+//! unit      := Ident ('(' args? ')')?                       a built-in layer or a user block
+//!            | '(' seq ')'                                  a sub-sequence
+//!            | 'residual' '{' seq '}' shortcut?
+//!            | 'tap' '(' Ident ')' | 'add' '(' Ident ')' | 'cat' '(' Ident ')'
+//! shortcut  := 'shortcut' (Ident ':')? ('identity' | 'auto' | 'pad' | '{' seq '}')
+//! args      := arg (',' arg)* ','?             arg := expr | Ident '=' expr
+//! expr      := integer arithmetic (+ - * / % parentheses) on literals and block parameters;
+//!              `true` / `false`; float literals (dropout `p`, leaky_relu `slope`)
+//! ```
+//!
+//! Ops after a residual's addition are simply the following steps: `residual { .. } -> relu`.
+//!
+//! ## Semantics decided here
+//!
+//! - Arguments bind by position, then by name; block parameter defaults may use earlier
+//!   parameters (`block B(w, out = 4 * w)`).
+//! - `x N (first: k = v, ..)` overrides named arguments of copy 0 of a block or layer call.
+//! - `linear(out)` infers its input size from the last dim of the value flowing in, so it takes
+//!   `[D]` or `[S, D]`; on `[C, H, W]` it is an error whose help says to add `global_avgpool ->`
+//!   or `flatten ->` first. `layernorm` likewise normalises the last dim of `[D]` / `[S, D]`.
+//! - `flatten` turns any rank into `[N]`. `global_avgpool` is `[C, H, W] -> [C]`.
+//! - `shortcut auto` on a body that keeps the shape is the identity; otherwise a 1x1 conv (with
+//!   the body's stride) and a batch norm at `downsample.0` / `downsample.1`. It needs
+//!   `[C, H, W]` values; for `[S, D]` write `shortcut { linear(D2, bias = false) }`.
+//! - `shortcut pad` subsamples by the body's stride and zero-pads channels, half in front.
+//! - Taps are scoped to one block instance (or the model body): `tap(s)` binds the current
+//!   value, `add(s)` adds it (same shape), `cat(s)` concatenates `[current, tapped]` along
+//!   channels (same spatial size).
+//! - Parameter paths: a named step contributes its name, an unnamed one its index in the
+//!   sequence, `x N` copies `0..N`; an unnamed, unrepeated `residual` is transparent; a
+//!   projection shortcut is `downsample` unless named. Struct fields are the paths with `.`
+//!   replaced by `_` (`_`-prefixed when they start with a digit); a conv's bias is a second
+//!   field `<conv>_bias` saved under the conv's own path (`conv1.bias`).
+//! - `#[zero_init_residual]` sets `ZERO_GAMMA` on the last batch norm of every residual body;
+//!   `#[init(kaiming_normal)]` gives every conv torchvision's fan-out Kaiming normal init.
+//! - Errors inside a block template are reported at the template's token, with the instance
+//!   (`in `layer2.0` (Bottleneck(128, stride = 2))`) in the message, plus one error at the call
+//!   site. Identical errors from several instances are merged.
+//!
+//! # Pipeline
+//!
+//! `parse/` (syn) -> `model.rs` (instantiate blocks, names, arguments) -> `infer.rs` (shapes,
+//! lowering) + `validate.rs` -> `codegen/`. Errors are collected in `ctxt::Ctxt`, sorted by
+//! position, and emitted after one stub struct per model.
+
+mod codegen;
+mod ctxt;
+mod infer;
+mod model;
+mod parse;
+mod shape;
+mod validate;
+
+use proc_macro2::{TokenStream, TokenTree};
+use quote::quote;
+
+/// Declares blocks and models; see the crate documentation for the grammar.
+#[proc_macro]
+pub fn residual(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    expand(input.into()).into()
+}
+
+/// The whole expansion on `proc_macro2` types (unit-testable without the proc-macro boundary).
+pub(crate) fn expand(input: TokenStream) -> TokenStream {
+    let parsed: parse::Input = match syn::parse2(input.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut out = stubs_from_tokens(input);
+            out.extend(e.to_compile_error());
+            return out;
+        }
+    };
+    let mut cx = ctxt::Ctxt::new();
+    let models = model::build(&parsed, &mut cx);
+    let programs: Vec<infer::Program> = models.iter().map(|m| infer::infer(m, &mut cx)).collect();
+    match cx.check() {
+        Ok(()) => models.iter().zip(&programs).map(|(m, p)| codegen::model(m, p)).collect(),
+        Err(errors) => {
+            let mut out = TokenStream::new();
+            for item in &parsed.items {
+                if let parse::Item::Model(m) = item {
+                    out.extend(codegen::stub(&m.vis, &m.name));
+                }
+            }
+            for e in errors {
+                out.extend(e.to_compile_error());
+            }
+            out
+        }
+    }
+}
+
+/// After a parse error, still declare the models we can see (`model Name`), so that the user's
+/// other code does not cascade into "cannot find type" errors.
+fn stubs_from_tokens(input: TokenStream) -> TokenStream {
+    let tokens: Vec<TokenTree> = input.into_iter().collect();
+    let mut out = TokenStream::new();
+    let mut seen: Vec<String> = Vec::new();
+    for pair in tokens.windows(2) {
+        if let [TokenTree::Ident(kw), TokenTree::Ident(name)] = pair {
+            let n = name.to_string();
+            if kw == "model" && !n.starts_with("r#") && !seen.contains(&n) {
+                seen.push(n);
+                let vis: syn::Visibility = syn::parse_quote!(pub);
+                let _ = quote!();
+                out.extend(codegen::stub(&vis, name));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,718 @@
+//! Shape inference: walks a model's node tree with the shape flowing through it, checks every
+//! layer against `shape.rs`, and lowers the tree into a flat program of tensor operations plus
+//! the model's parameter-bearing fields. Every error is collected; after an error whose output
+//! shape is still known (e.g. a shortcut mismatch) inference goes on with that shape, after one
+//! where it is not (e.g. a window that does not fit) it goes on without checking until the next
+//! point where the shape is known again, so independent mistakes are all reported.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::ctxt::{Ctxt, Origin, Sp};
+use crate::model::{did_you_mean, Kind, Layer, Model, Node, Shortcut, V};
+use crate::parse::{Init, TapKind};
+use crate::shape::{self, show, Conv, ShapeError};
+
+pub(crate) type Var = usize;
+
+/// A parameter-bearing layer: one field of the generated struct.
+#[derive(Clone, Debug)]
+pub(crate) struct Field {
+    /// Parameter path (the safetensors prefix), e.g. `layer1.0.conv1`.
+    pub path: String,
+    /// Struct field name: the path with `.` replaced by `_` (`_`-prefixed when it starts with a digit).
+    pub ident: String,
+    pub ty: FieldTy,
+    pub sp: Sp,
+    pub origin: Option<Rc<Origin>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum FieldTy {
+    Conv { in_ch: usize, conv: Conv, oh: usize, ow: usize, kaiming: bool },
+    Bias2d { c: usize, fan_in: usize },
+    Bn { c: usize, zero_gamma: bool },
+    Linear { i: usize, o: usize, bias: bool },
+    LayerNorm { m: usize },
+}
+
+/// What a layer op does to its input.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum OpKind {
+    /// Forward through the struct field with this index.
+    Field(usize),
+    MaxPool { kernel: usize, stride: usize, padding: usize },
+    AvgPool { kernel: usize, stride: usize, padding: usize },
+    GlobalAvgPool,
+    Flatten,
+    Dropout { per_million: usize },
+    Relu,
+    Gelu,
+    Sigmoid,
+    Tanh,
+    Silu,
+    LeakyRelu(f64),
+    Identity,
+    SubsamplePad { stride: usize },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    Layer { input: Var, output: Var, kind: OpKind },
+    /// `output = input.with_empty_tape()`: a second handle for a shortcut or a tap.
+    Fork { input: Var, output: Var },
+    /// `output = a + b`.
+    Add { a: Var, b: Var, output: Var },
+    /// `output = cat(a, b)` along channels.
+    Cat { a: Var, b: Var, output: Var },
+}
+
+/// One row of the summary table.
+#[derive(Clone, Debug)]
+pub(crate) struct Row {
+    pub path: String,
+    pub op: String,
+    pub shape: Vec<usize>,
+    pub params: u64,
+    pub macs: u64,
+}
+
+/// A model lowered to straight-line code.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Program {
+    pub ops: Vec<Op>,
+    /// Shape of every variable (without batch); variable 0 is the input.
+    pub vars: Vec<Vec<usize>>,
+    pub fields: Vec<Field>,
+    pub rows: Vec<Row>,
+    pub output: Var,
+    pub params: u64,
+    pub macs: u64,
+}
+
+struct Tap {
+    var: Option<Var>,
+    sp: Sp,
+}
+
+struct Infer<'a> {
+    cx: &'a mut Ctxt,
+    prog: Program,
+    kaiming: bool,
+    zero_init: bool,
+    taps: HashMap<(usize, String), Tap>,
+}
+
+pub(crate) fn field_ident(path: &str) -> String {
+    let mut s: String = path.chars().map(|c| if c == '.' { '_' } else { c }).collect();
+    if s.starts_with(|c: char| c.is_ascii_digit()) || s.is_empty() {
+        s.insert(0, '_');
+    }
+    s
+}
+
+/// Infers shapes of one model; errors go to `cx`. The program is complete only when no error
+/// was reported.
+pub(crate) fn infer(model: &Model, cx: &mut Ctxt) -> Program {
+    let mut inf = Infer {
+        cx,
+        prog: Program::default(),
+        kaiming: model.init == Init::KaimingNormal,
+        zero_init: model.zero_init,
+        taps: HashMap::new(),
+    };
+    inf.prog.vars.push(model.input.clone());
+    let out = inf.walk(&model.body, Some(0));
+    inf.prog.output = out.unwrap_or(0);
+    crate::validate::check_fields(&inf.prog.fields, inf.cx);
+    let mut prog = inf.prog;
+    remove_unused_forks(&mut prog);
+    prog
+}
+
+/// Taps that are never read would be unused variables in the generated code.
+fn remove_unused_forks(prog: &mut Program) {
+    let mut used = vec![false; prog.vars.len()];
+    for op in &prog.ops {
+        match op {
+            Op::Layer { input, .. } | Op::Fork { input, .. } => {
+                if let Some(u) = used.get_mut(*input) {
+                    *u = true;
+                }
+            }
+            Op::Add { a, b, .. } | Op::Cat { a, b, .. } => {
+                for v in [a, b] {
+                    if let Some(u) = used.get_mut(*v) {
+                        *u = true;
+                    }
+                }
+            }
+        }
+    }
+    let output = prog.output;
+    prog.ops.retain(|op| match op {
+        Op::Fork { output: o, .. } => used.get(*o).copied().unwrap_or(false) || *o == output,
+        _ => true,
+    });
+}
+
+impl Infer<'_> {
+    fn err(&mut self, node: &Node, sp: Sp, msg: impl Into<String>, help: Option<String>) {
+        self.cx.push(sp, msg, help, node.origin.clone());
+    }
+
+    fn shape(&self, v: Var) -> Vec<usize> {
+        self.prog.vars.get(v).cloned().unwrap_or_default()
+    }
+
+    fn new_var(&mut self, shape: Vec<usize>) -> Var {
+        self.prog.vars.push(shape);
+        self.prog.vars.len() - 1
+    }
+
+    fn layer_op(&mut self, input: Var, shape: Vec<usize>, kind: OpKind) -> Var {
+        let output = self.new_var(shape);
+        self.prog.ops.push(Op::Layer { input, output, kind });
+        output
+    }
+
+    fn add_field(&mut self, node: &Node, path: &str, ident: String, ty: FieldTy) -> usize {
+        self.prog.fields.push(Field { path: path.to_string(), ident, ty, sp: node.sp, origin: node.origin.clone() });
+        self.prog.fields.len() - 1
+    }
+
+    fn row(&mut self, path: &str, op: String, shape: &[usize], params: u64, macs: u64) {
+        self.prog.params = self.prog.params.saturating_add(params);
+        self.prog.macs = self.prog.macs.saturating_add(macs);
+        self.prog.rows.push(Row { path: path.to_string(), op, shape: shape.to_vec(), params, macs });
+    }
+
+    fn walk(&mut self, nodes: &[Node], mut cur: Option<Var>) -> Option<Var> {
+        for n in nodes {
+            cur = self.node(n, cur);
+        }
+        cur
+    }
+
+    fn node(&mut self, node: &Node, cur: Option<Var>) -> Option<Var> {
+        match &node.kind {
+            Kind::Seq(children) => self.walk(children, cur),
+            Kind::Layer { layer, path, named, .. } => {
+                let cur = cur?;
+                let shown_path = if *named || layer.has_params() { path.clone() } else { String::new() };
+                self.layer(node, layer, path, &shown_path, cur)
+            }
+            Kind::Residual { body, shortcut, shortcut_sp } => self.residual(node, body, shortcut, *shortcut_sp, cur),
+            Kind::Tap { kind, name, name_sp, scope } => self.tap(node, *kind, name, *name_sp, *scope, cur),
+        }
+    }
+
+    /// Reports a shape-rule violation of `op` with the span that best explains it.
+    #[allow(clippy::too_many_arguments)]
+    fn shape_error(&mut self, node: &Node, op: &str, e: ShapeError, args: &[(&str, Option<Sp>)], input: &[usize], out_channels: Option<usize>) {
+        let arg_sp = |name: &str| args.iter().find(|(n, _)| *n == name).and_then(|(_, s)| *s);
+        match e {
+            ShapeError::Rank { expected, ref found } => {
+                let help = match (op, found.len()) {
+                    ("linear" | "layernorm", 3) => Some(format!(
+                        "`{op}` acts on the last dim of [D] or [S, D]; add `global_avgpool ->` (to [{}]) or `flatten ->` before it",
+                        found.first().copied().unwrap_or(0)
+                    )),
+                    (_, 1 | 2) => Some(format!(
+                        "`{op}` needs an image; the value here is {} because of an earlier `global_avgpool`, `flatten` or `linear`, or because the model's input shape is not [C, H, W]",
+                        show(found)
+                    )),
+                    _ => None,
+                };
+                self.err(node, node.sp, format!("`{op}` expects a {expected} input, found {} (rank {})", show(found), found.len()), help);
+            }
+            ShapeError::Window { axis, input: size, padding, window } => {
+                let sp = arg_sp("kernel").unwrap_or(node.sp);
+                let need = window.saturating_sub(size).div_ceil(2);
+                let help = if op == "conv" || padding < need {
+                    Some(format!(
+                        "the input is {}; use a kernel of at most {} or `padding = {}`",
+                        show(input),
+                        size.saturating_add(padding.saturating_mul(2)),
+                        need.max(padding + 1)
+                    ))
+                } else {
+                    Some(format!("the input is {}; use a smaller kernel or dilation", show(input)))
+                };
+                self.err(
+                    node,
+                    sp,
+                    format!(
+                        "`{op}` window does not fit: the {axis} is {size}, {} with padding {padding}, but the window spans {window}; the output {axis} would be 0",
+                        size.saturating_add(padding.saturating_mul(2))
+                    ),
+                    help,
+                );
+            }
+            ShapeError::Groups { groups, channels, which } => {
+                let sp = arg_sp("groups").unwrap_or(node.sp);
+                let in_ch = input.first().copied().unwrap_or(1);
+                let out_ch = out_channels.unwrap_or(channels);
+                self.err(
+                    node,
+                    sp,
+                    format!("`groups = {groups}` does not divide the {which} channels ({channels})"),
+                    Some(format!(
+                        "groups must divide both the input channels ({in_ch}) and the output channels ({out_ch}); e.g. `groups = {}`",
+                        suggest_groups(groups, in_ch, out_ch)
+                    )),
+                );
+            }
+            ShapeError::PoolPadding { padding, kernel } => {
+                let sp = arg_sp("padding").unwrap_or(node.sp);
+                self.err(
+                    node,
+                    sp,
+                    format!("`{op}` padding {padding} is more than half the kernel size {kernel}"),
+                    Some(format!("use `padding = {}` or less", kernel / 2)),
+                );
+            }
+            ShapeError::Overflow => self.err(node, node.sp, format!("`{op}`: sizes overflow"), None),
+            ShapeError::Zero { what } => self.err(node, node.sp, format!("`{op}`: {what} must be at least 1"), None),
+        }
+    }
+
+    fn layer(&mut self, node: &Node, layer: &Layer, path: &str, shown: &str, cur: Var) -> Option<Var> {
+        let input = self.shape(cur);
+        let k = |v: &V<usize>| Some(v.sp);
+        match layer {
+            Layer::Conv { out, kernel, stride, padding, dilation, groups, bias } => {
+                let c = Conv {
+                    out: out.v,
+                    kernel: kernel.v,
+                    stride: stride.v,
+                    padding: padding.v,
+                    dilation: dilation.v,
+                    groups: groups.v,
+                };
+                let o = match shape::conv2d(&input, c) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // A groups error still has a well-defined output: continue with it.
+                        let cont = matches!(e, ShapeError::Groups { .. });
+                        self.shape_error(node, "conv", e, &[("kernel", k(kernel)), ("groups", k(groups)), ("padding", k(padding))], &input, Some(c.out));
+                        if cont {
+                            if let (Ok(oh), Ok(ow)) = (
+                                shape::window_out("height", input.get(1).copied().unwrap_or(0), c.kernel, c.stride, c.padding, c.dilation),
+                                shape::window_out("width", input.get(2).copied().unwrap_or(0), c.kernel, c.stride, c.padding, c.dilation),
+                            ) {
+                                return Some(self.new_var(vec![c.out, oh, ow]));
+                            }
+                        }
+                        return None;
+                    }
+                };
+                let in_ch = input.first().copied().unwrap_or(0);
+                let ident = field_ident(path);
+                let f = self.add_field(node, path, ident.clone(), FieldTy::Conv { in_ch, conv: c, oh: o[1], ow: o[2], kaiming: self.kaiming });
+                let mut v = self.layer_op(cur, o.to_vec(), OpKind::Field(f));
+                if *bias {
+                    let fan_in = (in_ch / c.groups.max(1)).saturating_mul(c.kernel).saturating_mul(c.kernel);
+                    let fb = self.add_field(node, path, format!("{ident}_bias"), FieldTy::Bias2d { c: c.out, fan_in });
+                    v = self.layer_op(v, o.to_vec(), OpKind::Field(fb));
+                }
+                let mut op = format!("conv {0}x{0}", c.kernel);
+                if c.stride != 1 {
+                    op.push_str(&format!("/{}", c.stride));
+                }
+                op.push_str(&format!(" {in_ch}->{}", c.out));
+                if c.groups != 1 {
+                    op.push_str(&format!(" g{}", c.groups));
+                }
+                if c.dilation != 1 {
+                    op.push_str(&format!(" d{}", c.dilation));
+                }
+                let params = shape::conv_params(in_ch, c, *bias).unwrap_or(u64::MAX);
+                let macs = shape::conv_macs(in_ch, c, o).unwrap_or(u64::MAX);
+                self.row(shown, op, &o, params, macs);
+                Some(v)
+            }
+            Layer::Bn => {
+                if let Err(e) = shape::rank3(&input) {
+                    self.shape_error(node, "bn", e, &[], &input, None);
+                    return None;
+                }
+                let c = input.first().copied().unwrap_or(0);
+                let f = self.add_field(node, path, field_ident(path), FieldTy::Bn { c, zero_gamma: false });
+                let v = self.layer_op(cur, input.clone(), OpKind::Field(f));
+                self.row(shown, format!("bn {c}"), &input, 2 * c as u64, 0);
+                Some(v)
+            }
+            Layer::MaxPool { kernel, stride, padding } | Layer::AvgPool { kernel, stride, padding } => {
+                let max = matches!(layer, Layer::MaxPool { .. });
+                let name = if max { "maxpool" } else { "avgpool" };
+                match shape::pool2d(&input, kernel.v, stride.v, padding.v) {
+                    Ok(o) => {
+                        let (kernel, stride, padding) = (kernel.v, stride.v, padding.v);
+                        let kind = if max {
+                            OpKind::MaxPool { kernel, stride, padding }
+                        } else {
+                            OpKind::AvgPool { kernel, stride, padding }
+                        };
+                        let v = self.layer_op(cur, o.to_vec(), kind);
+                        self.row(shown, format!("{name} {kernel}x{kernel}/{stride}"), &o, 0, 0);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        self.shape_error(node, name, e, &[("kernel", k(kernel)), ("padding", k(padding))], &input, None);
+                        None
+                    }
+                }
+            }
+            Layer::GlobalAvgPool => match shape::global_avgpool(&input) {
+                Ok(o) => {
+                    let v = self.layer_op(cur, o.to_vec(), OpKind::GlobalAvgPool);
+                    self.row(shown, "global_avgpool".into(), &o, 0, 0);
+                    Some(v)
+                }
+                Err(e) => {
+                    self.shape_error(node, "global_avgpool", e, &[], &input, None);
+                    None
+                }
+            },
+            Layer::Flatten => match shape::flatten(&input) {
+                Ok(o) => {
+                    let v = self.layer_op(cur, o.to_vec(), OpKind::Flatten);
+                    self.row(shown, "flatten".into(), &o, 0, 0);
+                    Some(v)
+                }
+                Err(e) => {
+                    self.shape_error(node, "flatten", e, &[], &input, None);
+                    None
+                }
+            },
+            Layer::Linear { out, bias } => match shape::linear(&input, out.v) {
+                Ok(o) => {
+                    let i = input.last().copied().unwrap_or(0);
+                    let f = self.add_field(node, path, field_ident(path), FieldTy::Linear { i, o: out.v, bias: *bias });
+                    let v = self.layer_op(cur, o.clone(), OpKind::Field(f));
+                    let params = shape::linear_params(i, out.v, *bias).unwrap_or(u64::MAX);
+                    let macs = shape::linear_macs(&input, out.v).unwrap_or(u64::MAX);
+                    self.row(shown, format!("linear {i}->{}", out.v), &o, params, macs);
+                    Some(v)
+                }
+                Err(e) => {
+                    self.shape_error(node, "linear", e, &[], &input, None);
+                    None
+                }
+            },
+            Layer::LayerNorm => match shape::last_dim(&input) {
+                Ok(m) => {
+                    let f = self.add_field(node, path, field_ident(path), FieldTy::LayerNorm { m });
+                    let v = self.layer_op(cur, input.clone(), OpKind::Field(f));
+                    self.row(shown, format!("layernorm {m}"), &input, 2 * m as u64, 0);
+                    Some(v)
+                }
+                Err(e) => {
+                    self.shape_error(node, "layernorm", e, &[], &input, None);
+                    None
+                }
+            },
+            Layer::Dropout { p } => {
+                let per_million = (p * 1e6).round().clamp(0.0, 999_999.0) as usize;
+                let v = self.layer_op(cur, input.clone(), OpKind::Dropout { per_million });
+                self.row(shown, format!("dropout {p}"), &input, 0, 0);
+                Some(v)
+            }
+            Layer::Relu | Layer::Gelu | Layer::Sigmoid | Layer::Tanh | Layer::Silu | Layer::LeakyRelu { .. } | Layer::Identity => {
+                let (kind, name) = match layer {
+                    Layer::Relu => (OpKind::Relu, "relu".to_string()),
+                    Layer::Gelu => (OpKind::Gelu, "gelu".to_string()),
+                    Layer::Sigmoid => (OpKind::Sigmoid, "sigmoid".to_string()),
+                    Layer::Tanh => (OpKind::Tanh, "tanh".to_string()),
+                    Layer::Silu => (OpKind::Silu, "silu".to_string()),
+                    Layer::LeakyRelu { slope } => (OpKind::LeakyRelu(*slope), format!("leaky_relu {slope}")),
+                    _ => (OpKind::Identity, "identity".to_string()),
+                };
+                let v = self.layer_op(cur, input.clone(), kind);
+                self.row(shown, name, &input, 0, 0);
+                Some(v)
+            }
+        }
+    }
+
+    fn residual(&mut self, node: &Node, body: &[Node], sc: &Shortcut, sc_sp: Sp, cur: Option<Var>) -> Option<Var> {
+        let Some(input) = cur else {
+            // Unknown input: still look inside for errors that do not depend on it.
+            let _ = self.walk(body, None);
+            if let Shortcut::Projection { body: p } = sc {
+                let _ = self.walk(p, None);
+            }
+            return None;
+        };
+        let in_shape = self.shape(input);
+        let fork = self.new_var(in_shape.clone());
+        self.prog.ops.push(Op::Fork { input, output: fork });
+        let fields_before = self.prog.fields.len();
+        let body_out = self.walk(body, Some(input));
+        if self.zero_init {
+            let last_bn = self.prog.fields.iter_mut().skip(fields_before).rev().find(|f| matches!(f.ty, FieldTy::Bn { .. }));
+            if let Some(Field { ty: FieldTy::Bn { zero_gamma, .. }, .. }) = last_bn {
+                *zero_gamma = true;
+            }
+        }
+        let body_shape = body_out.map(|v| self.shape(v));
+        let hint = body_stride(body);
+        let sc_out: Option<Var> = match sc {
+            Shortcut::Identity { explicit } => {
+                if let Some(bs) = &body_shape {
+                    if *bs != in_shape {
+                        let what = if *explicit { "the shortcut is `identity`" } else { "the shortcut is the identity (none given)" };
+                        self.err(
+                            node,
+                            sc_sp,
+                            format!(
+                                "residual body changes the shape, but {what}: expected the body to output {}, found {}",
+                                show(&in_shape),
+                                show(bs)
+                            ),
+                            Some(identity_help(&in_shape, bs, hint)),
+                        );
+                    }
+                }
+                Some(fork)
+            }
+            Shortcut::Auto { path } => match &body_shape {
+                None => None,
+                Some(bs) if *bs == in_shape => Some(fork),
+                Some(bs) => {
+                    let stride = shape::shortcut_stride(&in_shape, bs, hint);
+                    match (stride, in_shape.as_slice(), bs.as_slice()) {
+                        (Some(s), [ic, _, _], [oc, oh, ow]) => {
+                            let c = Conv { out: *oc, kernel: 1, stride: s, padding: 0, dilation: 1, groups: 1 };
+                            let cpath = format!("{path}.0");
+                            let bpath = format!("{path}.1");
+                            let fc = self.add_field(node, &cpath, field_ident(&cpath), FieldTy::Conv { in_ch: *ic, conv: c, oh: *oh, ow: *ow, kaiming: self.kaiming });
+                            let o = vec![*oc, *oh, *ow];
+                            let v1 = self.layer_op(fork, o.clone(), OpKind::Field(fc));
+                            let params = shape::conv_params(*ic, c, false).unwrap_or(u64::MAX);
+                            let macs = shape::conv_macs(*ic, c, [*oc, *oh, *ow]).unwrap_or(u64::MAX);
+                            self.row(&cpath, format!("conv 1x1{} {ic}->{oc}", if s != 1 { format!("/{s}") } else { String::new() }), &o, params, macs);
+                            let fb = self.add_field(node, &bpath, field_ident(&bpath), FieldTy::Bn { c: *oc, zero_gamma: false });
+                            let v2 = self.layer_op(v1, o.clone(), OpKind::Field(fb));
+                            self.row(&bpath, format!("bn {oc}"), &o, 2 * *oc as u64, 0);
+                            Some(v2)
+                        }
+                        _ => {
+                            self.err(
+                                node,
+                                sc_sp,
+                                format!(
+                                    "`shortcut auto` cannot map {} to {} with a strided 1x1 conv",
+                                    show(&in_shape),
+                                    show(bs)
+                                ),
+                                Some(format!(
+                                    "`auto` projects [C, H, W] images; write the projection yourself: `shortcut {{ .. }}` producing {}{}",
+                                    show(bs),
+                                    if bs.len() < 3 { format!(", e.g. `shortcut {{ linear({}, bias = false) }}`", bs.last().copied().unwrap_or(0)) } else { String::new() }
+                                )),
+                            );
+                            Some(fork)
+                        }
+                    }
+                }
+            },
+            Shortcut::Pad => match &body_shape {
+                None => None,
+                Some(bs) => {
+                    let stride = shape::shortcut_stride(&in_shape, bs, hint);
+                    match (stride, in_shape.as_slice(), bs.as_slice()) {
+                        (Some(s), [ic, _, _], [oc, _, _]) if oc >= ic => {
+                            let v = self.layer_op(fork, bs.clone(), OpKind::SubsamplePad { stride: s });
+                            self.row("", format!("subsample_pad /{s} {ic}->{oc}"), bs, 0, 0);
+                            Some(v)
+                        }
+                        (_, [ic, _, _], [oc, _, _]) if oc < ic => {
+                            self.err(
+                                node,
+                                sc_sp,
+                                format!("`shortcut pad` can only add channels, but the body goes from {ic} to {oc} channels"),
+                                Some(format!("use `shortcut auto` or a projection: `shortcut {{ conv({oc}, 1) -> bn }}`")),
+                            );
+                            Some(fork)
+                        }
+                        _ => {
+                            self.err(
+                                node,
+                                sc_sp,
+                                format!("`shortcut pad` cannot map {} to {} by subsampling and zero-padding channels", show(&in_shape), show(bs)),
+                                Some("`pad` needs [C, H, W] values whose spatial size shrinks by an integer stride; write a projection `shortcut { .. }`".into()),
+                            );
+                            Some(fork)
+                        }
+                    }
+                }
+            },
+            Shortcut::Projection { body: proj } => {
+                let p_out = self.walk(proj, Some(fork));
+                if let (Some(po), Some(bs)) = (p_out, &body_shape) {
+                    let ps = self.shape(po);
+                    if ps != *bs {
+                        let sp = proj.last().map(|n| n.sp).unwrap_or(sc_sp);
+                        let origin_node = proj.last().unwrap_or(node);
+                        let help = match (shape::shortcut_stride(&in_shape, bs, hint), bs.as_slice()) {
+                            (Some(s), [oc, _, _]) => format!("make the projection output {}, e.g. `shortcut {{ {} }}`", show(bs), projection_text(*oc, s)),
+                            _ => format!("make the projection output {}", show(bs)),
+                        };
+                        self.err(
+                            origin_node,
+                            sp,
+                            format!("shortcut projection outputs {}, but the residual body outputs {}: expected {}, found {}", show(&ps), show(bs), show(bs), show(&ps)),
+                            Some(help),
+                        );
+                    }
+                }
+                p_out
+            }
+        };
+        let (a, b) = (body_out?, sc_out?);
+        let out_shape = self.shape(a);
+        if self.shape(b) != out_shape {
+            return Some(a);
+        }
+        let output = self.new_var(out_shape.clone());
+        self.prog.ops.push(Op::Add { a, b, output });
+        self.row("", "+ shortcut".into(), &out_shape, 0, 0);
+        Some(output)
+    }
+
+    fn tap(&mut self, node: &Node, kind: TapKind, name: &str, name_sp: Sp, scope: usize, cur: Option<Var>) -> Option<Var> {
+        let key = (scope, name.to_string());
+        match kind {
+            TapKind::Tap => {
+                if let Some(prev) = self.taps.get(&key) {
+                    let _ = prev.sp;
+                    self.err(node, name_sp, format!("duplicate tap `{name}`"), Some("each tap in a block or model body needs its own name".into()));
+                    return cur;
+                }
+                let var = cur.map(|c| {
+                    let shape = self.shape(c);
+                    let fork = self.new_var(shape);
+                    self.prog.ops.push(Op::Fork { input: c, output: fork });
+                    fork
+                });
+                self.taps.insert(key, Tap { var, sp: name_sp });
+                cur
+            }
+            TapKind::Add | TapKind::Cat => {
+                let word = if kind == TapKind::Add { "add" } else { "cat" };
+                let Some(tap) = self.taps.get(&key) else {
+                    let names: Vec<&str> = self.taps.keys().filter(|(s, _)| *s == scope).map(|(_, n)| n.as_str()).collect();
+                    let help = match did_you_mean(name, names.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("bind it first with `tap({name})` earlier in the same block or model body"),
+                    };
+                    self.err(node, name_sp, format!("unknown tap `{name}`"), Some(help));
+                    return cur;
+                };
+                let (cur, tv) = (cur?, tap.var?);
+                let (cs, ts) = (self.shape(cur), self.shape(tv));
+                if kind == TapKind::Add {
+                    if cs != ts {
+                        self.err(
+                            node,
+                            name_sp,
+                            format!("`add({name})` needs equal shapes: expected {} (the value here), found {} (tapped)", show(&cs), show(&ts)),
+                            Some(format!("`add` sums elementwise; use `cat({name})` to concatenate channels, or tap at a point with shape {}", show(&cs))),
+                        );
+                        return Some(cur);
+                    }
+                    let output = self.new_var(cs.clone());
+                    self.prog.ops.push(Op::Add { a: cur, b: tv, output });
+                    self.row("", format!("add({name})"), &cs, 0, 0);
+                    Some(output)
+                } else {
+                    match shape::cat_channels(&cs, &ts) {
+                        Some(o) => {
+                            let output = self.new_var(o.to_vec());
+                            self.prog.ops.push(Op::Cat { a: cur, b: tv, output });
+                            self.row("", format!("cat({name})"), &o, 0, 0);
+                            Some(output)
+                        }
+                        None => {
+                            let _ = word;
+                            self.err(
+                                node,
+                                name_sp,
+                                format!(
+                                    "`cat({name})` concatenates [C, H, W] values along channels, so the spatial sizes must match: the value here is {}, the tapped value is {}",
+                                    show(&cs),
+                                    show(&ts)
+                                ),
+                                Some(format!("tap at a point with spatial size {}", show(cs.get(1..).unwrap_or(&[])))),
+                            );
+                            None
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The product of the strides of the convs and pools in a body (nested residual shortcuts
+/// aside): the stride an `auto` / `pad` shortcut should use.
+fn body_stride(nodes: &[Node]) -> usize {
+    let mut s: usize = 1;
+    for n in nodes {
+        let k = match &n.kind {
+            Kind::Layer { layer: Layer::Conv { stride, .. }, .. } => stride.v,
+            Kind::Layer { layer: Layer::MaxPool { stride, .. } | Layer::AvgPool { stride, .. }, .. } => stride.v,
+            Kind::Seq(c) => body_stride(c),
+            Kind::Residual { body, .. } => body_stride(body),
+            _ => 1,
+        };
+        s = s.saturating_mul(k);
+    }
+    s
+}
+
+fn projection_text(oc: usize, stride: usize) -> String {
+    if stride == 1 {
+        format!("conv({oc}, 1) -> bn")
+    } else {
+        format!("conv({oc}, 1, stride = {stride}) -> bn")
+    }
+}
+
+fn identity_help(input: &[usize], output: &[usize], hint: usize) -> String {
+    match (shape::shortcut_stride(input, output, hint), input, output) {
+        (Some(s), [ic, _, _], [oc, _, _]) => {
+            let mut h = format!(
+                "add `shortcut auto` (a 1x1 conv + bn), or write the projection: `shortcut {{ {} }}`",
+                projection_text(*oc, s)
+            );
+            if oc >= ic {
+                h.push_str(", or `shortcut pad` (option A: subsample and zero-pad channels)");
+            }
+            h
+        }
+        (_, _, [.., d]) if output.len() < 3 => {
+            format!("write a projection that outputs {}: `shortcut {{ linear({d}, bias = false) }}`", show(output))
+        }
+        _ => format!("write a projection that maps {} to {}: `shortcut {{ .. }}`", show(input), show(output)),
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn suggest_groups(groups: usize, in_ch: usize, out_ch: usize) -> usize {
+    let g = gcd(in_ch, out_ch);
+    // The largest divisor of both channel counts not above the requested `groups`.
+    (1..=groups.min(g).max(1)).rev().find(|d| g % d == 0).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+//! Sequences, steps, units and shortcuts.
+
+use syn::parse::{Parse, ParseStream};
+use syn::{Ident, Token};
+
+use super::expr::{parse_args, Arg, Expr};
+use super::kw;
+use crate::ctxt::Sp;
+
+/// Steps chained by arrows; always the whole content of a `{}` or `()` group.
+///
+/// ```text
+/// seq := step ('->' step)*
+/// ```
+#[derive(Clone, Debug)]
+pub(crate) struct Seq {
+    pub steps: Vec<Step>,
+    /// The delimiters around the sequence (for errors about the sequence as a whole).
+    pub sp: Sp,
+}
+
+impl Seq {
+    pub fn parse_in(input: ParseStream, sp: Sp, depth: usize) -> syn::Result<Seq> {
+        if depth > MAX_NESTING {
+            return Err(input.error("sequences nested too deeply"));
+        }
+        if input.is_empty() {
+            return Err(syn::Error::new(sp.end, "expected at least one layer in this sequence"));
+        }
+        let mut steps = vec![Step::parse_at(input, depth)?];
+        while !input.is_empty() {
+            if !input.peek(Token![->]) {
+                return Err(input.error("expected `->` between steps, or the end of the sequence"));
+            }
+            let _: Token![->] = input.parse()?;
+            steps.push(Step::parse_at(input, depth)?);
+        }
+        Ok(Seq { steps, sp })
+    }
+
+    /// Parses `{ seq }` (when `brace`) or `( seq )`.
+    pub fn parse_delimited(input: ParseStream, depth: usize) -> syn::Result<Seq> {
+        let content;
+        let sp = if input.peek(syn::token::Brace) {
+            let b = syn::braced!(content in input);
+            Sp { start: b.span.open(), end: b.span.close() }
+        } else {
+            let p = syn::parenthesized!(content in input);
+            Sp { start: p.span.open(), end: p.span.close() }
+        };
+        Seq::parse_in(&content, sp, depth + 1)
+    }
+}
+
+const MAX_NESTING: usize = 48;
+
+/// One step of a sequence.
+///
+/// ```text
+/// step := (Ident ':')? unit ('x' expr ('(' 'first' ':' args ')')?)?
+/// ```
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    pub name: Option<Ident>,
+    pub unit: Unit,
+    pub repeat: Option<Repeat>,
+}
+
+/// `x N (first: stride = 2)`
+#[derive(Clone, Debug)]
+pub(crate) struct Repeat {
+    pub count: Expr,
+    pub first: Option<(Sp, Vec<Arg>)>,
+}
+
+impl Step {
+    fn parse_at(input: ParseStream, depth: usize) -> syn::Result<Step> {
+        let name = if input.peek(Ident) && input.peek2(Token![:]) && !input.peek2(Token![::]) {
+            let name = super::plain_ident(input)?;
+            let _: Token![:] = input.parse()?;
+            Some(name)
+        } else {
+            None
+        };
+        let unit = Unit::parse_at(input, depth)?;
+        let repeat = if input.peek(kw::x) {
+            let x: kw::x = input.parse()?;
+            let count: Expr = input.parse()?;
+            let first = if input.peek(syn::token::Paren) {
+                let content;
+                let p = syn::parenthesized!(content in input);
+                let _: kw::first = content.parse().map_err(|e| {
+                    syn::Error::new(e.span(), "expected `first:` (arguments for the first copy, e.g. `(first: stride = 2)`)")
+                })?;
+                let _: Token![:] = content.parse()?;
+                let args = parse_args(&content)?;
+                if args.is_empty() {
+                    return Err(syn::Error::new(p.span.close(), "expected arguments after `first:`"));
+                }
+                Some((Sp { start: p.span.open(), end: p.span.close() }, args))
+            } else {
+                None
+            };
+            let _ = x;
+            Some(Repeat { count, first })
+        } else {
+            None
+        };
+        Ok(Step { name, unit, repeat })
+    }
+
+    /// The source range of the step's unit (for errors about the step).
+    pub fn sp(&self) -> Sp {
+        self.unit.sp()
+    }
+}
+
+/// What a step computes.
+///
+/// ```text
+/// unit := Ident ('(' args? ')')?                 a layer or a user block
+///       | '(' seq ')'                            a sub-sequence
+///       | 'residual' '{' seq '}' shortcut?
+///       | ('tap' | 'add' | 'cat') '(' Ident ')'
+/// ```
+#[derive(Clone, Debug)]
+pub(crate) enum Unit {
+    Call { name: Ident, args: Vec<Arg>, paren: Option<Sp> },
+    Group(Seq),
+    Residual { kw_sp: Sp, body: Seq, shortcut: Option<Shortcut> },
+    Tap { kind: TapKind, kw_sp: Sp, name: Ident },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TapKind {
+    Tap,
+    Add,
+    Cat,
+}
+
+impl Unit {
+    fn parse_at(input: ParseStream, depth: usize) -> syn::Result<Unit> {
+        if input.peek(kw::residual) && input.peek2(syn::token::Brace) {
+            let kw: kw::residual = input.parse()?;
+            let body = Seq::parse_delimited(input, depth)?;
+            let shortcut = if input.peek(kw::shortcut) { Some(Shortcut::parse_at(input, depth)?) } else { None };
+            return Ok(Unit::Residual { kw_sp: Sp::one(kw.span), body, shortcut });
+        }
+        for (kind, is) in [
+            (TapKind::Tap, input.peek(kw::tap)),
+            (TapKind::Add, input.peek(kw::add)),
+            (TapKind::Cat, input.peek(kw::cat)),
+        ] {
+            if is && input.peek2(syn::token::Paren) {
+                let kw: Ident = input.parse()?;
+                let content;
+                let p = syn::parenthesized!(content in input);
+                if content.is_empty() {
+                    return Err(syn::Error::new(p.span.close(), format!("expected a tap name: `{kw}(name)`")));
+                }
+                let name = super::plain_ident(&content)?;
+                if !content.is_empty() {
+                    return Err(content.error(format!("`{kw}` takes one tap name")));
+                }
+                return Ok(Unit::Tap { kind, kw_sp: Sp::one(kw.span()), name });
+            }
+        }
+        if input.peek(syn::token::Paren) {
+            return Ok(Unit::Group(Seq::parse_delimited(input, depth)?));
+        }
+        if input.peek(Ident) {
+            let name = super::plain_ident(input)?;
+            if input.peek(syn::token::Paren) {
+                let content;
+                let p = syn::parenthesized!(content in input);
+                let args = parse_args(&content)?;
+                return Ok(Unit::Call { name, args, paren: Some(Sp { start: p.span.open(), end: p.span.close() }) });
+            }
+            return Ok(Unit::Call { name, args: Vec::new(), paren: None });
+        }
+        Err(input.error("expected a layer, a block, `residual { .. }`, `tap(..)`, `add(..)`, `cat(..)` or `( .. )`"))
+    }
+
+    pub fn sp(&self) -> Sp {
+        match self {
+            Unit::Call { name, paren, .. } => match paren {
+                Some(p) => Sp::one(name.span()).to(*p),
+                None => Sp::one(name.span()),
+            },
+            Unit::Group(seq) => seq.sp,
+            Unit::Residual { kw_sp, .. } => *kw_sp,
+            Unit::Tap { kw_sp, name, .. } => kw_sp.to(Sp::one(name.span())),
+        }
+    }
+}
+
+impl Parse for Unit {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        Unit::parse_at(input, 0)
+    }
+}
+
+/// The shortcut branch of a residual.
+///
+/// ```text
+/// shortcut := 'shortcut' (Ident ':')? ('identity' | 'auto' | 'pad' | '{' seq '}')
+/// ```
+#[derive(Clone, Debug)]
+pub(crate) struct Shortcut {
+    pub name: Option<Ident>,
+    pub kind: ShortcutKind,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum ShortcutKind {
+    Identity(Sp),
+    Auto(Sp),
+    Pad(Sp),
+    Projection(Seq),
+}
+
+impl Shortcut {
+    fn parse_at(input: ParseStream, depth: usize) -> syn::Result<Shortcut> {
+        let kw: kw::shortcut = input.parse()?;
+        let name = if input.peek(Ident) && input.peek2(Token![:]) && !input.peek2(Token![::]) {
+            let n = super::plain_ident(input)?;
+            let _: Token![:] = input.parse()?;
+            Some(n)
+        } else {
+            None
+        };
+        let look = input.lookahead1();
+        let kind = if look.peek(kw::identity) {
+            ShortcutKind::Identity(Sp::one(input.parse::<kw::identity>()?.span))
+        } else if look.peek(kw::auto) {
+            ShortcutKind::Auto(Sp::one(input.parse::<kw::auto>()?.span))
+        } else if look.peek(kw::pad) {
+            ShortcutKind::Pad(Sp::one(input.parse::<kw::pad>()?.span))
+        } else if look.peek(syn::token::Brace) {
+            ShortcutKind::Projection(Seq::parse_delimited(input, depth)?)
+        } else {
+            return Err(look.error());
+        };
+        let _ = kw;
+        Ok(Shortcut { name, kind })
+    }
+}

@@ -1,0 +1,68 @@
+//! End-to-end tests of `expand` on proc_macro2 tokens: valid inputs expand to the expected
+//! items, invalid ones to `compile_error!`s with the expected text.
+
+use proc_macro2::TokenStream;
+use std::str::FromStr;
+
+pub(crate) const RESNET152: &str = r#"
+    /// torchvision's Bottleneck (ResNet v1.5: the stride sits on the 3x3).
+    block Bottleneck(width, stride = 1, expansion = 4) {
+        residual {
+            conv1: conv(width, 1) -> bn1: bn -> relu
+            -> conv2: conv(width, 3, stride = stride, padding = 1) -> bn2: bn -> relu
+            -> conv3: conv(expansion * width, 1) -> bn3: bn
+        } shortcut auto
+        -> relu
+    }
+
+    /// ResNet-152 for 224x224 ImageNet images.
+    #[init(kaiming_normal)]
+    pub model ResNet152[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: Bottleneck(64) x 3
+        -> layer2: Bottleneck(128) x 8 (first: stride = 2)
+        -> layer3: Bottleneck(256) x 36 (first: stride = 2)
+        -> layer4: Bottleneck(512) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+"#;
+
+pub(crate) fn expand_str(src: &str) -> String {
+    let ts = TokenStream::from_str(src).expect("test input tokenizes");
+    crate::expand(ts).to_string()
+}
+
+/// The error messages of an expansion, in order.
+pub(crate) fn errors(src: &str) -> Vec<String> {
+    let ts = TokenStream::from_str(src).expect("test input tokenizes");
+    let out = crate::expand(ts);
+    let file: syn::File = match syn::parse2(out) {
+        Ok(f) => f,
+        Err(e) => return vec![format!("unparseable output: {e}")],
+    };
+    let mut msgs = Vec::new();
+    for item in file.items {
+        if let syn::Item::Macro(m) = item {
+            if m.mac.path.segments.last().is_some_and(|s| s.ident == "compile_error") {
+                if let Ok(lit) = m.mac.parse_body::<syn::LitStr>() {
+                    msgs.push(lit.value());
+                }
+            }
+        }
+    }
+    msgs
+}
+
+#[test]
+fn resnet152_expands() {
+    let out = expand_str(RESNET152);
+    assert!(!out.contains("compile_error"), "{out}");
+    assert!(out.contains("pub struct ResNet152"));
+    assert!(out.contains("\"layer2.0.downsample.0\""));
+    assert!(out.contains("\"layer3.35.conv3\""));
+    assert!(out.contains("layer4_2_bn3"));
+    if std::env::var("RESIDUAL_PRINT").is_ok() {
+        println!("{out}");
+    }
+}
