@@ -233,9 +233,13 @@ pub(crate) fn assert_compiles(src: &KernelSource) {
     match src.ptx() {
         Err(log) => panic!("NVRTC failed on `{}`:\n{log}", src.module),
         Ok(ptx) => {
-            let text = format!("{ptx:?}");
+            let text = ptx.to_src();
             for f in src.functions {
-                assert!(text.contains(f), "`{}` does not define `{f}`", src.module);
+                assert!(
+                    text.contains(&format!(".entry {f}(")),
+                    "`{}` does not define `{f}`",
+                    src.module
+                );
             }
         }
     }
