@@ -104,7 +104,14 @@ EOF
         fi
         # Fallback list if the cudarc source is not in the cargo registry yet.
         grep -o '^CUresult CUDAAPI cu[A-Za-z0-9_]*' "$CUDA/include/cuda.h" | sed 's/.* //' | sort -u
-    } | awk 'NR==1 {print; next} !seen[$0]++ {print "int " $0 "(void) { return 999; }"}' > "$stub_c"
+    } | awk 'NR==1 {print; next}
+             /^cuGetError(String|Name)$/ {next}
+             !seen[$0]++ {print "int " $0 "(void) { return 100; /* CUDA_ERROR_NO_DEVICE */ }"}' > "$stub_c"
+    # The error-string calls must answer (cudarc formats errors with them, even in a panic).
+    cat >> "$stub_c" <<'EOF_C'
+int cuGetErrorString(int err, const char **s) { (void)err; *s = "no CUDA driver (link-time stub libcuda)"; return 0; }
+int cuGetErrorName(int err, const char **s) { (void)err; *s = "CUDA_ERROR_NO_DEVICE"; return 0; }
+EOF_C
     # `#define cuFoo cuFoo_v2` in cuda.h does not matter here: the stub exports both spellings
     # whenever cudarc's bindings name them.
     cc -shared -fPIC -o "$CUDA/lib/stubs/libcuda.so" -Wl,-soname,libcuda.so.1 "$stub_c"
