@@ -190,6 +190,21 @@ pub(crate) enum Kind {
     Tap { kind: TapKind, name: String, name_sp: Sp, scope: usize },
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(distance("widht", "width"), 1);
+        assert_eq!(distance("cnv", "conv"), 1);
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(did_you_mean("strde", ["stride", "padding"]), Some("stride".into()));
+        assert_eq!(did_you_mean("xyz", ["stride", "padding"]), None);
+        assert_eq!(did_you_mean("Botleneck", ["Bottleneck", "Basic"]), Some("Bottleneck".into()));
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Shortcut {
     Identity { explicit: bool },
@@ -200,21 +215,38 @@ pub(crate) enum Shortcut {
 
 type Env = HashMap<String, Value>;
 
-/// Edit distance, for "did you mean".
+/// Edit distance with adjacent transpositions (optimal string alignment), for "did you mean".
 fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev.get(j).copied().unwrap_or(0) + usize::from(ca != *cb);
-            let del = prev.get(j + 1).copied().unwrap_or(0) + 1;
-            let ins = cur.get(j).copied().unwrap_or(0) + 1;
-            cur.push(sub.min(del).min(ins));
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    let at = |i: usize, j: usize| i * w + j;
+    for i in 0..=a.len() {
+        if let Some(c) = d.get_mut(at(i, 0)) {
+            *c = i;
         }
-        prev = cur;
     }
-    prev.last().copied().unwrap_or(0)
+    for j in 0..=b.len() {
+        if let Some(c) = d.get_mut(at(0, j)) {
+            *c = j;
+        }
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let get = |i: usize, j: usize| d.get(at(i, j)).copied().unwrap_or(usize::MAX / 2);
+            let (ca, cb) = (a.get(i - 1), b.get(j - 1));
+            let cost = usize::from(ca != cb);
+            let mut v = (get(i - 1, j) + 1).min(get(i, j - 1) + 1).min(get(i - 1, j - 1) + cost);
+            if i > 1 && j > 1 && ca == b.get(j - 2) && a.get(i - 2) == cb {
+                v = v.min(get(i - 2, j - 2) + 1);
+            }
+            if let Some(c) = d.get_mut(at(i, j)) {
+                *c = v;
+            }
+        }
+    }
+    d.get(at(a.len(), b.len())).copied().unwrap_or(usize::MAX)
 }
 
 /// The closest candidate, when close enough to be a typo.
@@ -429,7 +461,8 @@ impl<'a> Inst<'a> {
             .filter(|((_, has_default), slot)| !has_default && slot.is_none())
             .map(|((p, _), _)| p.as_str())
             .collect();
-        if !missing.is_empty() {
+        // Missing arguments are only worth reporting when the given ones made sense.
+        if ok && !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
             self.err(
                 callee_sp,
@@ -596,6 +629,15 @@ impl<'a> Inst<'a> {
     }
 
     fn seq(&mut self, seq: &Seq, env: &Env, prefix: &str, origin: &Option<Rc<Origin>>, scope: usize) -> Vec<Node> {
+        self.seq_in(seq, env, prefix, prefix, origin, scope)
+    }
+
+    /// `prefix` is where named steps live, `index_prefix` where unnamed ones are indexed. They
+    /// differ only in an unnamed residual's body: named steps are transparent
+    /// (`layer1.0.conv1`), unnamed ones are indexed under the residual's own index, so they
+    /// cannot collide with the enclosing sequence's indices.
+    #[allow(clippy::too_many_arguments)]
+    fn seq_in(&mut self, seq: &Seq, env: &Env, prefix: &str, index_prefix: &str, origin: &Option<Rc<Origin>>, scope: usize) -> Vec<Node> {
         let mut names: HashMap<String, Sp> = HashMap::new();
         let mut out = Vec::new();
         for (i, step) in seq.steps.iter().enumerate() {
@@ -612,7 +654,7 @@ impl<'a> Inst<'a> {
                     names.insert(n, Sp::one(name.span()));
                 }
             }
-            if let Some(node) = self.step(step, i, env, prefix, origin, scope) {
+            if let Some(node) = self.step(step, i, env, prefix, index_prefix, origin, scope) {
                 out.push(node);
             }
             if self.exhausted {
@@ -622,12 +664,12 @@ impl<'a> Inst<'a> {
         out
     }
 
-    fn step(&mut self, step: &Step, index: usize, env: &Env, prefix: &str, origin: &Option<Rc<Origin>>, scope: usize) -> Option<Node> {
-        let seg = match &step.name {
-            Some(n) => n.to_string(),
-            None => index.to_string(),
+    #[allow(clippy::too_many_arguments)]
+    fn step(&mut self, step: &Step, index: usize, env: &Env, prefix: &str, index_prefix: &str, origin: &Option<Rc<Origin>>, scope: usize) -> Option<Node> {
+        let path = match &step.name {
+            Some(n) => join(prefix, &n.to_string()),
+            None => join(index_prefix, &index.to_string()),
         };
-        let path = join(prefix, &seg);
         let named = step.name.is_some();
         let Some(rep) = &step.repeat else {
             // An unnamed residual is transparent: its children live in the enclosing prefix.
@@ -709,7 +751,7 @@ impl<'a> Inst<'a> {
                 kw_sp.to(Sp::one(tap.span())),
             ),
             Unit::Residual { kw_sp, body, shortcut } => {
-                let body_nodes = self.seq(body, env, res_prefix, origin, scope);
+                let body_nodes = self.seq_in(body, env, res_prefix, &path, origin, scope);
                 let (sc, sc_sp) = match shortcut {
                     None => (Shortcut::Identity { explicit: false }, *kw_sp),
                     Some(s) => {

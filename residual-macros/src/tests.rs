@@ -66,3 +66,32 @@ fn resnet152_expands() {
         println!("{out}");
     }
 }
+
+#[test]
+fn dump_errors() {
+    if std::env::var("RESIDUAL_PRINT").is_err() {
+        return;
+    }
+    let cases = [
+        "model M[3, 8, 8] { conv(16, 3) -> residual { conv(32, 3, padding = 1) } }",
+        "block B(w, stride = 1) { residual { conv(w, 3, stride = stride, padding = 1) -> bn } -> relu } model M[3, 32, 32] { conv(16, 3, padding = 1) -> l: B(16) x 2 -> l2: B(32, stride = 2) x 2 }",
+        "model M[3, 8, 8] { conv(16, 3) -> residual { conv(32, 1, stride = 2) } shortcut { conv(16, 1) } }",
+        "model M[3, 8, 8] { conv(16, 3) -> tap(a) -> conv(8, 3) -> add(a) -> cat(b) }",
+        "model M[3, 8, 8] { conv(16, 11) }",
+        "model M[3, 8, 8] { conv(16, 3, groups = 5) }",
+        "model M[3, 8, 8] { conv(16, 3) -> linear(10) }",
+        "model M[16] { conv(16, 3) }",
+        "model M[3, 8, 8] { cnv(16, 3) -> Foo }",
+        "block B(w) { conv(w, 3) } model M[3, 8, 8] { B(strde = 3) -> B(1, 2) -> B(w = 1, w = 2) }",
+        "block B(w) { conv(w, 3) } model M[3, 8, 8] { B(4) x 0 }",
+        "block B(w) { conv(w, 3) } block B(v) { relu } model M[3, 8, 8] { a: relu -> a: relu } model M[3, 8, 8] { relu }",
+        "model M[3, 8, 8] { conv(16, 3) -> x y }",
+        "model M[3, 8, 8] { maxpool(3, padding = 2) }",
+    ];
+    for c in cases {
+        println!("=== {c}");
+        for e in errors(c) {
+            println!("--- {e}");
+        }
+    }
+}

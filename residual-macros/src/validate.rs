@@ -13,6 +13,18 @@ pub(crate) fn check_fields(fields: &[Field], cx: &mut Ctxt) {
     let mut idents: HashMap<&str, &Field> = HashMap::new();
     let mut paths: HashMap<&str, &Field> = HashMap::new();
     for f in fields {
+        if !matches!(f.ty, FieldTy::Bias2d { .. }) {
+            if paths.contains_key(f.path.as_str()) {
+                cx.push(
+                    f.sp,
+                    format!("duplicate parameter path `{}`", f.path),
+                    Some("two layers would save under the same key; name one of them differently".into()),
+                    f.origin.clone(),
+                );
+                continue;
+            }
+            paths.insert(&f.path, f);
+        }
         if let Some(prev) = idents.get(f.ident.as_str()) {
             cx.push(
                 f.sp,
@@ -26,19 +38,5 @@ pub(crate) fn check_fields(fields: &[Field], cx: &mut Ctxt) {
             continue;
         }
         idents.insert(&f.ident, f);
-        if matches!(f.ty, FieldTy::Bias2d { .. }) {
-            continue;
-        }
-        if let Some(prev) = paths.get(f.path.as_str()) {
-            let _ = prev;
-            cx.push(
-                f.sp,
-                format!("duplicate parameter path `{}`", f.path),
-                Some("two layers would save under the same key; name one of them differently".into()),
-                f.origin.clone(),
-            );
-            continue;
-        }
-        paths.insert(&f.path, f);
     }
 }

@@ -1,0 +1,209 @@
+//! Shape inference and name checks through `expand`: the exact error texts (spans are checked
+//! by the trybuild snapshots in `tests/ui`).
+
+use crate::tests::{errors, expand_str, RESNET152};
+
+fn one(src: &str) -> String {
+    let e = errors(src);
+    assert_eq!(e.len(), 1, "expected one error for {src}, got {e:#?}");
+    e.into_iter().next().unwrap_or_default()
+}
+
+/// The first of two errors: one in a template, one at its call site.
+fn first(src: &str) -> String {
+    let e = errors(src);
+    assert_eq!(e.len(), 2, "expected a template error and a call-site error for {src}, got {e:#?}");
+    assert!(e[1].contains("error in this instantiation"), "{e:#?}");
+    e.into_iter().next().unwrap_or_default()
+}
+
+const BASIC: &str = "block Basic(planes, stride = 1) {
+    residual { conv1: conv(planes, 3, stride = stride, padding = 1) -> bn1: bn -> relu
+               -> conv2: conv(planes, 3, padding = 1) -> bn2: bn }
+    -> relu
+}";
+
+#[test]
+fn valid_models_have_no_errors() {
+    assert!(errors(RESNET152).is_empty());
+    let src = format!("{BASIC} model M[3, 32, 32] {{ conv(16, 3, padding = 1) -> Basic(16) x 3 -> global_avgpool -> linear(10) }}");
+    assert!(errors(&src).is_empty(), "{:?}", errors(&src));
+}
+
+#[test]
+fn identity_shortcut_changing_channels_and_size() {
+    let src = format!("{BASIC} model M[3, 32, 32] {{ conv(16, 3, padding = 1) -> layer2: Basic(32, stride = 2) }}");
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:#?}"); // the error in the template + the call-site error
+    assert!(e[0].contains("residual body changes the shape, but the shortcut is the identity"), "{}", e[0]);
+    assert!(e[0].contains("expected the body to output [16, 32, 32], found [32, 16, 16]"));
+    assert!(e[0].contains("in `layer2` (Basic(32, stride = 2)) of model `M`"));
+    assert!(e[0].contains("help: add `shortcut auto`"));
+    assert!(e[0].contains("`shortcut { conv(32, 1, stride = 2) -> bn }`"));
+    assert!(e[0].contains("`shortcut pad`"));
+    assert!(e[1].contains("error in this instantiation: `layer2` (Basic(32, stride = 2))"));
+}
+
+#[test]
+fn identity_errors_merge_across_instances() {
+    let src = format!("{BASIC} model M[3, 32, 32] {{ conv(16, 3, padding = 1) -> layer1: Basic(32) x 3 }}");
+    let e = errors(&src);
+    // layer1.0 changes channels; layer1.1 and .2 are fine.
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].contains("[16, 32, 32], found [32, 32, 32]"));
+    assert!(e[0].contains("`shortcut { conv(32, 1) -> bn }`"));
+}
+
+#[test]
+fn explicit_identity_and_sequence_shortcut() {
+    let e = one("model M[4, 8] { residual { linear(16) } shortcut identity }");
+    assert!(e.contains("the shortcut is `identity`"));
+    assert!(e.contains("`shortcut { linear(16, bias = false) }`"), "{e}");
+}
+
+#[test]
+fn projection_mismatch() {
+    let e = one("model M[16, 8, 8] { residual { conv(32, 3, stride = 2, padding = 1) -> bn } shortcut { conv(32, 1) -> bn } }");
+    assert!(e.contains("shortcut projection outputs [32, 8, 8], but the residual body outputs [32, 4, 4]"), "{e}");
+    assert!(e.contains("`shortcut { conv(32, 1, stride = 2) -> bn }`"), "{e}");
+}
+
+#[test]
+fn auto_and_pad_shortcuts() {
+    assert!(errors("model M[16, 8, 8] { residual { conv(32, 3, stride = 2, padding = 1) } shortcut auto }").is_empty());
+    assert!(errors("model M[16, 8, 8] { residual { conv(32, 3, stride = 2, padding = 1) } shortcut pad }").is_empty());
+    let e = one("model M[16, 8, 8] { residual { conv(8, 3, padding = 1) } shortcut pad }");
+    assert!(e.contains("`shortcut pad` can only add channels, but the body goes from 16 to 8 channels"), "{e}");
+    let e = one("model M[4, 8] { residual { linear(16) } shortcut auto }");
+    assert!(e.contains("`shortcut auto` cannot map [4, 8] to [4, 16]"), "{e}");
+    let e = one("model M[16, 8, 8] { residual { conv(16, 3, padding = 3) } shortcut auto }");
+    assert!(e.contains("cannot map [16, 8, 8] to [16, 12, 12]"), "{e}");
+}
+
+#[test]
+fn taps() {
+    assert!(errors("model M[3, 8, 8] { conv(8, 3, padding = 1) -> tap(a) -> conv(8, 3, padding = 1) -> add(a) -> cat(a) }").is_empty());
+    let e = errors("model M[3, 8, 8] { conv(16, 3) -> tap(a) -> conv(8, 3) -> add(a) -> cat(b) -> tap(a) -> tap(a) }");
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(e[0].contains("`add(a)` needs equal shapes: expected [8, 4, 4] (the value here), found [16, 6, 6] (tapped)"));
+    assert!(e[1].contains("unknown tap `b`") && e[1].contains("did you mean `a`?"));
+    assert!(e[2].contains("duplicate tap `a`"));
+    let e = one("model M[3, 8, 8] { conv(16, 3) -> tap(a) -> conv(8, 3) -> cat(a) }");
+    assert!(e.contains("the value here is [8, 4, 4], the tapped value is [16, 6, 6]"), "{e}");
+    let e = one("model M[3, 8, 8] { add(a) }");
+    assert!(e.contains("bind it first with `tap(a)`"), "{e}");
+    // Taps are scoped to a block instance.
+    let e = first("block B { add(a) } model M[3, 8, 8] { tap(a) -> B }");
+    assert!(e.contains("unknown tap `a`"), "{e}");
+}
+
+#[test]
+fn windows_groups_rank() {
+    let e = one("model M[3, 8, 8] { conv(16, 11) }");
+    assert!(e.contains("`conv` window does not fit: the height is 8"), "{e}");
+    assert!(e.contains("`padding = 2`"), "{e}");
+    let e = one("model M[3, 8, 8] { conv(16, 3, dilation = 4) }");
+    assert!(e.contains("the window spans 9"), "{e}");
+    let e = one("model M[3, 2, 2] { maxpool(3) }");
+    assert!(e.contains("`maxpool` window does not fit"), "{e}");
+    let e = one("model M[3, 8, 8] { avgpool(2, padding = 2) }");
+    assert!(e.contains("padding 2 is more than half the kernel size 2"), "{e}");
+    let e = one("model M[6, 8, 8] { conv(16, 3, groups = 4) }");
+    assert!(e.contains("`groups = 4` does not divide the input channels (6)") && e.contains("`groups = 2`"), "{e}");
+    let e = one("model M[8, 8, 8] { conv(12, 3, groups = 8) }");
+    assert!(e.contains("does not divide the output channels (12)") && e.contains("`groups = 4`"), "{e}");
+    let e = one("model M[3, 8, 8] { conv(16, 3) -> linear(10) }");
+    assert!(e.contains("`linear` expects a [D] or [S, D] input, found [16, 6, 6]") && e.contains("global_avgpool"), "{e}");
+    let e = one("model M[16] { conv(16, 3) }");
+    assert!(e.contains("`conv` expects a [C, H, W] input, found [16] (rank 1)"), "{e}");
+    let e = one("model M[3, 8, 8] { global_avgpool -> bn }");
+    assert!(e.contains("`bn` expects a [C, H, W] input, found [3]"), "{e}");
+    let e = one("model M[3, 8, 8] { layernorm }");
+    assert!(e.contains("`layernorm` expects a [D] or [S, D] input"), "{e}");
+}
+
+#[test]
+fn independent_errors_are_all_reported_in_order() {
+    let e = errors("model M[3, 8, 8] { conv(16, 3, groups = 2) -> conv(16, 3) -> residual { conv(32, 1) } -> bogus -> linear(3) }");
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(e[0].contains("groups = 2"));
+    assert!(e[1].contains("residual body changes the shape"));
+    assert!(e[2].contains("unknown layer or block `bogus`"));
+    assert!(e[3].contains("`linear` expects"));
+}
+
+#[test]
+fn names_and_arguments() {
+    let e = one("model M[3, 8, 8] { cnv(16, 3) }");
+    assert!(e.contains("unknown layer or block `cnv`") && e.contains("did you mean `conv`?"));
+    let e = one("block Bottleneck(w) { conv(w, 1) } model M[3, 8, 8] { Botleneck(4) }");
+    assert!(e.contains("did you mean `Bottleneck`?"));
+    let e = one("model M[3, 8, 8] { conv(16, 3, strde = 2) }");
+    assert!(e.contains("`conv` has no parameter `strde`") && e.contains("did you mean `stride`?"));
+    let e = one("model M[3, 8, 8] { conv(16) }");
+    assert!(e.contains("missing argument `kernel` for `conv`") && e.contains("conv(out, kernel, stride = 1"));
+    let e = one("model M[3, 8, 8] { conv(16, 3, 1, 0, 1, 1, false, 9) }");
+    assert!(e.contains("`conv` takes 7 arguments, found 8"), "{e}");
+    let e = one("model M[3, 8, 8] { conv(16, 3, stride = 1, stride = 2) }");
+    assert!(e.contains("argument `stride` is given twice"));
+    let e = one("model M[3, 8, 8] { conv(out = 16, 3) }");
+    assert!(e.contains("positional argument after a named one"));
+    let e = one("model M[3, 8, 8] { conv(16, 3, stride = 0) }");
+    assert!(e.contains("`stride` must be at least 1, found 0"));
+    let e = one("model M[3, 8, 8] { conv(16, 3, padding = -1) }");
+    assert!(e.contains("`padding` must not be negative, found -1"));
+    let e = one("model M[3, 8, 8] { conv(16, 3, bias = 1) }");
+    assert!(e.contains("`bias` must be `true` or `false`, found `1`"));
+    let e = one("model M[3, 8, 8] { dropout(1.5) }");
+    assert!(e.contains("dropout probability must be in [0, 1)"));
+    let e = first("block B(width) { conv(widht, 1) } model M[3, 8, 8] { B(4) }");
+    assert!(e.contains("unknown parameter `widht`") && e.contains("did you mean `width`?") && e.contains("in `0` (B(4))"), "{e}");
+    let e = one("model M[3, 8, 8] { conv(width, 1) }");
+    assert!(e.contains("unknown parameter `width`") && e.contains("a model body has none"));
+    let e = first("block B(w) { conv(w / 0, 1) } model M[3, 8, 8] { B(4) }");
+    assert!(e.contains("division by zero"), "{e}");
+    let e = one("model M[3, 8, 8] { relu x 0 }");
+    assert!(e.contains("repetition count must be at least 1, found 0"));
+    let e = one("model M[3, 8, 8] { (relu) x 2 (first: k = 1) }");
+    assert!(e.contains("`first:` overrides arguments of a block or layer call"));
+    let e = errors("block A { B } block B { A } model M[3, 8, 8] { A }").join("\n");
+    assert!(e.contains("block `A` instantiates itself: A -> B -> A") && e.contains("blocks cannot be recursive"), "{e}");
+}
+
+#[test]
+fn duplicate_names() {
+    let e = errors("block B(w, w) { relu } block B { relu } block conv { relu } model M[3] { a: relu -> a: relu } model M[3] { relu }");
+    let all = e.join("\n");
+    assert!(all.contains("duplicate parameter `w` in block `B`"));
+    assert!(all.contains("duplicate block `B`"));
+    assert!(all.contains("block `conv` has the name of a built-in layer"));
+    assert!(all.contains("duplicate name `a` in this sequence"));
+    assert!(all.contains("duplicate model `M`"));
+    // Path collisions: a body step named like the auto projection.
+    let e = one("model M[8, 4, 4] { residual { downsample: (conv(16, 1)) } shortcut auto }");
+    assert!(e.contains("duplicate parameter path `downsample.0`"), "{e}");
+    let e = one("model M[8, 4, 4] { a_b: conv(8, 1) -> a: (b: conv(8, 1)) }");
+    assert!(e.contains("parameter path `a.b` gives the struct field `a_b`, which `a_b` already uses"), "{e}");
+}
+
+#[test]
+fn paths_follow_torchvision() {
+    let out = expand_str(RESNET152);
+    for key in ["\"conv1\"", "\"bn1\"", "\"layer1.0.downsample.0\"", "\"layer1.0.downsample.1\"", "\"layer2.7.conv3\"", "\"fc\""] {
+        assert!(out.contains(key), "{key}");
+    }
+    assert!(!out.contains("\"layer1.1.downsample"), "identity blocks have no projection");
+    assert!(out.contains("KaimingNormalFanOut"));
+    // Unnamed params are indexed; an unnamed residual's unnamed steps are indexed under it.
+    let out = expand_str("model M[3, 8, 8] { conv(8, 3, padding = 1) -> residual { conv(8, 3, padding = 1) -> c: conv(8, 1) } }");
+    assert!(out.contains("\"0\"") && out.contains("\"1.0\"") && out.contains("\"c\""), "{out}");
+    assert!(out.contains("pub _0 :") && out.contains("pub _1_0 :"));
+}
+
+#[test]
+fn zero_init_marks_the_last_bn_of_each_body() {
+    let src = format!("{BASIC} #[zero_init_residual] model M[3, 8, 8] {{ conv(8, 3, padding = 1) -> b: Basic(8) }}");
+    let out = expand_str(&src);
+    assert!(out.contains("BatchNorm2d < 8 , E , D , true >"), "{out}");
+    assert_eq!(out.matches(", true >").count(), 1);
+}
