@@ -72,7 +72,7 @@ if [[ -n "$missing" ]]; then
     exit 1
 fi
 echo "build.sh: shared libraries each binary loads (libcuda.so.1 comes from the GPU machine's driver):"
-ldd "$BUNDLE/bin/bench_gpu" | awk '{print "build.sh:   " $1}' | sort -u | tr '\n' ' '; echo
+echo "build.sh:   $(ldd "$BUNDLE/bin/bench_gpu" | awk '{print $1}' | sort -u | tr '\n' ' ')"
 
 cp scripts/bench_gpu_reference.py "$BUNDLE/"
 cp scripts/cuda/run_bundle.sh "$BUNDLE/run.sh"
