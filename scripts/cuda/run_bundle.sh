@@ -16,7 +16,7 @@ if [[ "$what" == all || "$what" == tests ]]; then
     for t in "$HERE"/bin/test_*; do
         echo "== $(basename "$t")"
         # --test-threads=1: the tests share one GPU; one at a time keeps failures readable.
-        "$t" --test-threads=1 || status=1
+        "$t" --test-threads=1 --nocapture || status=1
     done
 fi
 
