@@ -125,4 +125,6 @@ fn stubs_from_tokens(input: TokenStream) -> TokenStream {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

@@ -95,3 +95,31 @@ fn dump_errors() {
         }
     }
 }
+
+/// Expansion time of the ResNet-152 declaration (printed, not asserted):
+/// `cargo test --release -p residual-macros expansion_time -- --nocapture`.
+#[test]
+fn expansion_time() {
+    let ts = TokenStream::from_str(RESNET152).expect("tokenizes");
+    let n = 20;
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let out = crate::expand(ts.clone());
+        times.push(t.elapsed());
+        assert!(!out.is_empty());
+    }
+    times.sort();
+    let out = crate::expand(ts.clone());
+    println!(
+        "expand(ResNet-152): median {:?}, min {:?} over {n} runs; output {} tokens, {} chars",
+        times[n / 2],
+        times[0],
+        out.clone().into_iter().count(),
+        out.to_string().len()
+    );
+    // Stage split: parse alone.
+    let t = std::time::Instant::now();
+    let _: crate::parse::Input = syn::parse2(ts).expect("parses");
+    println!("  of which parsing: {:?}", t.elapsed());
+}
