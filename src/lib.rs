@@ -6,6 +6,7 @@
 extern crate self as residual;
 
 pub mod io;
+pub mod zoo;
 
 pub use dfdx;
 pub use residual_macros::residual;

@@ -58,7 +58,7 @@ fn handwritten_resnet18_counts_runs_and_trains() {
     // One SGD step lowers the training loss on this batch.
     let mut opt = Sgd::new(&model, SgdConfig { lr: 0.05, momentum: Some(Momentum::Classic(0.9)), weight_decay: None });
     let mut grads = model.alloc_grads();
-    let loss_before = cross_entropy_with_logits_loss(model.forward_mut(x.traced(grads)), labels.clone());
+    let loss_before = cross_entropy_with_logits_loss(model.forward_mut(x.clone().traced(grads)), labels.clone());
     let before = loss_before.array();
     grads = loss_before.backward();
     opt.update(&mut model, &grads).expect("sgd update");

@@ -177,21 +177,21 @@ fn f32_checkpoint_loads_into_f64_model_and_matches_reference_tightly() {
 }
 
 /// Writes the fixture with one change, to a temp file.
-fn modified_fixture(name: &str, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) -> PathBuf {
+fn modified_fixture(name: &str, edit: impl FnOnce(&mut Vec<(String, ::safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)>)) -> PathBuf {
     let bytes = std::fs::read(fixture("tiny_resnet.safetensors")).expect("fixture");
-    let file = safetensors::SafeTensors::deserialize(&bytes).expect("valid fixture");
-    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+    let file = ::safetensors::tensor::SafeTensors::deserialize(&bytes).expect("valid fixture");
+    let mut tensors: Vec<(String, ::safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)> = file
         .tensors()
         .into_iter()
         .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
         .collect();
     edit(&mut tensors);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+    let views: Vec<(String, ::safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(k, d, s, b)| (k.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view")))
+        .map(|(k, d, s, b)| (k.clone(), ::safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view")))
         .collect();
     let out = std::env::temp_dir().join(format!("residual-test-{}-{name}.safetensors", std::process::id()));
-    safetensors::serialize_to_file(views, &None, &out).expect("write");
+    ::safetensors::tensor::serialize_to_file(views, &None, &out).expect("write");
     out
 }
 

@@ -1,0 +1,245 @@
+//! The classic residual networks, each a short `residual!` declaration.
+//!
+//! - ImageNet (torchvision v1.5 layout: the stride sits on the bottleneck's 3x3, projection
+//!   shortcuts are 1x1 conv + batch norm, option B): [`ResNet18`], [`ResNet34`], [`ResNet50`],
+//!   [`ResNet101`], [`ResNet152`], [`ResNeXt50_32x4d`], [`WideResNet50_2`]. Parameter paths
+//!   equal torchvision's `state_dict` keys, so a torchvision checkpoint exported to safetensors
+//!   loads with [`crate::io::load_safetensors`].
+//! - CIFAR, from the ResNet paper (He et al. 2015, section 4.2): 6n+2 layers with option-A
+//!   shortcuts (strided subsampling + zero-padded channels): [`ResNet20`], [`ResNet32`],
+//!   [`ResNet44`], [`ResNet56`], [`ResNet110`]; their plain twins without shortcuts
+//!   [`PlainNet20`], [`PlainNet56`], [`PlainNet110`] for the degradation experiment; and the
+//!   pre-activation [`PreActResNet164`] (He et al. 2016).
+#![allow(non_camel_case_types)]
+
+use crate::residual;
+
+residual! {
+    /// torchvision's BasicBlock (ResNet-18/34).
+    block BasicBlock(planes, stride = 1) {
+        residual {
+            conv1: conv(planes, 3, stride = stride, padding = 1) -> bn1: bn -> relu
+            -> conv2: conv(planes, 3, padding = 1) -> bn2: bn
+        } shortcut auto
+        -> relu
+    }
+
+    /// torchvision's Bottleneck, v1.5: 1x1 reduce, 3x3 (strided, grouped), 1x1 expand by 4.
+    /// `width` is `planes` for ResNet, `2 * planes` for ResNeXt-50 32x4d and Wide ResNet-50-2.
+    block Bottleneck(planes, stride = 1, width = planes, groups = 1) {
+        residual {
+            conv1: conv(width, 1) -> bn1: bn -> relu
+            -> conv2: conv(width, 3, stride = stride, padding = 1, groups = groups) -> bn2: bn -> relu
+            -> conv3: conv(4 * planes, 1) -> bn3: bn
+        } shortcut auto
+        -> relu
+    }
+
+    /// ResNet-18 (11,689,512 parameters, 1.814 GMACs at 224x224).
+    #[init(kaiming_normal)]
+    pub model ResNet18[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: BasicBlock(64) x 2
+        -> layer2: BasicBlock(128) x 2 (first: stride = 2)
+        -> layer3: BasicBlock(256) x 2 (first: stride = 2)
+        -> layer4: BasicBlock(512) x 2 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+
+    /// ResNet-34 (21,797,672 parameters, 3.664 GMACs).
+    #[init(kaiming_normal)]
+    pub model ResNet34[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: BasicBlock(64) x 3
+        -> layer2: BasicBlock(128) x 4 (first: stride = 2)
+        -> layer3: BasicBlock(256) x 6 (first: stride = 2)
+        -> layer4: BasicBlock(512) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+
+    /// ResNet-50 (25,557,032 parameters, 4.089 GMACs).
+    #[init(kaiming_normal)]
+    pub model ResNet50[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: Bottleneck(64) x 3
+        -> layer2: Bottleneck(128) x 4 (first: stride = 2)
+        -> layer3: Bottleneck(256) x 6 (first: stride = 2)
+        -> layer4: Bottleneck(512) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+
+    /// ResNet-101 (44,549,160 parameters, 7.801 GMACs).
+    #[init(kaiming_normal)]
+    pub model ResNet101[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: Bottleneck(64) x 3
+        -> layer2: Bottleneck(128) x 4 (first: stride = 2)
+        -> layer3: Bottleneck(256) x 23 (first: stride = 2)
+        -> layer4: Bottleneck(512) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+
+    /// ResNet-152 (60,192,808 parameters, 11.514 GMACs).
+    #[init(kaiming_normal)]
+    pub model ResNet152[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: Bottleneck(64) x 3
+        -> layer2: Bottleneck(128) x 8 (first: stride = 2)
+        -> layer3: Bottleneck(256) x 36 (first: stride = 2)
+        -> layer4: Bottleneck(512) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+
+    /// ResNeXt-50 32x4d (25,028,904 parameters): 32 groups of width 4 in the first stage.
+    #[init(kaiming_normal)]
+    pub model ResNeXt50_32x4d[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: Bottleneck(64, width = 128, groups = 32) x 3
+        -> layer2: Bottleneck(128, width = 256, groups = 32) x 4 (first: stride = 2)
+        -> layer3: Bottleneck(256, width = 512, groups = 32) x 6 (first: stride = 2)
+        -> layer4: Bottleneck(512, width = 1024, groups = 32) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+
+    /// Wide ResNet-50-2 (68,883,240 parameters): bottlenecks twice as wide.
+    #[init(kaiming_normal)]
+    pub model WideResNet50_2[3, 224, 224] {
+        conv1: conv(64, 7, stride = 2, padding = 3) -> bn1: bn -> relu
+        -> maxpool(3, stride = 2, padding = 1)
+        -> layer1: Bottleneck(64, width = 128) x 3
+        -> layer2: Bottleneck(128, width = 256) x 4 (first: stride = 2)
+        -> layer3: Bottleneck(256, width = 512) x 6 (first: stride = 2)
+        -> layer4: Bottleneck(512, width = 1024) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(1000)
+    }
+
+    /// The ResNet paper's CIFAR block with the parameter-free option-A shortcut.
+    block CifarBlock(planes, stride = 1) {
+        residual {
+            conv1: conv(planes, 3, stride = stride, padding = 1) -> bn1: bn -> relu
+            -> conv2: conv(planes, 3, padding = 1) -> bn2: bn
+        } shortcut pad
+        -> relu
+    }
+
+    /// The same block without its shortcut: the "plain" network of the degradation experiment.
+    block PlainBlock(planes, stride = 1) {
+        conv1: conv(planes, 3, stride = stride, padding = 1) -> bn1: bn -> relu
+        -> conv2: conv(planes, 3, padding = 1) -> bn2: bn -> relu
+    }
+
+    /// ResNet-20 for CIFAR-10 (n = 3; 0.27M parameters).
+    #[init(kaiming_normal)]
+    pub model ResNet20[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: CifarBlock(16) x 3
+        -> layer2: CifarBlock(32) x 3 (first: stride = 2)
+        -> layer3: CifarBlock(64) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// ResNet-32 for CIFAR-10 (n = 5; 0.46M parameters).
+    #[init(kaiming_normal)]
+    pub model ResNet32[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: CifarBlock(16) x 5
+        -> layer2: CifarBlock(32) x 5 (first: stride = 2)
+        -> layer3: CifarBlock(64) x 5 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// ResNet-44 for CIFAR-10 (n = 7; 0.66M parameters).
+    #[init(kaiming_normal)]
+    pub model ResNet44[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: CifarBlock(16) x 7
+        -> layer2: CifarBlock(32) x 7 (first: stride = 2)
+        -> layer3: CifarBlock(64) x 7 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// ResNet-56 for CIFAR-10 (n = 9; 0.85M parameters).
+    #[init(kaiming_normal)]
+    pub model ResNet56[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: CifarBlock(16) x 9
+        -> layer2: CifarBlock(32) x 9 (first: stride = 2)
+        -> layer3: CifarBlock(64) x 9 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// ResNet-110 for CIFAR-10 (n = 18; 1.7M parameters).
+    #[init(kaiming_normal)]
+    pub model ResNet110[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: CifarBlock(16) x 18
+        -> layer2: CifarBlock(32) x 18 (first: stride = 2)
+        -> layer3: CifarBlock(64) x 18 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// Plain-20: ResNet-20 without shortcuts.
+    #[init(kaiming_normal)]
+    pub model PlainNet20[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: PlainBlock(16) x 3
+        -> layer2: PlainBlock(32) x 3 (first: stride = 2)
+        -> layer3: PlainBlock(64) x 3 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// Plain-56: ResNet-56 without shortcuts.
+    #[init(kaiming_normal)]
+    pub model PlainNet56[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: PlainBlock(16) x 9
+        -> layer2: PlainBlock(32) x 9 (first: stride = 2)
+        -> layer3: PlainBlock(64) x 9 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// Plain-110: ResNet-110 without shortcuts.
+    #[init(kaiming_normal)]
+    pub model PlainNet110[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+        -> layer1: PlainBlock(16) x 18
+        -> layer2: PlainBlock(32) x 18 (first: stride = 2)
+        -> layer3: PlainBlock(64) x 18 (first: stride = 2)
+        -> global_avgpool -> fc: linear(10)
+    }
+
+    /// Pre-activation bottleneck (He et al. 2016, "Identity Mappings in Deep Residual
+    /// Networks"): BN and ReLU come before each conv, and nothing follows the addition.
+    block PreActBottleneck(planes, stride = 1) {
+        residual {
+            bn1: bn -> relu -> conv1: conv(planes, 1)
+            -> bn2: bn -> relu -> conv2: conv(planes, 3, stride = stride, padding = 1)
+            -> bn3: bn -> relu -> conv3: conv(4 * planes, 1)
+        } shortcut downsample: { conv(4 * planes, 1, stride = stride) }
+    }
+
+    /// The same block where the shapes already match: identity shortcut.
+    block PreActBottleneckId(planes) {
+        residual {
+            bn1: bn -> relu -> conv1: conv(planes, 1)
+            -> bn2: bn -> relu -> conv2: conv(planes, 3, padding = 1)
+            -> bn3: bn -> relu -> conv3: conv(4 * planes, 1)
+        }
+    }
+
+    /// Pre-activation ResNet-164 for CIFAR-10 (9n+2 layers, n = 18; 1.7M parameters).
+    #[init(kaiming_normal)]
+    pub model PreActResNet164[3, 32, 32] {
+        conv1: conv(16, 3, padding = 1)
+        -> layer1: (PreActBottleneck(16) -> PreActBottleneckId(16) x 17)
+        -> layer2: (PreActBottleneck(32, stride = 2) -> PreActBottleneckId(32) x 17)
+        -> layer3: (PreActBottleneck(64, stride = 2) -> PreActBottleneckId(64) x 17)
+        -> bn: bn -> relu -> global_avgpool -> fc: linear(10)
+    }
+}
