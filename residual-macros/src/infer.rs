@@ -243,7 +243,7 @@ impl Infer<'_> {
                     node,
                     sp,
                     format!(
-                        "`{op}` window does not fit: the {axis} is {size}, {} with padding {padding}, but the window spans {window}; the output {axis} would be 0",
+                        "`{op}` window does not fit: it spans {window}, but the input {axis} is {size} ({} with padding {padding}), so the output {axis} would be 0",
                         size.saturating_add(padding.saturating_mul(2))
                     ),
                     help,
@@ -554,8 +554,8 @@ impl Infer<'_> {
                 if let (Some(po), Some(bs)) = (p_out, &body_shape) {
                     let ps = self.shape(po);
                     if ps != *bs {
-                        let sp = proj.last().map(|n| n.sp).unwrap_or(sc_sp);
-                        let origin_node = proj.last().unwrap_or(node);
+                        let sp = sc_sp;
+                        let origin_node = node;
                         let help = match (shape::shortcut_stride(&in_shape, bs, hint), bs.as_slice()) {
                             (Some(s), [oc, _, _]) => format!("make the projection output {}, e.g. `shortcut {{ {} }}`", show(bs), projection_text(*oc, s)),
                             _ => format!("make the projection output {}", show(bs)),
@@ -563,7 +563,7 @@ impl Infer<'_> {
                         self.err(
                             origin_node,
                             sp,
-                            format!("shortcut projection outputs {}, but the residual body outputs {}: expected {}, found {}", show(&ps), show(bs), show(bs), show(&ps)),
+                            format!("shortcut projection does not match the residual body: expected {} (the body's output), found {}", show(bs), show(&ps)),
                             Some(help),
                         );
                     }

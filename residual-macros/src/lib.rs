@@ -91,9 +91,14 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         Ok(()) => models.iter().zip(&programs).map(|(m, p)| codegen::model(m, p)).collect(),
         Err(errors) => {
             let mut out = TokenStream::new();
+            let mut seen: Vec<String> = Vec::new();
             for item in &parsed.items {
                 if let parse::Item::Model(m) = item {
-                    out.extend(codegen::stub(&m.vis, &m.name));
+                    // One stub per name: a duplicate model is already an error of its own.
+                    if !seen.contains(&m.name.to_string()) {
+                        seen.push(m.name.to_string());
+                        out.extend(codegen::stub(&m.vis, &m.name));
+                    }
                 }
             }
             for e in errors {

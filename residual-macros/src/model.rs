@@ -123,6 +123,15 @@ const LAYERS: &[(&str, &[(&str, Dflt)])] = &[
     ("identity", &[]),
 ];
 
+/// Other libraries' names for the built-in layers, for "did you mean".
+const ALIASES: &[(&str, &str)] = &[
+    ("batchnorm", "bn"), ("batch_norm", "bn"), ("batchnorm2d", "bn"), ("bn2d", "bn"), ("conv2d", "conv"),
+    ("max_pool", "maxpool"), ("maxpool2d", "maxpool"), ("avg_pool", "avgpool"), ("avgpool2d", "avgpool"),
+    ("adaptive_avgpool", "global_avgpool"), ("avgpool_global", "global_avgpool"), ("gap", "global_avgpool"),
+    ("dense", "linear"), ("fc", "linear"), ("layer_norm", "layernorm"), ("ln", "layernorm"), ("swish", "silu"),
+    ("leakyrelu", "leaky_relu"), ("id", "identity"), ("shortcut", "residual { .. } shortcut .."),
+];
+
 /// Names the language reserves (cannot be block names).
 const RESERVED: &[&str] = &["residual", "shortcut", "tap", "add", "cat", "block", "model", "auto", "pad", "x", "first"];
 
@@ -641,6 +650,7 @@ impl<'a> Inst<'a> {
         let mut names: HashMap<String, Sp> = HashMap::new();
         let mut out = Vec::new();
         for (i, step) in seq.steps.iter().enumerate() {
+            let mut duplicate = false;
             if let Some(name) = &step.name {
                 let n = name.to_string();
                 if names.contains_key(&n) {
@@ -650,11 +660,16 @@ impl<'a> Inst<'a> {
                         Some("names in one sequence become parameter paths and must be unique; rename one of them".into()),
                         origin,
                     );
+                    duplicate = true;
                 } else {
                     names.insert(n, Sp::one(name.span()));
                 }
             }
-            if let Some(node) = self.step(step, i, env, prefix, index_prefix, origin, scope) {
+            // A duplicate keeps going under a private path, so it is reported once, not again as
+            // a parameter-path collision.
+            let dup_prefix = format!("{prefix}.__duplicate{i}");
+            let named_prefix = if duplicate { dup_prefix.as_str() } else { prefix };
+            if let Some(node) = self.step(step, i, env, named_prefix, index_prefix, origin, scope) {
                 out.push(node);
             }
             if self.exhausted {
@@ -793,7 +808,7 @@ impl<'a> Inst<'a> {
                 }
                 let candidates: Vec<&str> =
                     LAYERS.iter().map(|(n, _)| *n).chain(self.blocks.keys().map(String::as_str)).collect();
-                let help = match did_you_mean(&cname, candidates.iter().copied()) {
+                let help = match ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(&cname)).map(|(_, l)| l.to_string()).or_else(|| did_you_mean(&cname, candidates.iter().copied())) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => {
                         let mut blocks: Vec<&str> = self.blocks.keys().map(String::as_str).collect();

@@ -64,7 +64,7 @@ fn explicit_identity_and_sequence_shortcut() {
 #[test]
 fn projection_mismatch() {
     let e = one("model M[16, 8, 8] { residual { conv(32, 3, stride = 2, padding = 1) -> bn } shortcut { conv(32, 1) -> bn } }");
-    assert!(e.contains("shortcut projection outputs [32, 8, 8], but the residual body outputs [32, 4, 4]"), "{e}");
+    assert!(e.contains("shortcut projection does not match the residual body: expected [32, 4, 4] (the body's output), found [32, 8, 8]"), "{e}");
     assert!(e.contains("`shortcut { conv(32, 1, stride = 2) -> bn }`"), "{e}");
 }
 
@@ -100,10 +100,10 @@ fn taps() {
 #[test]
 fn windows_groups_rank() {
     let e = one("model M[3, 8, 8] { conv(16, 11) }");
-    assert!(e.contains("`conv` window does not fit: the height is 8"), "{e}");
+    assert!(e.contains("`conv` window does not fit: it spans 11, but the input height is 8 (8 with padding 0)"), "{e}");
     assert!(e.contains("`padding = 2`"), "{e}");
     let e = one("model M[3, 8, 8] { conv(16, 3, dilation = 4) }");
-    assert!(e.contains("the window spans 9"), "{e}");
+    assert!(e.contains("it spans 9"), "{e}");
     let e = one("model M[3, 2, 2] { maxpool(3) }");
     assert!(e.contains("`maxpool` window does not fit"), "{e}");
     let e = one("model M[3, 8, 8] { avgpool(2, padding = 2) }");
@@ -136,6 +136,8 @@ fn independent_errors_are_all_reported_in_order() {
 fn names_and_arguments() {
     let e = one("model M[3, 8, 8] { cnv(16, 3) }");
     assert!(e.contains("unknown layer or block `cnv`") && e.contains("did you mean `conv`?"));
+    let e = one("model M[3, 8, 8] { batchnorm }");
+    assert!(e.contains("did you mean `bn`?"), "{e}");
     let e = one("block Bottleneck(w) { conv(w, 1) } model M[3, 8, 8] { Botleneck(4) }");
     assert!(e.contains("did you mean `Bottleneck`?"));
     let e = one("model M[3, 8, 8] { conv(16, 3, strde = 2) }");

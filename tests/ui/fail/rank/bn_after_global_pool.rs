@@ -1,0 +1,9 @@
+use residual::residual;
+
+residual! {
+    model Net[3, 32, 32] {
+        conv(16, 3) -> global_avgpool -> bn
+    }
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use residual::residual;
+
+residual! {
+    model Mlp[8, 32] {
+        residual { layernorm -> linear(64) } shortcut identity
+    }
+}
+
+fn main() {}

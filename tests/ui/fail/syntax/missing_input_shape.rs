@@ -1,0 +1,9 @@
+use residual::residual;
+
+residual! {
+    model Net {
+        conv(16, 3)
+    }
+}
+
+fn main() {}
