@@ -84,6 +84,9 @@ impl Origin {
     }
 }
 
+/// Errors are merged when they have the same position, message and help.
+type GroupKey = ((usize, usize), String, String);
+
 #[derive(Debug)]
 pub(crate) struct Diag {
     pub sp: Sp,
@@ -119,7 +122,7 @@ impl Ctxt {
             return Ok(());
         }
         // Group identical errors (same place, same text) raised by several instances.
-        let mut groups: BTreeMap<((usize, usize), String, String), (Sp, Vec<Rc<Origin>>, usize)> = BTreeMap::new();
+        let mut groups: BTreeMap<GroupKey, (Sp, Vec<Rc<Origin>>, usize)> = BTreeMap::new();
         for (seq, d) in self.diags.into_iter().enumerate() {
             let key = (d.sp.pos(), d.msg.clone(), d.help.clone().unwrap_or_default());
             let entry = groups.entry(key).or_insert((d.sp, Vec::new(), seq));
@@ -161,7 +164,7 @@ impl Ctxt {
                 }
             }
         }
-        out.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        out.sort_by_key(|e| (e.0, e.1));
         Err(out.into_iter().map(|(_, _, e)| e).collect())
     }
 }

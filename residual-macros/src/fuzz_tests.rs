@@ -228,6 +228,11 @@ fn extreme_inputs_are_errors_not_panics() {
         "model M[] { relu }",
         "model M[1, 2, 3, 4] { relu }",
         "model M[3, 8, 8] { dropout(1e308) -> leaky_relu(1e308 * 10.0) }",
+        // i128::MIN through arithmetic (its `abs` would overflow), and past it.
+        "block B(w) { conv(w, 1) } model M[3, 8, 8] { B(-170141183460469231731687303715884105727 - 1) }",
+        "block B(w) { conv(w, 1) } model M[3, 8, 8] { B(-170141183460469231731687303715884105727 - 2) }",
+        "block B(w) { conv(w * w * w * w, 1) } model M[3, 8, 8] { B(65536) }",
+        "model M[3, 8, 8] { leaky_relu(-170141183460469231731687303715884105727 - 1) }",
     ] {
         let e = crate::tests::errors(src);
         assert!(!e.is_empty(), "expected an error for {src}");

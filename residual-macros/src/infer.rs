@@ -308,8 +308,9 @@ impl Infer<'_> {
                     }
                 };
                 let in_ch = input.first().copied().unwrap_or(0);
+                let [_, o_h, o_w] = o;
                 let ident = field_ident(path);
-                let f = self.add_field(node, path, ident.clone(), FieldTy::Conv { in_ch, conv: c, oh: o[1], ow: o[2], kaiming: self.kaiming });
+                let f = self.add_field(node, path, ident.clone(), FieldTy::Conv { in_ch, conv: c, oh: o_h, ow: o_w, kaiming: self.kaiming });
                 let mut v = self.layer_op(cur, o.to_vec(), OpKind::Field(f));
                 if *bias {
                     let fan_in = (in_ch / c.groups.max(1)).saturating_mul(c.kernel).saturating_mul(c.kernel);

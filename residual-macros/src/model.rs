@@ -47,6 +47,7 @@ pub(crate) struct V<T> {
 }
 
 /// A built-in layer with its evaluated arguments.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Debug)]
 pub(crate) enum Layer {
     Conv {
@@ -376,7 +377,7 @@ impl<'a> Inst<'a> {
                     BinOp::Rem => x.checked_rem(y),
                 };
                 match r {
-                    Some(v) if v.abs() <= MAX_SIZE * MAX_SIZE => Some(Value::Int(v)),
+                    Some(v) if v.unsigned_abs() <= (MAX_SIZE * MAX_SIZE) as u128 => Some(Value::Int(v)),
                     _ => {
                         self.err(e.sp(), "arithmetic overflow", None, origin);
                         None
@@ -484,7 +485,7 @@ impl<'a> Inst<'a> {
         ok.then_some(slots)
     }
 
-    fn to_size(&mut self, v: (Value, Sp), what: &str, min: i128, origin: &Option<Rc<Origin>>) -> Option<V<usize>> {
+    fn size_arg(&mut self, v: (Value, Sp), what: &str, min: i128, origin: &Option<Rc<Origin>>) -> Option<V<usize>> {
         let (value, sp) = v;
         match value {
             Value::Int(i) if i < min => {
@@ -508,7 +509,7 @@ impl<'a> Inst<'a> {
         }
     }
 
-    fn to_bool(&mut self, v: (Value, Sp), what: &str, origin: &Option<Rc<Origin>>) -> Option<bool> {
+    fn bool_arg(&mut self, v: (Value, Sp), what: &str, origin: &Option<Rc<Origin>>) -> Option<bool> {
         match v.0 {
             Value::Bool(b) => Some(b),
             other => {
@@ -518,10 +519,10 @@ impl<'a> Inst<'a> {
         }
     }
 
-    fn to_float(&mut self, v: (Value, Sp), what: &str, origin: &Option<Rc<Origin>>) -> Option<f64> {
+    fn float_arg(&mut self, v: (Value, Sp), what: &str, origin: &Option<Rc<Origin>>) -> Option<f64> {
         match v.0 {
             Value::Float(f) if f.is_finite() => Some(f),
-            Value::Int(i) if i.abs() < MAX_SIZE => Some(i as f64),
+            Value::Int(i) if i.unsigned_abs() < MAX_SIZE as u128 => Some(i as f64),
             other => {
                 self.err(v.1, format!("`{what}` must be a number, found `{other}`"), None, origin);
                 None
@@ -579,13 +580,13 @@ impl<'a> Inst<'a> {
         let get = |n: &str| vals.get(n).copied();
         let layer = match lname.as_str() {
             "conv" => {
-                let out = self.to_size(get("out")?, "out", 1, origin);
-                let kernel = self.to_size(get("kernel")?, "kernel", 1, origin);
-                let stride = self.to_size(get("stride")?, "stride", 1, origin);
-                let padding = self.to_size(get("padding")?, "padding", 0, origin);
-                let dilation = self.to_size(get("dilation")?, "dilation", 1, origin);
-                let groups = self.to_size(get("groups")?, "groups", 1, origin);
-                let bias = self.to_bool(get("bias")?, "bias", origin);
+                let out = self.size_arg(get("out")?, "out", 1, origin);
+                let kernel = self.size_arg(get("kernel")?, "kernel", 1, origin);
+                let stride = self.size_arg(get("stride")?, "stride", 1, origin);
+                let padding = self.size_arg(get("padding")?, "padding", 0, origin);
+                let dilation = self.size_arg(get("dilation")?, "dilation", 1, origin);
+                let groups = self.size_arg(get("groups")?, "groups", 1, origin);
+                let bias = self.bool_arg(get("bias")?, "bias", origin);
                 Layer::Conv {
                     out: out?,
                     kernel: kernel?,
@@ -597,9 +598,9 @@ impl<'a> Inst<'a> {
                 }
             }
             "maxpool" | "avgpool" => {
-                let kernel = self.to_size(get("kernel")?, "kernel", 1, origin);
-                let stride = self.to_size(get("stride")?, "stride", 1, origin);
-                let padding = self.to_size(get("padding")?, "padding", 0, origin);
+                let kernel = self.size_arg(get("kernel")?, "kernel", 1, origin);
+                let stride = self.size_arg(get("stride")?, "stride", 1, origin);
+                let padding = self.size_arg(get("padding")?, "padding", 0, origin);
                 let (kernel, stride, padding) = (kernel?, stride?, padding?);
                 if lname == "maxpool" {
                     Layer::MaxPool { kernel, stride, padding }
@@ -608,20 +609,20 @@ impl<'a> Inst<'a> {
                 }
             }
             "linear" => {
-                let out = self.to_size(get("out")?, "out", 1, origin);
-                let bias = self.to_bool(get("bias")?, "bias", origin);
+                let out = self.size_arg(get("out")?, "out", 1, origin);
+                let bias = self.bool_arg(get("bias")?, "bias", origin);
                 Layer::Linear { out: out?, bias: bias? }
             }
             "dropout" => {
                 let pv = get("p")?;
-                let p = self.to_float(pv, "p", origin)?;
+                let p = self.float_arg(pv, "p", origin)?;
                 if !(0.0..1.0).contains(&p) {
                     self.err(pv.1, format!("dropout probability must be in [0, 1), found {p}"), None, origin);
                     return None;
                 }
                 Layer::Dropout { p }
             }
-            "leaky_relu" => Layer::LeakyRelu { slope: self.to_float(get("slope")?, "slope", origin)? },
+            "leaky_relu" => Layer::LeakyRelu { slope: self.float_arg(get("slope")?, "slope", origin)? },
             "bn" => Layer::Bn,
             "global_avgpool" => Layer::GlobalAvgPool,
             "flatten" => Layer::Flatten,

@@ -195,7 +195,8 @@ pub(crate) fn conv_params(in_ch: usize, c: Conv, bias: bool) -> Option<u64> {
 /// Multiply-accumulates of a conv at batch 1: `OH * OW * OUT * (IN / G) * K * K`.
 pub(crate) fn conv_macs(in_ch: usize, c: Conv, out: [usize; 3]) -> Option<u64> {
     let w = conv_params(in_ch, c, false)?;
-    w.checked_mul(out[1] as u64)?.checked_mul(out[2] as u64)
+    let [_, oh, ow] = out;
+    w.checked_mul(oh as u64)?.checked_mul(ow as u64)
 }
 
 /// Parameters of a linear layer: `in * out (+ out)`.
@@ -243,7 +244,7 @@ mod tests {
         assert_eq!(window_out("height", 5, 7, 1, 1, 1), Ok(1));
         // dilation makes a 3-window 5 wide
         assert!(matches!(window_out("width", 4, 3, 1, 0, 2), Err(ShapeError::Window { window: 5, .. })));
-        assert_eq!(window_out("height", 0, 1, 1, 0, 1).is_err(), true);
+        assert!(window_out("height", 0, 1, 1, 0, 1).is_err());
         assert_eq!(window_out("height", 4, 0, 1, 0, 1), Err(ShapeError::Zero { what: "kernel" }));
         assert_eq!(window_out("height", 4, 1, 0, 0, 1), Err(ShapeError::Zero { what: "stride" }));
         assert_eq!(window_out("height", 4, 1, 1, 0, 0), Err(ShapeError::Zero { what: "dilation" }));
