@@ -1,0 +1,370 @@
+//! The degradation experiment of the ResNet paper (He et al. 2015, figure 1 and section 4.2),
+//! small enough for a laptop: plain networks versus residual networks of the same depth.
+//!
+//! ```text
+//! cargo run --release --example degradation -- [--steps N] [--batch B] [--depths 20,56,110]
+//!     [--lr LR] [--seed S] [--out DIR]
+//! ```
+//!
+//! For each depth the zoo has `PlainNet{N}` and `ResNet{N}`: the same convolutions, batch norms
+//! and classifier, with and without the parameter-free option-A shortcuts, so both have the
+//! same parameters and, built from one seed, the same initial weights. Both see the same
+//! batches of the synthetic shapes task in the same order with the same optimiser. It prints
+//!
+//! 1. the gradient norm of every conv weight on the first batch, at initialisation: does the
+//!    training signal reach the first layers?
+//! 2. the training loss over the first `--steps` steps, and held-out accuracy at the end,
+//!
+//! and draws both to SVG files in `--out`.
+
+mod common;
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorName, ViewTensorRef,
+};
+use dfdx::optim::{Momentum, Sgd, SgdConfig, WeightDecay};
+use dfdx::prelude::*;
+use residual::zoo::{PlainNet110, PlainNet20, PlainNet56, ResNet110, ResNet20, ResNet56};
+use residual::ModelInfo;
+
+use common::data::{Batch, ChannelNorm, ImageSet, Split, SyntheticShapes};
+use common::plot::{Chart, Series, PALETTE};
+use common::progress::steps_bar;
+use common::train::{evaluate, forward_backward, Classifier};
+
+const USAGE: &str = "\
+Plain versus residual networks of equal depth: gradient norms at initialisation and the
+training loss of the first steps, on a synthetic ten-class image task.
+
+Usage: cargo run --release --example degradation -- [OPTIONS]
+
+Options:
+  --steps N          SGD steps per network                      [default: 150]
+  --batch B          images per step                            [default: 32]
+  --depths LIST      comma-separated, from 20, 56, 110          [default: 20,56,110]
+  --lr LR            learning rate (constant)                   [default: 0.05]
+  --test-size N      held-out images evaluated after training   [default: 500]
+  --seed S           seed for initialisation and data           [default: 0]
+  --out DIR          where the SVG plots go                     [default: out]
+  -h, --help         print this help
+";
+
+/// The depths for which the zoo has both a plain and a residual network.
+const ZOO_DEPTHS: [usize; 3] = [20, 56, 110];
+
+struct Options {
+    steps: usize,
+    batch: usize,
+    depths: Vec<usize>,
+    lr: f64,
+    test_size: usize,
+    seed: u64,
+    out: PathBuf,
+}
+
+impl Options {
+    fn parse() -> Result<Self, Box<dyn Error>> {
+        let mut args = pico_args::Arguments::from_env();
+        if args.contains(["-h", "--help"]) {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        let depths: String = args.opt_value_from_str("--depths")?.unwrap_or_else(|| "20,56,110".into());
+        let options = Self {
+            steps: args.opt_value_from_str("--steps")?.unwrap_or(150),
+            batch: args.opt_value_from_str("--batch")?.unwrap_or(32),
+            depths: parse_depths(&depths)?,
+            lr: args.opt_value_from_str("--lr")?.unwrap_or(0.05),
+            test_size: args.opt_value_from_str("--test-size")?.unwrap_or(500),
+            seed: args.opt_value_from_str("--seed")?.unwrap_or(0),
+            out: args.opt_value_from_str("--out")?.unwrap_or_else(|| "out".into()),
+        };
+        let unknown = args.finish();
+        if !unknown.is_empty() {
+            return Err(format!("unexpected arguments {unknown:?}\n\n{USAGE}").into());
+        }
+        if options.batch < 2 || options.steps == 0 || options.test_size == 0 {
+            return Err("need --batch >= 2 (batch norm), --steps >= 1 and --test-size >= 1".into());
+        }
+        Ok(options)
+    }
+}
+
+fn parse_depths(list: &str) -> Result<Vec<usize>, Box<dyn Error>> {
+    list.split(',')
+        .map(|item| match item.trim().parse::<usize>() {
+            Ok(depth) if ZOO_DEPTHS.contains(&depth) => Ok(depth),
+            _ => Err(format!("--depths: `{item}` is not one of {ZOO_DEPTHS:?} (the zoo's plain/residual pairs)").into()),
+        })
+        .collect()
+}
+
+/// Everything measured on one network.
+struct Run {
+    label: String,
+    depth: usize,
+    residual: bool,
+    /// `(parameter path, L2 norm of its gradient)` for every conv weight, input to output.
+    conv_grad_norms: Vec<(String, f64)>,
+    /// Training loss of every step.
+    losses: Vec<f32>,
+    held_out_accuracy: f32,
+    seconds: f64,
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let options = Options::parse()?;
+    let started = Instant::now();
+
+    // One fresh batch per step (no image is seen twice), identical for every network.
+    let train_set = SyntheticShapes::new(options.seed, Split::Train, options.steps * options.batch);
+    let test_set = SyntheticShapes::new(options.seed, Split::Test, options.test_size);
+    let norm = ChannelNorm::measure(&train_set, 2000);
+    println!("data: {}", train_set.describe());
+    println!(
+        "each network: {} SGD steps of {} images, lr {} (constant), momentum 0.9, L2 weight decay 1e-4, seed {}",
+        options.steps, options.batch, options.lr, options.seed
+    );
+    println!();
+
+    let mut runs = Vec::new();
+    for &depth in &options.depths {
+        let (plain, residual) = match depth {
+            20 => (train_network::<PlainNet20<f32, Cpu>>(&options, &train_set, &test_set, &norm), train_network::<ResNet20<f32, Cpu>>(&options, &train_set, &test_set, &norm)),
+            56 => (train_network::<PlainNet56<f32, Cpu>>(&options, &train_set, &test_set, &norm), train_network::<ResNet56<f32, Cpu>>(&options, &train_set, &test_set, &norm)),
+            _ => (train_network::<PlainNet110<f32, Cpu>>(&options, &train_set, &test_set, &norm), train_network::<ResNet110<f32, Cpu>>(&options, &train_set, &test_set, &norm)),
+        };
+        runs.push(plain);
+        runs.push(residual);
+    }
+
+    println!();
+    print_gradient_table(&runs);
+    println!();
+    print_loss_table(&runs, options.steps);
+    println!();
+
+    std::fs::create_dir_all(&options.out)?;
+    let loss_plot = options.out.join("degradation_loss.svg");
+    let grad_plot = options.out.join("degradation_grad_norms.svg");
+    plot_losses(&runs, options.steps, &loss_plot)?;
+    plot_gradient_norms(&runs, &grad_plot)?;
+    println!("plots: {} and {}", loss_plot.display(), grad_plot.display());
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Builds `M` from the seed, records conv gradient norms on the first batch, trains for
+/// `--steps` steps, evaluates on the held-out set.
+fn train_network<M>(options: &Options, train_set: &SyntheticShapes, test_set: &SyntheticShapes, norm: &ChannelNorm) -> Run
+where
+    M: Classifier + BuildOnDevice<Cpu, f32, Built = M> + ModelInfo,
+{
+    let started = Instant::now();
+    // The same seed for every network: a plain net and its residual twin start from the same
+    // weights, since option-A shortcuts add no parameters.
+    let dev = Cpu::seed_from_u64(options.seed);
+    let mut model = dev.build_module::<M, f32>();
+    let mut opt = Sgd::new(
+        &model,
+        SgdConfig {
+            lr: options.lr,
+            momentum: Some(Momentum::Classic(0.9)),
+            weight_decay: Some(WeightDecay::L2(1e-4)),
+        },
+    );
+    let mut grads = model.alloc_grads();
+    let label = M::NAME.to_string();
+    let bar = steps_bar(options.steps, label.clone());
+
+    let mut conv_grad_norms = Vec::new();
+    let mut losses = Vec::with_capacity(options.steps);
+    for step in 0..options.steps {
+        let indices: Vec<usize> = (step * options.batch..(step + 1) * options.batch).collect();
+        let batch = Batch::gather(train_set, &indices, norm, &dev);
+        let (new_grads, stats) = forward_backward(&mut model, grads, &batch, &dev);
+        grads = new_grads;
+        if step == 0 {
+            // Before the first update: the gradients of the network at initialisation.
+            conv_grad_norms = conv_weight_grad_norms(&model, &grads);
+        }
+        opt.update(&mut model, &grads).expect("every parameter has a gradient");
+        model.zero_grads(&mut grads);
+        losses.push(stats.loss);
+        bar.set_message(format!("loss {:.3}", stats.loss));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let held_out = evaluate(&model, test_set, norm, 100, &dev);
+
+    let run = Run {
+        label,
+        depth: M::NAME.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0),
+        residual: M::NAME.starts_with("ResNet"),
+        conv_grad_norms,
+        losses,
+        held_out_accuracy: held_out.accuracy,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    println!(
+        "{:<11} {:>9} params  {} steps in {:>6.1} s ({:>5.0} ms/step)  final loss {:.3}  held-out acc {:>5.1}%",
+        run.label,
+        M::NUM_PARAMS,
+        options.steps,
+        run.seconds,
+        1000.0 * run.seconds / options.steps as f64,
+        window_mean(&run.losses, options.steps, window(options.steps)),
+        100.0 * run.held_out_accuracy
+    );
+    run
+}
+
+/// The L2 norm of the gradient of every conv weight (the rank-4 trainable tensors), in the
+/// model's field order, which is the order of the layers from input to output.
+fn conv_weight_grad_norms<M: TensorCollection<f32, Cpu>>(model: &M, grads: &Gradients<f32, Cpu>) -> Vec<(String, f64)> {
+    let mut visitor = ConvGradNorms { grads, norms: Vec::new() };
+    let walked = M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut visitor });
+    walked.unwrap_or_else(|never| match never {});
+    visitor.norms
+}
+
+struct ConvGradNorms<'a> {
+    grads: &'a Gradients<f32, Cpu>,
+    norms: Vec<(String, f64)>,
+}
+
+impl TensorVisitor<f32, Cpu> for ConvGradNorms<'_> {
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = std::convert::Infallible;
+    type E2 = f32;
+    type D2 = Cpu;
+
+    fn visit<S: Shape>(
+        &mut self,
+        options: TensorOptions<S, f32, Cpu>,
+        (tensor, name): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, f32, Cpu>>,
+    ) -> Result<Option<Tensor<S, f32, Cpu>>, Self::Err> {
+        if S::NUM_DIMS == 4 && options.do_gradient_update {
+            let sum_of_squares: f64 = self.grads.get(tensor).as_vec().iter().map(|&g| (g as f64) * (g as f64)).sum();
+            self.norms.push((name, sum_of_squares.sqrt()));
+        }
+        Ok(None)
+    }
+}
+
+/// Width of the windows the loss table averages over: single steps are noisy.
+fn window(steps: usize) -> usize {
+    (steps / 10).max(1)
+}
+
+/// Mean loss of the `width` steps ending at step `end` (1-based, inclusive).
+fn window_mean(losses: &[f32], end: usize, width: usize) -> f32 {
+    let end = end.min(losses.len());
+    let start = end.saturating_sub(width);
+    losses[start..end].iter().sum::<f32>() / (end - start).max(1) as f32
+}
+
+fn print_gradient_table(runs: &[Run]) {
+    println!("(a) conv weight gradient norms at initialisation (first batch, before any update)");
+    println!("{:<11} {:>6} {:>12} {:>12} {:>12} {:>11}", "network", "convs", "first", "middle", "last", "first/last");
+    for run in runs {
+        let norms: Vec<f64> = run.conv_grad_norms.iter().map(|(_, n)| *n).collect();
+        let (first, middle, last) = (norms[0], norms[norms.len() / 2], norms[norms.len() - 1]);
+        println!(
+            "{:<11} {:>6} {:>12.3e} {:>12.3e} {:>12.3e} {:>11.3}",
+            run.label,
+            norms.len(),
+            first,
+            middle,
+            last,
+            first / last
+        );
+    }
+    if let Some(run) = runs.first() {
+        let names = &run.conv_grad_norms;
+        println!(
+            "(first = `{}`, middle = `{}`, last = `{}`)",
+            names[0].0,
+            names[names.len() / 2].0,
+            names[names.len() - 1].0
+        );
+    }
+}
+
+/// Checkpoints at a fifth, two fifths, ... of the run; each shows the mean of the
+/// `window(steps)` steps that end there.
+fn loss_checkpoints(steps: usize) -> Vec<usize> {
+    let mut ends: Vec<usize> = (1..=5).map(|k| (steps * k / 5).max(window(steps))).collect();
+    ends.insert(0, window(steps));
+    ends.dedup();
+    ends
+}
+
+fn print_loss_table(runs: &[Run], steps: usize) {
+    let width = window(steps);
+    let ends = loss_checkpoints(steps);
+    println!("(b) training loss, mean of the {width} steps ending at step ... (chance level ln 10 = 2.303)");
+    print!("{:<11}", "network");
+    for end in &ends {
+        print!(" {:>8}", format!("@{end}"));
+    }
+    println!(" {:>13}", "held-out acc");
+    for run in runs {
+        print!("{:<11}", run.label);
+        for &end in &ends {
+            print!(" {:>8.3}", window_mean(&run.losses, end, width));
+        }
+        println!(" {:>12.1}%", 100.0 * run.held_out_accuracy);
+    }
+}
+
+/// One colour per depth; plain networks dashed, residual ones solid.
+fn series_style(run: &Run, depths: &[usize]) -> (plotters::style::RGBColor, bool) {
+    let index = depths.iter().position(|&d| d == run.depth).unwrap_or(0);
+    (PALETTE[index % PALETTE.len()], !run.residual)
+}
+
+fn depths_of(runs: &[Run]) -> Vec<usize> {
+    let mut depths: Vec<usize> = runs.iter().map(|r| r.depth).collect();
+    depths.dedup();
+    depths
+}
+
+fn plot_losses(runs: &[Run], steps: usize, path: &std::path::Path) -> Result<(), Box<dyn Error>> {
+    let depths = depths_of(runs);
+    let width = window(steps);
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|run| {
+            let (colour, dashed) = series_style(run, &depths);
+            // A moving average over `width` steps, the same smoothing as the table.
+            let points = (width..=run.losses.len()).map(|end| (end as f64, window_mean(&run.losses, end, width) as f64)).collect();
+            Series { label: run.label.clone(), points, colour, dashed }
+        })
+        .collect();
+    let title = format!("Training loss, moving average of {width} steps (dashed: plain)");
+    Chart { title: &title, x_label: "step", y_label: "cross-entropy", log_y: false }.draw(path, &series)
+}
+
+fn plot_gradient_norms(runs: &[Run], path: &std::path::Path) -> Result<(), Box<dyn Error>> {
+    let depths = depths_of(runs);
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|run| {
+            let (colour, dashed) = series_style(run, &depths);
+            let points = run.conv_grad_norms.iter().enumerate().map(|(i, (_, norm))| ((i + 1) as f64, *norm)).collect();
+            Series { label: run.label.clone(), points, colour, dashed }
+        })
+        .collect();
+    let chart = Chart {
+        title: "Conv weight gradient norm at initialisation (dashed: plain)",
+        x_label: "conv layer (1 = input side)",
+        y_label: "gradient L2 norm",
+        log_y: true,
+    };
+    chart.draw(path, &series)
+}
