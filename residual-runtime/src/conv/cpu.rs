@@ -21,7 +21,7 @@ use dfdx::tensor::{Cpu, CpuError};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Conv2dKernel, Conv2dOp};
+use super::{sgemm, Conv2dKernel, Conv2dOp};
 
 /// Aim for at least this many GEMM columns by batching images (measured on the ResNet-50 layers
 /// with examples/bench_conv.rs: below ~1000 columns the GEMM loses efficiency).
@@ -158,6 +158,20 @@ unsafe fn matmul<E: Real>(
     rhs: *const E,
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
+    if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() && sgemm::available() {
+        // SAFETY: E is f32 (checked above), so the casts only rename the pointee type; the
+        // caller's guarantees carry over.
+        return sgemm::sgemm(
+            m,
+            n,
+            k,
+            dst as *mut f32,
+            dst_rs,
+            accumulate,
+            sgemm::Mat { ptr: lhs as *const f32, rs: lhs_rs, cs: lhs_cs },
+            sgemm::Mat { ptr: rhs as *const f32, rs: rhs_rs, cs: rhs_cs },
+        );
+    }
     gemm::gemm(
         m,
         n,
@@ -560,3 +574,14 @@ macro_rules! impl_conv_kernel {
 }
 impl_conv_kernel!(f32);
 impl_conv_kernel!(f64);
+
+/// Row-major `c[m x n] = a[m x k] * b[k x n]` through [`matmul`], the f32 GEMM the conv kernels
+/// use. Returns `false` (and does nothing) when a length does not match.
+pub(crate) fn sgemm_row_major(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
+    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+        return false;
+    }
+    // SAFETY: lengths checked above; c is a distinct &mut slice.
+    unsafe { matmul((m, n, k), c.as_mut_ptr(), n, false, a.as_ptr(), (k, 1), b.as_ptr(), (n, 1)) };
+    true
+}

@@ -6,6 +6,7 @@
 //! arithmetic and weight layout as PyTorch's `nn.Conv2d(bias=False)`.
 
 mod cpu;
+mod sgemm;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(test)]
@@ -339,4 +340,12 @@ where
         });
     }
     Ok(out.put_tape(tape))
+}
+
+/// Row-major `c[m x n] = a[m x k] * b[k x n]` with the f32 GEMM the CPU conv kernels run on
+/// (AVX-512 where the CPU has it, else the `gemm` crate), so a benchmark can state the kernels'
+/// speed as a fraction of their own GEMM's. Returns `false` when a length does not match.
+#[doc(hidden)]
+pub fn cpu_sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
+    cpu::sgemm_row_major(m, n, k, a, b, c)
 }

@@ -467,3 +467,66 @@ fn bias2d_adds_per_channel_and_inits_like_torch() {
     let g = m.forward(x.leaky_trace()).sum().backward();
     assert_eq!(g.get(&m.bias).as_vec(), vec![8.0, 8.0, 8.0]);
 }
+
+#[test]
+fn avx512_sgemm_matches_naive_products() {
+    if !super::sgemm::available() {
+        return; // the gemm crate serves f32 on this CPU; it is covered by the tests above
+    }
+    // (m, n, k, a transposed, b transposed, accumulate): edge tiles, several K blocks, the
+    // multi-threaded column split (m * n * k >= 2^21), strided operands.
+    let cases = [
+        (1, 1, 1, false, false, false),
+        (13, 33, 7, false, false, true),
+        (70, 1000, 300, false, false, false),
+        (70, 1000, 300, true, true, true),
+        (150, 77, 600, true, false, true),
+        (24, 4100, 64, false, true, false),
+    ];
+    for (m, n, k, at, bt, acc) in cases {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
+        // a stored [m, k] or, transposed, [k, m]; b stored [k, n] or [n, k]
+        let (a_rs, a_cs) = if at { (1, m) } else { (k, 1) };
+        let (b_rs, b_cs) = if bt { (1, k) } else { (n, 1) };
+        let mut c = c0.clone();
+        // SAFETY: buffers sized for the strides above; c is separate.
+        unsafe {
+            super::sgemm::sgemm(
+                m, n, k, c.as_mut_ptr(), n, acc,
+                super::sgemm::Mat { ptr: a.as_ptr(), rs: a_rs, cs: a_cs },
+                super::sgemm::Mat { ptr: b.as_ptr(), rs: b_rs, cs: b_cs },
+            );
+        }
+        for i in 0..m {
+            for j in 0..n {
+                let mut want: f64 = if acc { c0[i * n + j] as f64 } else { 0.0 };
+                for p in 0..k {
+                    want += a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64;
+                }
+                let got = c[i * n + j] as f64;
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * k as f64, "({m},{n},{k}) [{i},{j}]: {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_matches_naive_loop_on_large_planes() {
+    // Large enough for the multi-threaded GEMM path and whole-image GEMMs, in f32.
+    let cases = [
+        (2, 16, 24, 48, 48, Conv2dConfig::new(3).padding(1)),
+        (3, 64, 32, 14, 14, Conv2dConfig::new(1)),
+        (2, 8, 16, 64, 64, Conv2dConfig::new(1).stride(2)),
+    ];
+    for (b, c, o, h, w, cfg) in cases {
+        let case = Case { batched: true, b, c, o, h, w, cfg };
+        let want = naive_grads(&case, &case.x(), &case.weight());
+        let (y, dx, dw) = run_taped::<f32>(&case);
+        let name = format!("{case:?}");
+        assert_close(&format!("{name} y"), &y, &want.y, 2e-5);
+        assert_close(&format!("{name} dx"), &dx, &want.dx, 2e-5);
+        assert_close(&format!("{name} dw"), &dw, &want.dw, 2e-5);
+    }
+}

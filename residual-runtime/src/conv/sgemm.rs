@@ -1,0 +1,231 @@
+//! An AVX-512 f32 GEMM for the conv kernels.
+//!
+//! Why: the `gemm` crate 0.15 (the one dfdx uses) enables its AVX-512 kernels only with its
+//! `nightly` feature, so on stable Rust it runs AVX2 (8 lanes). This machine's cores (AMD family
+//! 1Ah, full-width AVX-512) do twice the f32 FMAs per cycle with 16 lanes, and AVX-512
+//! intrinsics are stable since Rust 1.89. When the CPU lacks AVX-512F the caller falls back to
+//! the `gemm` crate.
+//!
+//! Layout: the classic Goto/BLIS blocking. `B` is packed in `KC x NR` slivers, `A` in `MR x KC`
+//! slivers, and a `12 x 32` register tile (24 zmm accumulators) is updated per `k` step with two
+//! vector loads of `B`, twelve broadcasts of `A` and 24 FMAs. Threads split the columns of `C`.
+
+use std::cell::RefCell;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+const MR: usize = 12;
+const NR: usize = 32;
+const KC: usize = 256;
+const MC: usize = 144;
+const NC: usize = 2048;
+
+/// Whether [`sgemm`] can run here (checked once; `is_x86_feature_detected` caches).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A matrix operand: element `(i, j)` at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `c[m x n] (row stride ldc, unit column stride) (+)= a[m x k] * b[k x n]`.
+///
+/// # Safety
+/// [`available`] must be true; every pointer must be valid for the elements the sizes and strides
+/// address; `c` must not overlap `a` or `b`.
+pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, accumulate: bool, a: Mat, b: Mat) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    // Columns per thread, a multiple of NR; small problems stay on one thread.
+    let per = n.div_ceil(threads).div_ceil(NR) * NR;
+    let work = m * n * k;
+    let c_addr = c as usize;
+    if threads == 1 || per >= n || work < 1 << 21 {
+        block(m, 0, n, k, c, ldc, accumulate, a, b);
+        return;
+    }
+    // Raw pointers are not Send: cross the thread boundary as addresses.
+    let (a_ptr, a_rs, a_cs) = (a.ptr as usize, a.rs, a.cs);
+    let (b_ptr, b_rs, b_cs) = (b.ptr as usize, b.rs, b.cs);
+    (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
+        let j0 = t * per;
+        let j1 = (j0 + per).min(n);
+        let a = Mat { ptr: a_ptr as *const f32, rs: a_rs, cs: a_cs };
+        let b = Mat { ptr: b_ptr as *const f32, rs: b_rs, cs: b_cs };
+        // SAFETY: threads write disjoint column ranges of c; a and b are only read.
+        unsafe { block(m, j0, j1, k, c_addr as *mut f32, ldc, accumulate, a, b) };
+    });
+}
+
+thread_local! {
+    static PACKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Columns `j0..j1` of `c`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(m: usize, j0: usize, j1: usize, k: usize, c: *mut f32, ldc: usize, accumulate: bool, a: Mat, b: Mat) {
+    PACKS.with(|cell| {
+        let mut fresh = (Vec::new(), Vec::new());
+        let mut guard = cell.try_borrow_mut().ok();
+        let (pa, pb) = match guard.as_deref_mut() {
+            Some(p) => p,
+            None => &mut fresh,
+        };
+        let pa_len = MC.div_ceil(MR) * MR * KC;
+        let pb_len = NC.div_ceil(NR) * NR * KC;
+        if pa.len() < pa_len {
+            pa.resize(pa_len, 0.0);
+        }
+        if pb.len() < pb_len {
+            pb.resize(pb_len, 0.0);
+        }
+        let mut jc = j0;
+        while jc < j1 {
+            let nc = NC.min(j1 - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                pack_b(&mut pb[..], b, pc, kc, jc, nc);
+                let acc = accumulate || pc > 0;
+                let mut ic = 0;
+                while ic < m {
+                    let mc = MC.min(m - ic);
+                    pack_a(&mut pa[..], a, ic, mc, pc, kc);
+                    for jr in (0..nc).step_by(NR) {
+                        let nr = NR.min(nc - jr);
+                        for ir in (0..mc).step_by(MR) {
+                            let mr = MR.min(mc - ir);
+                            let ap = pa.as_ptr().add(ir * kc);
+                            let bp = pb.as_ptr().add(jr * kc);
+                            let cp = c.add((ic + ir) * ldc + jc + jr);
+                            if mr == MR && nr == NR {
+                                kernel(kc, ap, bp, cp, ldc, acc);
+                            } else {
+                                let mut tile = [0.0f32; MR * NR];
+                                kernel(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                                for i in 0..mr {
+                                    let row = std::slice::from_raw_parts_mut(cp.add(i * ldc), nr);
+                                    let src = &tile[i * NR..i * NR + nr];
+                                    if acc {
+                                        row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                                    } else {
+                                        row.copy_from_slice(src);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    ic += mc;
+                }
+                pc += kc;
+            }
+            jc += nc;
+        }
+    });
+}
+
+/// Packs `b[pc..pc+kc, jc..jc+nc]` as slivers of NR columns: `[sliver][p][0..NR]`, zero-padded.
+unsafe fn pack_b(dst: &mut [f32], b: Mat, pc: usize, kc: usize, jc: usize, nc: usize) {
+    for (s, j) in (0..nc).step_by(NR).enumerate() {
+        let nr = NR.min(nc - j);
+        let out = &mut dst[s * NR * kc..(s + 1) * NR * kc];
+        for p in 0..kc {
+            let row = &mut out[p * NR..(p + 1) * NR];
+            let src = b.ptr.add((pc + p) * b.rs + (jc + j) * b.cs);
+            if b.cs == 1 {
+                row[..nr].copy_from_slice(std::slice::from_raw_parts(src, nr));
+            } else {
+                for (q, v) in row[..nr].iter_mut().enumerate() {
+                    *v = *src.add(q * b.cs);
+                }
+            }
+            row[nr..].fill(0.0);
+        }
+    }
+}
+
+/// Packs `a[ic..ic+mc, pc..pc+kc]` as slivers of MR rows: `[sliver][p][0..MR]`, zero-padded.
+unsafe fn pack_a(dst: &mut [f32], a: Mat, ic: usize, mc: usize, pc: usize, kc: usize) {
+    for (s, i) in (0..mc).step_by(MR).enumerate() {
+        let mr = MR.min(mc - i);
+        let out = &mut dst[s * MR * kc..(s + 1) * MR * kc];
+        if a.rs == 1 {
+            // Columns of A are contiguous (a transposed weight): copy MR at a time.
+            for p in 0..kc {
+                let src = a.ptr.add((ic + i) + (pc + p) * a.cs);
+                out[p * MR..p * MR + mr].copy_from_slice(std::slice::from_raw_parts(src, mr));
+                out[p * MR + mr..(p + 1) * MR].fill(0.0);
+            }
+        } else {
+            for r in 0..MR {
+                if r < mr {
+                    let src = a.ptr.add((ic + i + r) * a.rs + pc * a.cs);
+                    for p in 0..kc {
+                        out[p * MR + r] = *src.add(p * a.cs);
+                    }
+                } else {
+                    for p in 0..kc {
+                        out[p * MR + r] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `c[12 x 32] (+)= ap[12 x kc] * bp[kc x 32]` from packed slivers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        let b0 = _mm512_loadu_ps(bp.add(p * NR));
+        let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+        let a = ap.add(p * MR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm512_set1_ps(*a.add(i));
+            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        let cp = c.add(i * ldc);
+        if accumulate {
+            _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), row[0]));
+            _mm512_storeu_ps(cp.add(16), _mm512_add_ps(_mm512_loadu_ps(cp.add(16)), row[1]));
+        } else {
+            _mm512_storeu_ps(cp, row[0]);
+            _mm512_storeu_ps(cp.add(16), row[1]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+    unreachable!("sgemm::available() is false off x86_64")
+}
