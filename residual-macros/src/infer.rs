@@ -61,8 +61,9 @@ pub(crate) enum Op {
     Layer { input: Var, output: Var, kind: OpKind },
     /// `output = input.with_empty_tape()`: a second handle for a shortcut or a tap.
     Fork { input: Var, output: Var },
-    /// `output = a + b`.
-    Add { a: Var, b: Var, output: Var },
+    /// `output = a + b`. A residual join moves `b` so the shortcut's tape (its projection's
+    /// backward ops) merges into the result; a tap is only borrowed, since it may be read again.
+    Add { a: Var, b: Var, output: Var, b_is_tap: bool },
     /// `output = cat(a, b)` along channels.
     Cat { a: Var, b: Var, output: Var },
 }
@@ -578,7 +579,7 @@ impl Infer<'_> {
             return Some(a);
         }
         let output = self.new_var(out_shape.clone());
-        self.prog.ops.push(Op::Add { a, b, output });
+        self.prog.ops.push(Op::Add { a, b, output, b_is_tap: false });
         self.row("", "+ shortcut".into(), &out_shape, 0, 0);
         Some(output)
     }
@@ -625,7 +626,7 @@ impl Infer<'_> {
                         return Some(cur);
                     }
                     let output = self.new_var(cs.clone());
-                    self.prog.ops.push(Op::Add { a: cur, b: tv, output });
+                    self.prog.ops.push(Op::Add { a: cur, b: tv, output, b_is_tap: true });
                     self.row("", format!("add({name})"), &cs, 0, 0);
                     Some(output)
                 } else {

@@ -30,10 +30,19 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
                 let (x, y, ty) = (var(*input), var(*output), tensor_ty(&shape_of(*output)));
                 quote!(let #y: #ty = #d::tensor::WithEmptyTape::with_empty_tape(&#x);)
             }
-            Op::Add { a, b, output } => {
+            Op::Add { a, b, output, b_is_tap } => {
                 let (a, b, y, ty) = (var(*a), var(*b), var(*output), tensor_ty(&shape_of(*output)));
-                // Taps may be read more than once: add a fresh handle, never the tap itself.
-                quote!(let #y: #ty = #d::tensor_ops::TryAdd::try_add(#a, #d::tensor::WithEmptyTape::with_empty_tape(&#b))?;)
+                if *b_is_tap {
+                    // Taps may be read more than once: add a fresh handle, never the tap itself.
+                    // The tap is a fork with no ops of its own, so its gradient reaches the
+                    // tapped value through the shared tensor id.
+                    quote!(let #y: #ty = #d::tensor_ops::TryAdd::try_add(#a, #d::tensor::WithEmptyTape::with_empty_tape(&#b))?;)
+                } else {
+                    // A residual join: move the shortcut's output, so the tape holding its
+                    // ops (a projection's conv and bn, option A's subsampling) merges into the
+                    // sum and its backward runs. A fresh handle here would drop that tape.
+                    quote!(let #y: #ty = #d::tensor_ops::TryAdd::try_add(#a, #b)?;)
+                }
             }
             Op::Cat { a, b, output } => {
                 let (sa, sb, so) = (shape_of(*a), shape_of(*b), shape_of(*output));
