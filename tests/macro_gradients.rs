@@ -1,6 +1,7 @@
 //! Gradients of generated models against central finite differences, in f64, through every
 //! kind of join the macro emits: tap `add` and `cat`, an `auto` projection shortcut (strided
-//! 1x1 conv + bn), an option-A `pad` shortcut, and an explicit projection. Every parameter
+//! 1x1 conv + bn), an option-A `pad` shortcut, and an explicit projection, and through the
+//! activations and pools it emits inline (silu's gate, gelu, leaky relu, avg and max pool). Every parameter
 //! element and the input are checked, in eval mode (`Module`) and training mode (`ModuleMut`).
 //!
 //! This is the test that catches a join which drops the shortcut's tape: the projection's
@@ -17,11 +18,13 @@ residual! {
     model GradNet[2, 6, 6] {
         stem: conv(3, 3, padding = 1) -> bn0: bn -> relu -> tap(s)
         -> c0: conv(3, 3, padding = 1) -> add(s) -> cat(s)
+        -> avgpool(3, stride = 1, padding = 1)
         -> residual { c1: conv(8, 3, stride = 2, padding = 1) -> b1: bn } shortcut auto
-        -> relu
+        -> silu
         -> residual { c2: conv(10, 1) } shortcut pad
+        -> gelu
         -> residual { c3: conv(10, 3, padding = 1) } shortcut proj: { p: conv(10, 1) -> pb: bn }
-        -> global_avgpool -> fc: linear(3)
+        -> maxpool(2, stride = 1) -> global_avgpool -> fc: linear(3) -> leaky_relu(0.1)
     }
 }
 

@@ -108,7 +108,10 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
                         }
                     },
                     OpKind::Relu => quote!(#x.try_relu()?),
-                    OpKind::Gelu => quote!(#x.try_accurate_gelu()?),
+                    // The tanh approximation (PyTorch's `GELU(approximate='tanh')`): dfdx 0.13's exact
+                    // `accurate_gelu` has a wrong backward (its Gaussian term lacks a 1/sqrt(2)),
+                    // which tests/macro_gradients.rs catches against finite differences.
+                    OpKind::Gelu => quote!(#x.try_fast_gelu()?),
                     OpKind::Sigmoid => quote!(#x.try_sigmoid()?),
                     OpKind::Tanh => quote!(#x.try_tanh()?),
                     OpKind::Silu => quote!({
