@@ -35,11 +35,11 @@ Trains ResNet-20 on a synthetic ten-class image task (or CIFAR-10 with --cifar-d
 Usage: cargo run --release --example train_cifar -- [OPTIONS]
 
 Options:
-  --epochs N         epochs to train in total, counting resumed ones  [default: 4]
-  --batch B          images per SGD step                              [default: 64]
+  --epochs N         epochs to train in total, counting resumed ones  [default: 3]
+  --batch B          images per SGD step                              [default: 32]
   --train-size N     training images (CIFAR: the first N of 50000)    [default: 4096]
   --test-size N      held-out images (CIFAR: the first N of 10000)    [default: 1000]
-  --lr LR            initial learning rate (cosine decay per epoch)   [default: 0.1]
+  --lr LR            initial learning rate (cosine decay per epoch)   [default: 0.05]
   --seed S           seed for initialisation, data and shuffling      [default: 0]
   --cifar-dir DIR    read CIFAR-10 binary files from DIR instead of synthetic data
   --checkpoint PATH  weights written after every epoch                [default: out/resnet20.safetensors]
@@ -67,11 +67,11 @@ impl Options {
             std::process::exit(0);
         }
         let options = Self {
-            epochs: args.opt_value_from_str("--epochs")?.unwrap_or(4),
-            batch: args.opt_value_from_str("--batch")?.unwrap_or(64),
+            epochs: args.opt_value_from_str("--epochs")?.unwrap_or(3),
+            batch: args.opt_value_from_str("--batch")?.unwrap_or(32),
             train_size: args.opt_value_from_str("--train-size")?.unwrap_or(4096),
             test_size: args.opt_value_from_str("--test-size")?.unwrap_or(1000),
-            lr: args.opt_value_from_str("--lr")?.unwrap_or(0.1),
+            lr: args.opt_value_from_str("--lr")?.unwrap_or(0.05),
             seed: args.opt_value_from_str("--seed")?.unwrap_or(0),
             cifar_dir: args.opt_value_from_str("--cifar-dir")?,
             checkpoint: args.opt_value_from_str("--checkpoint")?.unwrap_or_else(|| "out/resnet20.safetensors".into()),
@@ -88,7 +88,18 @@ impl Options {
     }
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> std::process::ExitCode {
+    // Errors print with their messages (`Display`), not as `Debug` structures.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let options = Options::parse()?;
     let dev = Cpu::seed_from_u64(options.seed);
 
