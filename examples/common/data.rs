@@ -258,6 +258,7 @@ impl Cifar10 {
     /// Reads `files` from `dir`, keeping at most `limit` images (the first ones, in file order).
     pub fn open(dir: &Path, files: &[&str], limit: Option<usize>) -> Result<Self, CifarError> {
         let mut records = Vec::new();
+        let mut read = Vec::new();
         for name in files {
             let path = dir.join(name);
             let bytes = std::fs::read(&path).map_err(|source| CifarError::Missing { path: path.clone(), source })?;
@@ -270,6 +271,7 @@ impl Cifar10 {
                 return Err(CifarError::BadLabel { path, record, label });
             }
             records.extend_from_slice(&bytes);
+            read.push(*name);
             if limit.is_some_and(|n| records.len() / CIFAR_RECORD_LEN >= n) {
                 break;
             }
@@ -277,7 +279,7 @@ impl Cifar10 {
         let available = records.len() / CIFAR_RECORD_LEN;
         let len = limit.map_or(available, |n| n.min(available));
         records.truncate(len * CIFAR_RECORD_LEN);
-        Ok(Self { records, len, source: format!("CIFAR-10 {} ({})", files.join(", "), dir.display()) })
+        Ok(Self { records, len, source: format!("CIFAR-10 {} ({})", read.join(", "), dir.display()) })
     }
 
     pub fn train(dir: &Path, limit: Option<usize>) -> Result<Self, CifarError> {
