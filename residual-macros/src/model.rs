@@ -133,6 +133,10 @@ const ALIASES: &[(&str, &str)] = &[
     ("leakyrelu", "leaky_relu"), ("id", "identity"), ("shortcut", "residual { .. } shortcut .."),
 ];
 
+/// The generic parameters of the generated struct and impls (dtype, device, batch, tape, and
+/// the tensor visitor of `TensorCollection`): a model of one of these names would shadow them.
+const GENERIC_PARAMS: &[&str] = &["E", "D", "B", "T", "V"];
+
 /// Names the language reserves (cannot be block names).
 const RESERVED: &[&str] = &["residual", "shortcut", "tap", "add", "cat", "block", "model", "auto", "pad", "x", "first"];
 
@@ -932,7 +936,14 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
             }
             Item::Model(m) => {
                 let n = m.name.to_string();
-                if model_names.contains_key(&n) {
+                if GENERIC_PARAMS.contains(&n.as_str()) {
+                    cx.push(
+                        Sp::one(m.name.span()),
+                        format!("model name `{n}` is taken by a generic parameter of the generated impls"),
+                        Some(format!("the impls are generic over {}; give the model a longer name", GENERIC_PARAMS.join(", "))),
+                        None,
+                    );
+                } else if model_names.contains_key(&n) {
                     cx.push(Sp::one(m.name.span()), format!("duplicate model `{n}`"), Some("each model is a struct and needs its own name".into()), None);
                 } else {
                     model_names.insert(n, Sp::one(m.name.span()));
