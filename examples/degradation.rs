@@ -2,8 +2,8 @@
 //! small enough for a laptop: plain networks versus residual networks of the same depth.
 //!
 //! ```text
-//! cargo run --release --example degradation -- [--steps N] [--batch B] [--depths 20,56]
-//!     [--grad-depths 20,56,110] [--lr LR] [--seed S] [--out DIR]
+//! cargo run --release --example degradation -- [--steps N] [--batch B] [--depths 20,56,110]
+//!     [--grad-depths 20,56,110] [--lr LR] [--warmup N] [--seed S] [--out DIR]
 //! ```
 //!
 //! For each depth the zoo has `PlainNet{N}` and `ResNet{N}`: the same convolutions, batch norms
@@ -14,10 +14,14 @@
 //! 1. for every depth in `--grad-depths`: the gradient norm of every conv weight on the first
 //!    batch, at initialisation: does the training signal reach the first layers?
 //! 2. for every depth in `--depths`: the training loss over the first `--steps` steps, and
-//!    held-out accuracy at the end (training is what costs time: about 0.4 s per step of 32
-//!    images for a 20-layer network on 2 cores, 1.1 s for 56 layers, 2.2 s for 110),
+//!    held-out accuracy at the end (training is what costs time: about 0.35 s per step of 16
+//!    images for a 20-layer network on 2 cores, 0.8 s for 56 layers, 1.5 s for 110, so the
+//!    defaults take about 28 minutes; `--depths 20,56` takes about 8),
 //!
-//! and draws both to SVG files in `--out`.
+//! and draws both to SVG files in `--out`. `--export-data DIR` also writes the exact normalised
+//! images, so `scripts/reference/degradation_torch.py` can train the same architectures in
+//! PyTorch on the same batches: an independent check that the curves are the task's and the
+//! hyperparameters', not an artefact of our kernels.
 
 mod common;
 
@@ -33,7 +37,7 @@ use dfdx::prelude::*;
 use residual::zoo::{PlainNet110, PlainNet20, PlainNet56, ResNet110, ResNet20, ResNet56};
 use residual::ModelInfo;
 
-use common::data::{Batch, ChannelNorm, ImageSet, Split, SyntheticShapes};
+use common::data::{Batch, ChannelNorm, ImageSet, Split, SyntheticShapes, IMAGE_LEN};
 use common::plot::{Chart, Series, PALETTE};
 use common::progress::steps_bar;
 use common::train::{evaluate, forward_backward, Classifier};
@@ -45,15 +49,19 @@ training loss of the first steps, on a synthetic ten-class image task.
 Usage: cargo run --release --example degradation -- [OPTIONS]
 
 Options:
-  --steps N          SGD steps per network                      [default: 150]
-  --batch B          images per step                            [default: 32]
-  --depths LIST      depths to train, from 20, 56, 110          [default: 20,56]
+  --steps N          SGD steps per network                      [default: 300]
+  --batch B          images per step                            [default: 16]
+  --depths LIST      depths to train, from 20, 56, 110          [default: 20,56,110]
   --grad-depths LIST depths whose gradients at initialisation
                      are measured (one batch, no training)      [default: 20,56,110]
-  --lr LR            learning rate (constant)                   [default: 0.05]
+  --lr LR            learning rate after the warm-up            [default: 0.005]
+  --warmup N         linear warm-up: lr*(k+1)/N at step k < N   [default: 30]
   --test-size N      held-out images evaluated after training   [default: 500]
   --seed S           seed for initialisation and data           [default: 0]
   --out DIR          where the SVG plots go                     [default: out]
+  --export-data DIR  also write the normalised train and held-out images and labels
+                     (raw little-endian f32 / u8) and each network's initial weights
+                     (safetensors) for scripts/reference/degradation_torch.py
   -h, --help         print this help
 ";
 
@@ -66,9 +74,11 @@ struct Options {
     depths: Vec<usize>,
     grad_depths: Vec<usize>,
     lr: f64,
+    warmup: usize,
     test_size: usize,
     seed: u64,
     out: PathBuf,
+    export_data: Option<PathBuf>,
 }
 
 impl Options {
@@ -78,17 +88,19 @@ impl Options {
             print!("{USAGE}");
             std::process::exit(0);
         }
-        let depths: String = args.opt_value_from_str("--depths")?.unwrap_or_else(|| "20,56".into());
+        let depths: String = args.opt_value_from_str("--depths")?.unwrap_or_else(|| "20,56,110".into());
         let grad_depths: String = args.opt_value_from_str("--grad-depths")?.unwrap_or_else(|| "20,56,110".into());
         let options = Self {
-            steps: args.opt_value_from_str("--steps")?.unwrap_or(150),
-            batch: args.opt_value_from_str("--batch")?.unwrap_or(32),
+            steps: args.opt_value_from_str("--steps")?.unwrap_or(300),
+            batch: args.opt_value_from_str("--batch")?.unwrap_or(16),
             depths: parse_depths("--depths", &depths)?,
             grad_depths: parse_depths("--grad-depths", &grad_depths)?,
-            lr: args.opt_value_from_str("--lr")?.unwrap_or(0.05),
+            lr: args.opt_value_from_str("--lr")?.unwrap_or(0.005),
+            warmup: args.opt_value_from_str("--warmup")?.unwrap_or(30),
             test_size: args.opt_value_from_str("--test-size")?.unwrap_or(500),
             seed: args.opt_value_from_str("--seed")?.unwrap_or(0),
             out: args.opt_value_from_str("--out")?.unwrap_or_else(|| "out".into()),
+            export_data: args.opt_value_from_str("--export-data")?,
         };
         let unknown = args.finish();
         if !unknown.is_empty() {
@@ -155,10 +167,16 @@ fn run() -> Result<(), Box<dyn Error>> {
     let norm = ChannelNorm::measure(&train_set, 2000);
     println!("data: {}", train_set.describe());
     println!(
-        "each network: {} SGD steps of {} images, lr {} (constant), momentum 0.9, L2 weight decay 1e-4, seed {}",
-        options.steps, options.batch, options.lr, options.seed
+        "each network: {} SGD steps of {} images, lr {} after a linear warm-up of {} steps, momentum 0.9, \
+         L2 weight decay 1e-4, seed {}",
+        options.steps, options.batch, options.lr, options.warmup, options.seed
     );
     println!();
+    if let Some(dir) = &options.export_data {
+        export_split(dir, "train", &train_set, &norm)?;
+        export_split(dir, "test", &test_set, &norm)?;
+        println!("data written to {} (train/test _images.f32 and _labels.u8)", dir.display());
+    }
 
     // Deeper last, so the tables and plots read from shallow to deep.
     let mut all_depths: Vec<usize> = options.depths.iter().chain(&options.grad_depths).copied().collect();
@@ -197,6 +215,29 @@ fn run() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// Writes every image of `set`, normalised exactly as training sees it, to
+/// `{dir}/{name}_images.f32` (`[N, 3, 32, 32]`, little-endian f32) and the labels to
+/// `{dir}/{name}_labels.u8`, so that an independent implementation can train on the same batches.
+fn export_split(dir: &std::path::Path, name: &str, set: &SyntheticShapes, norm: &ChannelNorm) -> Result<(), Box<dyn Error>> {
+    std::fs::create_dir_all(dir)?;
+    let mut pixels = vec![0f32; IMAGE_LEN];
+    let mut image_bytes = Vec::with_capacity(set.len() * IMAGE_LEN * 4);
+    let mut labels = Vec::with_capacity(set.len());
+    for index in 0..set.len() {
+        let label = set.write_image(index, &mut pixels);
+        norm.apply(&mut pixels);
+        image_bytes.extend(pixels.iter().flat_map(|v| v.to_le_bytes()));
+        labels.push(label as u8);
+    }
+    let write = |file: String, bytes: &[u8]| {
+        let path = dir.join(file);
+        std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(format!("{name}_images.f32"), &image_bytes)?;
+    write(format!("{name}_labels.u8"), &labels)?;
+    Ok(())
+}
+
 /// Builds `M` from the seed and records conv gradient norms on the first batch; to train, goes
 /// on for `--steps` steps and evaluates on the held-out set.
 fn run_network<M>(
@@ -210,6 +251,12 @@ where
     // weights, since option-A shortcuts add no parameters.
     let dev = Cpu::seed_from_u64(options.seed);
     let mut model = dev.build_module::<M, f32>();
+    if let Some(dir) = &options.export_data {
+        let path = dir.join(format!("{}_init.safetensors", M::NAME));
+        if let Err(error) = residual::io::save_safetensors(&model, &path) {
+            eprintln!("warning: initial weights not exported: {error}");
+        }
+    }
     let mut opt = Sgd::new(
         &model,
         SgdConfig {
@@ -238,6 +285,7 @@ where
         if extent == Extent::GradientsOnly {
             break;
         }
+        opt.cfg.lr = warmup_lr(options.lr, options.warmup, step);
         opt.update(&mut model, &grads).expect("every parameter has a gradient");
         model.zero_grads(&mut grads);
         bar.set_message(format!("loss {:.3}", stats.loss));
@@ -276,6 +324,18 @@ where
         ),
     }
     run
+}
+
+/// Learning rate of step `step` (0-based): rising linearly over the first `warmup` steps, then
+/// constant. Deep networks at initialisation give large losses and gradients (the residual
+/// branches' variances add up); the ResNet paper warms its 110-layer net up at a tenth of the
+/// rate for the same reason (section 4.2).
+fn warmup_lr(lr: f64, warmup: usize, step: usize) -> f64 {
+    if step < warmup {
+        lr * (step + 1) as f64 / warmup as f64
+    } else {
+        lr
+    }
 }
 
 /// The L2 norm of the gradient of every conv weight (the rank-4 trainable tensors), in the
