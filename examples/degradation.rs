@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example degradation -- [--steps N] [--batch B] [--depths 20,56,110]
-//!     [--grad-depths 20,56,110] [--lr LR] [--warmup N] [--seed S] [--out DIR]
+//!     [--grad-depths 20,56,110] [--lr LR] [--warmup N] [--seed S] [--out DIR] [--export-data DIR]
 //! ```
 //!
 //! For each depth the zoo has `PlainNet{N}` and `ResNet{N}`: the same convolutions, batch norms
@@ -19,7 +19,7 @@
 //!    defaults take about 28 minutes; `--depths 20,56` takes about 8),
 //!
 //! and draws both to SVG files in `--out`. `--export-data DIR` also writes the exact normalised
-//! images, so `scripts/reference/degradation_torch.py` can train the same architectures in
+//! images and every network's initial weights, so `scripts/reference/degradation_torch.py` can train the same architectures in
 //! PyTorch on the same batches: an independent check that the curves are the task's and the
 //! hyperparameters', not an artefact of our kernels.
 
@@ -37,7 +37,7 @@ use dfdx::prelude::*;
 use residual::zoo::{PlainNet110, PlainNet20, PlainNet56, ResNet110, ResNet20, ResNet56};
 use residual::ModelInfo;
 
-use common::data::{Batch, ChannelNorm, ImageSet, Split, SyntheticShapes, IMAGE_LEN};
+use common::data::{Batch, ChannelNorm, ImageSet, Split, SyntheticShapes};
 use common::plot::{Chart, Series, PALETTE};
 use common::progress::steps_bar;
 use common::train::{evaluate, forward_backward, Classifier};
@@ -215,20 +215,16 @@ fn run() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// Writes every image of `set`, normalised exactly as training sees it, to
-/// `{dir}/{name}_images.f32` (`[N, 3, 32, 32]`, little-endian f32) and the labels to
-/// `{dir}/{name}_labels.u8`, so that an independent implementation can train on the same batches.
+/// Writes every image of `set`, normalised exactly as training sees it (through the same
+/// `Batch::gather`), to `{dir}/{name}_images.f32` (`[N, 3, 32, 32]`, little-endian f32) and the
+/// labels to `{dir}/{name}_labels.u8`, so that an independent implementation can train on the
+/// same batches.
 fn export_split(dir: &std::path::Path, name: &str, set: &SyntheticShapes, norm: &ChannelNorm) -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(dir)?;
-    let mut pixels = vec![0f32; IMAGE_LEN];
-    let mut image_bytes = Vec::with_capacity(set.len() * IMAGE_LEN * 4);
-    let mut labels = Vec::with_capacity(set.len());
-    for index in 0..set.len() {
-        let label = set.write_image(index, &mut pixels);
-        norm.apply(&mut pixels);
-        image_bytes.extend(pixels.iter().flat_map(|v| v.to_le_bytes()));
-        labels.push(label as u8);
-    }
+    let all: Vec<usize> = (0..set.len()).collect();
+    let batch = Batch::gather(set, &all, norm, &Cpu::default());
+    let image_bytes: Vec<u8> = batch.images.as_vec().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let labels: Vec<u8> = batch.labels.iter().map(|&label| label as u8).collect();
     let write = |file: String, bytes: &[u8]| {
         let path = dir.join(file);
         std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))

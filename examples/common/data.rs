@@ -347,7 +347,7 @@ impl ChannelNorm {
         norm
     }
 
-    pub fn apply(&self, pixels: &mut [f32]) {
+    fn apply(&self, pixels: &mut [f32]) {
         for (c, plane) in pixels.chunks_exact_mut(PLANE).enumerate() {
             for p in plane {
                 *p = (*p - self.mean[c]) / self.std[c];

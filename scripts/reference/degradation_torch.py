@@ -7,7 +7,7 @@ SGD with momentum 0.9, L2 weight decay 1e-4, and the same linear warm-up and bat
 `examples/degradation.rs`. Its purpose is to tell the dynamics of the task and hyperparameters
 (which PyTorch reproduces) from a defect of our stack (which it would not).
 
-    cargo run --release --example degradation -- --depths 20 --steps 1 --export-data out/degradation-data
+    cargo run --release --example degradation -- --depths "" --export-data out/degradation-data
     .venv-ref/bin/python scripts/reference/degradation_torch.py out/degradation-data \\
         [--depths 20,56,110] [--steps 300] [--batch 16] [--lr 0.005] [--warmup 30] [--seeds 0,1,2] [--kinds plain,residual]
 
@@ -103,12 +103,16 @@ def read_safetensors(path):
     return tensors
 
 
+def net_name(depth, residual):
+    """The zoo's name of the network, as in our example's tables and exported files."""
+    return f"{'ResNet' if residual else 'PlainNet'}{depth}"
+
+
 def build(depth, residual, seed, init_dir):
     """The network, with our example's initial weights when `init_dir` has them, else seeded."""
     torch.manual_seed(seed)
     model = CifarNet(depth, residual)
-    name = f"{'ResNet' if residual else 'PlainNet'}{depth}"
-    path = init_dir / f"{name}_init.safetensors" if init_dir else None
+    path = init_dir / f"{net_name(depth, residual)}_init.safetensors" if init_dir else None
     if path is None or not path.exists():
         return model, f"seed {seed}"
     state = read_safetensors(path)
@@ -168,7 +172,7 @@ def main():
             for seed in [0] if args.init_from else [int(s) for s in args.seeds.split(",")]:
                 start = time.time()
                 losses, accuracy, init = train(depth, residual, seed, args, data)
-                name = f"{'ResNet' if residual else 'PlainNet'}{depth}"
+                name = net_name(depth, residual)
                 row = "".join(f"{np.mean(losses[e - width:e]):>9.3f}" for e in ends)
                 print(f"{name:<12}{init:>9}{row}  {100 * accuracy:>11.1f}%  {time.time() - start:>5.0f} s", flush=True)
 
