@@ -114,11 +114,24 @@ fn gemm_crate_peak(n: usize, reps: usize) -> f64 {
     let secs = time(reps, || unsafe {
         // SAFETY: three distinct n x n row-major buffers.
         gemm::gemm(
-            n, n, n,
-            c.as_mut_ptr(), 1, n as isize, false,
-            a.as_ptr(), 1, n as isize,
-            b.as_ptr(), 1, n as isize,
-            0.0, 1.0, false, false, false,
+            n,
+            n,
+            n,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            n as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
             gemm::Parallelism::Rayon(0),
         )
     });
@@ -133,10 +146,7 @@ fn main() {
         match a.as_str() {
             "--reps" => reps = args.next().and_then(|v| v.parse().ok()).unwrap_or(reps),
             "--batches" => {
-                batches = args
-                    .next()
-                    .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
-                    .unwrap_or(batches)
+                batches = args.next().map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect()).unwrap_or(batches)
             }
             other => {
                 eprintln!("unknown argument {other}; usage: bench_conv [--reps N] [--batches 1,8]");
@@ -147,7 +157,11 @@ fn main() {
 
     let convs: usize = RESNET50.iter().map(|l| l.count).sum();
     let macs: usize = RESNET50.iter().map(|l| l.count * l.op(1).macs()).sum();
-    println!("ResNet-50 conv layers: {convs} convs, {} distinct, {:.3} GMACs per image", RESNET50.len(), macs as f64 / 1e9);
+    println!(
+        "ResNet-50 conv layers: {convs} convs, {} distinct, {:.3} GMACs per image",
+        RESNET50.len(),
+        macs as f64 / 1e9
+    );
     println!("rayon threads: {}", rayon::current_num_threads());
 
     let peak = own_sgemm_peak(4096, 3);
@@ -194,8 +208,17 @@ fn main() {
             let flops = 2.0 * op.macs() as f64;
             println!(
                 "{:<32} {:>5} {:>5} {:>3} {:>2} {:>4} {:>3} | {:>9.3} {:>7.1} | {:>9.3} {:>7.1}",
-                layer.name, layer.inp, layer.out, layer.k, layer.stride, layer.h, layer.count,
-                fwd * 1e3, flops / fwd / 1e9, bwd * 1e3, 2.0 * flops / bwd / 1e9
+                layer.name,
+                layer.inp,
+                layer.out,
+                layer.k,
+                layer.stride,
+                layer.h,
+                layer.count,
+                fwd * 1e3,
+                flops / fwd / 1e9,
+                bwd * 1e3,
+                2.0 * flops / bwd / 1e9
             );
             fwd_total += fwd * layer.count as f64;
             bwd_total += bwd * layer.count as f64;

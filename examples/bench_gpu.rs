@@ -46,7 +46,8 @@ mod bench {
 
     fn parse_args() -> Result<Args, pico_args::Error> {
         let mut a = pico_args::Arguments::from_env();
-        let strings = |v: Option<Vec<String>>, d: &[&str]| v.unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect());
+        let strings =
+            |v: Option<Vec<String>>, d: &[&str]| v.unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect());
         let args = Args {
             runs: a.opt_value_from_str("--runs")?.unwrap_or(10),
             warmup: a.opt_value_from_str("--warmup")?.unwrap_or(3),

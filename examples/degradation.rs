@@ -195,7 +195,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         runs.push(residual);
     }
     let (trained, probed): (Vec<Run>, Vec<Run>) = runs.into_iter().partition(|run| run.held_out_accuracy.is_some());
-    let measured: Vec<&Run> = trained.iter().chain(&probed).filter(|run| options.grad_depths.contains(&run.depth)).collect();
+    let measured: Vec<&Run> =
+        trained.iter().chain(&probed).filter(|run| options.grad_depths.contains(&run.depth)).collect();
 
     println!();
     print_gradient_table(&measured);
@@ -219,7 +220,12 @@ fn run() -> Result<(), Box<dyn Error>> {
 /// `Batch::gather`), to `{dir}/{name}_images.f32` (`[N, 3, 32, 32]`, little-endian f32) and the
 /// labels to `{dir}/{name}_labels.u8`, so that an independent implementation can train on the
 /// same batches.
-fn export_split(dir: &std::path::Path, name: &str, set: &SyntheticShapes, norm: &ChannelNorm) -> Result<(), Box<dyn Error>> {
+fn export_split(
+    dir: &std::path::Path,
+    name: &str,
+    set: &SyntheticShapes,
+    norm: &ChannelNorm,
+) -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(dir)?;
     let all: Vec<usize> = (0..set.len()).collect();
     let batch = Batch::gather(set, &all, norm, &Cpu::default());
@@ -255,11 +261,7 @@ where
     }
     let mut opt = Sgd::new(
         &model,
-        SgdConfig {
-            lr: options.lr,
-            momentum: Some(Momentum::Classic(0.9)),
-            weight_decay: Some(WeightDecay::L2(1e-4)),
-        },
+        SgdConfig { lr: options.lr, momentum: Some(Momentum::Classic(0.9)), weight_decay: Some(WeightDecay::L2(1e-4)) },
     );
     let mut grads = model.alloc_grads();
     let label = M::NAME.to_string();
@@ -445,7 +447,9 @@ fn plot_losses(runs: &[Run], steps: usize, path: &std::path::Path) -> Result<(),
         .map(|run| {
             let (colour, dashed) = series_style(run, &depths);
             // A moving average over `width` steps, the same smoothing as the table.
-            let points = (width..=run.losses.len()).map(|end| (end as f64, window_mean(&run.losses, end, width) as f64)).collect();
+            let points = (width..=run.losses.len())
+                .map(|end| (end as f64, window_mean(&run.losses, end, width) as f64))
+                .collect();
             Series { label: run.label.clone(), points, colour, dashed }
         })
         .collect();

@@ -56,7 +56,8 @@ fn load_image(path: &str) -> Result<Vec<f32>, String> {
     let img = image::open(path).map_err(|e| format!("cannot read image {path}: {e}"))?.to_rgb8();
     let (w, h) = img.dimensions();
     let scale = 256.0 / w.min(h) as f32;
-    let (rw, rh) = (((w as f32 * scale).round() as u32).max(SIDE as u32), ((h as f32 * scale).round() as u32).max(SIDE as u32));
+    let (rw, rh) =
+        (((w as f32 * scale).round() as u32).max(SIDE as u32), ((h as f32 * scale).round() as u32).max(SIDE as u32));
     let resized = image::imageops::resize(&img, rw, rh, image::imageops::FilterType::Triangle);
     let (x0, y0) = ((rw - SIDE as u32) / 2, (rh - SIDE as u32) / 2);
     const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -161,11 +162,7 @@ fn main() {
     }
     let ms = median_ms(times);
     let gflop = 2.0 * Model::MACS as f64 * args.batch as f64 / 1e9;
-    println!(
-        "\nforward: input [{}, 3, {SIDE}, {SIDE}] -> output {:?}",
-        args.batch,
-        logits.shape().concrete()
-    );
+    println!("\nforward: input [{}, 3, {SIDE}, {SIDE}] -> output {:?}", args.batch, logits.shape().concrete());
     println!(
         "latency: {ms:.1} ms per batch of {} (median of {}), {:.1} images/s, {:.1} GFLOP/s",
         args.batch,

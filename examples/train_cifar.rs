@@ -134,11 +134,7 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     let mut opt = Sgd::new(
         &model,
-        SgdConfig {
-            lr: options.lr,
-            momentum: Some(Momentum::Classic(0.9)),
-            weight_decay: Some(WeightDecay::L2(1e-4)),
-        },
+        SgdConfig { lr: options.lr, momentum: Some(Momentum::Classic(0.9)), weight_decay: Some(WeightDecay::L2(1e-4)) },
     );
     let mut grads = model.alloc_grads();
     let steps = steps_per_epoch(train_set.len(), options.batch);
@@ -227,7 +223,12 @@ fn progress_path(checkpoint: &Path) -> PathBuf {
 /// Writes the weights (batch-norm running statistics included), then the number of finished
 /// epochs. The optimiser's momentum is not saved (dfdx keeps it private), so a resumed run
 /// starts with zero momentum.
-fn save_checkpoint(model: &Model, checkpoint: &Path, progress: &Path, epochs_done: usize) -> Result<(), Box<dyn Error>> {
+fn save_checkpoint(
+    model: &Model,
+    checkpoint: &Path,
+    progress: &Path,
+    epochs_done: usize,
+) -> Result<(), Box<dyn Error>> {
     if let Some(dir) = checkpoint.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -237,8 +238,9 @@ fn save_checkpoint(model: &Model, checkpoint: &Path, progress: &Path, epochs_don
 }
 
 fn read_progress(progress: &Path) -> Result<usize, Box<dyn Error>> {
-    let text = std::fs::read_to_string(progress)
-        .map_err(|e| format!("--resume: cannot read {} ({e}); train once without --resume first", progress.display()))?;
+    let text = std::fs::read_to_string(progress).map_err(|e| {
+        format!("--resume: cannot read {} ({e}); train once without --resume first", progress.display())
+    })?;
     text.lines()
         .find_map(|line| line.strip_prefix("epochs_done = "))
         .and_then(|n| n.trim().parse().ok())

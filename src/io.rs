@@ -14,8 +14,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorMut,
-    ViewTensorName, ViewTensorRef,
+    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorMut, ViewTensorName,
+    ViewTensorRef,
 };
 use dfdx::shapes::{HasShape, Shape};
 use dfdx::tensor::Tensor;
@@ -120,10 +120,9 @@ where
 {
     use dfdx::nn::SaveToSafetensors;
     let path = path.as_ref();
-    model.save_safetensors(path).map_err(|e| LoadError::Format {
-        path: path.into(),
-        message: format!("could not write: {e:?}"),
-    })
+    model
+        .save_safetensors(path)
+        .map_err(|e| LoadError::Format { path: path.into(), message: format!("could not write: {e:?}") })
 }
 
 /// Never constructed: the walks below cannot fail, they record problems instead.

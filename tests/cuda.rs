@@ -78,7 +78,13 @@ enum Op {
 
 /// Runs `op` on `x` (with `weight` for a conv), backpropagates `sum(op(x) * r)` for a fixed `r`,
 /// and returns `(output, grad of x, grad of weight)` on the host.
-fn run_op<E: Element, D: Backend<E>>(dev: &D, op: Op, x: &[f64], dims: Dims, weight: Option<(&[f64], Dims)>) -> [Vec<E>; 3] {
+fn run_op<E: Element, D: Backend<E>>(
+    dev: &D,
+    op: Op,
+    x: &[f64],
+    dims: Dims,
+    weight: Option<(&[f64], Dims)>,
+) -> [Vec<E>; 3] {
     let xt = dev.tensor_from_vec(cast::<E>(x), dims);
     let wt = weight.map(|(w, wd)| dev.tensor_from_vec(cast::<E>(w), wd));
     let xs = xt.leaky_trace();
@@ -215,8 +221,11 @@ fn subsample_pad_matches_cpu() {
 /// Builds `M` on the CPU, copies its parameters and buffers to the GPU (safetensors round trip),
 /// and compares: the training-mode forward, the input gradient, and the forward after one SGD
 /// step with momentum (which every parameter's gradient feeds).
-fn check_model<MC, MG, const C: usize, const H: usize, const W: usize, const OUT: usize>(gpu: &Cuda, batch: usize, rtol: f64)
-where
+fn check_model<MC, MG, const C: usize, const H: usize, const W: usize, const OUT: usize>(
+    gpu: &Cuda,
+    batch: usize,
+    rtol: f64,
+) where
     MC: BuildOnDevice<Cpu, f32>,
     MG: BuildOnDevice<Cuda, f32>,
     MC::Built: ModuleMut<
@@ -241,7 +250,11 @@ where
     let shape = (batch, Const::<C>, Const::<H>, Const::<W>);
     let x = values(batch * C * H * W, 5);
     let labels = values(batch * OUT, 6).iter().map(|v| if *v > 0.9 { 1.0 } else { 0.0 }).collect::<Vec<f64>>();
-    let sgd = SgdConfig { lr: 0.01, momentum: Some(Momentum::Classic(0.9)), weight_decay: Some(residual::dfdx::optim::WeightDecay::L2(1e-4)) };
+    let sgd = SgdConfig {
+        lr: 0.01,
+        momentum: Some(Momentum::Classic(0.9)),
+        weight_decay: Some(residual::dfdx::optim::WeightDecay::L2(1e-4)),
+    };
 
     // CPU.
     let xc = cpu.tensor_from_vec(cast::<f32>(&x), shape);
@@ -281,5 +294,7 @@ fn resnet20_step_matches_cpu() {
 #[test]
 fn resnet50_step_matches_cpu() {
     let Some(gpu) = gpu() else { return };
-    check_model::<residual::zoo::ResNet50<f32, Cpu>, residual::zoo::ResNet50<f32, Cuda>, 3, 224, 224, 1000>(&gpu, 2, 2e-3);
+    check_model::<residual::zoo::ResNet50<f32, Cpu>, residual::zoo::ResNet50<f32, Cuda>, 3, 224, 224, 1000>(
+        &gpu, 2, 2e-3,
+    );
 }

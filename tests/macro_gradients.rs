@@ -8,8 +8,8 @@
 //! parameters would then get no gradient and the input's gradient would miss the shortcut.
 
 use residual::dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorMut,
-    ViewTensorName, ViewTensorRef,
+    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorMut, ViewTensorName,
+    ViewTensorRef,
 };
 use residual::dfdx::prelude::*;
 use residual::residual;
@@ -137,7 +137,11 @@ fn check(train: bool) {
     let params = read(&model, None);
     let mut checked = 0;
     for ((key, values), (_, grad)) in params.iter().zip(&analytic) {
-        assert!(grad.iter().any(|g| *g != 0.0), "{key}: gradient is all zeros ({})", if train { "train" } else { "eval" });
+        assert!(
+            grad.iter().any(|g| *g != 0.0),
+            "{key}: gradient is all zeros ({})",
+            if train { "train" } else { "eval" }
+        );
         for i in 0..values.len() {
             let base = model.clone();
             nudge(&mut model, key, i, h);

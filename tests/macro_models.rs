@@ -238,7 +238,9 @@ fn sequence_mlp_with_layernorm_runs_and_trains() {
     assert!(gw.iter().any(|v| *v != 0.0));
     // Hand-built: x + fc2(gelu(fc1(ln(x)))) twice, then norm and head.
     let mut h = x;
-    for (ln, fc1, fc2) in [(&m.blocks_0_ln, &m.blocks_0_fc1, &m.blocks_0_fc2), (&m.blocks_1_ln, &m.blocks_1_fc1, &m.blocks_1_fc2)] {
+    for (ln, fc1, fc2) in
+        [(&m.blocks_0_ln, &m.blocks_0_fc1, &m.blocks_0_fc2), (&m.blocks_1_ln, &m.blocks_1_fc1, &m.blocks_1_fc2)]
+    {
         let b = fc2.forward(fc1.forward(ln.forward(h.clone())).fast_gelu());
         h = b + h;
     }
@@ -266,9 +268,10 @@ fn taps_add_and_cat() {
     let y: Tensor<Rank4<2, 4, 8, 8>, f32, Cpu> = m.forward(x.clone());
     let s = m.stem.forward(x).relu();
     let a = m.down.forward(s.clone()) + s.clone();
-    let c = (a.realize::<(Const<2>, usize, Const<8>, Const<8>)>(), s.realize::<(Const<2>, usize, Const<8>, Const<8>)>())
-        .concat_along(Axis::<1>)
-        .realize::<Rank4<2, 16, 8, 8>>();
+    let c =
+        (a.realize::<(Const<2>, usize, Const<8>, Const<8>)>(), s.realize::<(Const<2>, usize, Const<8>, Const<8>)>())
+            .concat_along(Axis::<1>)
+            .realize::<Rank4<2, 16, 8, 8>>();
     close(&y.as_vec(), &m.head.forward(c).as_vec());
     // The backward pass goes through both uses of the tap.
     let grads = m.alloc_grads();

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use residual::dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorName,
-    ViewTensorRef,
+    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorName, ViewTensorRef,
 };
 use residual::dfdx::prelude::*;
 use residual::io::{load_safetensors, LoadError, Problem};
@@ -177,14 +176,14 @@ fn f32_checkpoint_loads_into_f64_model_and_matches_reference_tightly() {
 }
 
 /// Writes the fixture with one change, to a temp file.
-fn modified_fixture(name: &str, edit: impl FnOnce(&mut Vec<(String, ::safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)>)) -> PathBuf {
+fn modified_fixture(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, ::safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)>),
+) -> PathBuf {
     let bytes = std::fs::read(fixture("tiny_resnet.safetensors")).expect("fixture");
     let file = ::safetensors::tensor::SafeTensors::deserialize(&bytes).expect("valid fixture");
-    let mut tensors: Vec<(String, ::safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut tensors: Vec<(String, ::safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)> =
+        file.tensors().into_iter().map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     edit(&mut tensors);
     let views: Vec<(String, ::safetensors::tensor::TensorView)> = tensors
         .iter()
@@ -206,10 +205,9 @@ fn missing_key_is_named_and_model_is_untouched() {
     let before = snapshot(&model);
     let err = load_safetensors(&mut model, &path).expect_err("must fail");
     match &err {
-        LoadError::Mismatch { problems, .. } => assert_eq!(
-            problems,
-            &vec![Problem::MissingKey { key: "layer2.0.downsample.1.running_var".into() }]
-        ),
+        LoadError::Mismatch { problems, .. } => {
+            assert_eq!(problems, &vec![Problem::MissingKey { key: "layer2.0.downsample.1.running_var".into() }])
+        }
         other => panic!("wrong error: {other}"),
     }
     assert!(err.to_string().contains("layer2.0.downsample.1.running_var"));

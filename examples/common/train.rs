@@ -14,16 +14,12 @@ pub type Logits<T = NoneTape> = Tensor<(usize, Const<NUM_CLASSES>), f32, Cpu, T>
 /// statistics, recorded on the tape), and its tensors for the optimiser and checkpoints.
 /// Every CIFAR model of `residual::zoo` is one.
 pub trait Classifier:
-    Module<Images, Output = Logits>
-    + ModuleMut<Images<Tape>, Output = Logits<Tape>>
-    + TensorCollection<f32, Cpu>
+    Module<Images, Output = Logits> + ModuleMut<Images<Tape>, Output = Logits<Tape>> + TensorCollection<f32, Cpu>
 {
 }
 
 impl<M> Classifier for M where
-    M: Module<Images, Output = Logits>
-        + ModuleMut<Images<Tape>, Output = Logits<Tape>>
-        + TensorCollection<f32, Cpu>
+    M: Module<Images, Output = Logits> + ModuleMut<Images<Tape>, Output = Logits<Tape>> + TensorCollection<f32, Cpu>
 {
 }
 
@@ -57,10 +53,11 @@ pub fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
         .chunks_exact(NUM_CLASSES)
         .zip(labels)
         .filter(|(scores, &label)| {
-            let best = scores
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (class, &s)| if s > best.1 { (class, s) } else { best });
+            let best =
+                scores
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (class, &s)| if s > best.1 { (class, s) } else { best });
             best.0 == label
         })
         .count()
@@ -76,7 +73,13 @@ pub struct Evaluation {
 
 /// Evaluation mode (`Module::forward`: batch norm with running statistics, no tape) over every
 /// image of `set`, in order.
-pub fn evaluate<M: Classifier>(model: &M, set: &dyn ImageSet, norm: &ChannelNorm, batch_size: usize, dev: &Cpu) -> Evaluation {
+pub fn evaluate<M: Classifier>(
+    model: &M,
+    set: &dyn ImageSet,
+    norm: &ChannelNorm,
+    batch_size: usize,
+    dev: &Cpu,
+) -> Evaluation {
     let order: Vec<usize> = (0..set.len()).collect();
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     // Every image counts, so the last batch may be shorter (unlike training's `batches`).

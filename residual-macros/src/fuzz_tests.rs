@@ -49,15 +49,66 @@ const SEEDS: &[&str] = &[
 ];
 
 const IDENTS: &[&str] = &[
-    "conv", "bn", "relu", "x", "first", "residual", "shortcut", "auto", "pad", "identity", "tap", "add", "cat", "model",
-    "block", "layer1", "stride", "padding", "groups", "width", "linear", "flatten", "global_avgpool", "maxpool",
-    "dropout", "layernorm", "B", "M", "pub", "init", "zero_init_residual", "kaiming_normal", "downsample", "true",
-    "false", "self", "type", "_",
+    "conv",
+    "bn",
+    "relu",
+    "x",
+    "first",
+    "residual",
+    "shortcut",
+    "auto",
+    "pad",
+    "identity",
+    "tap",
+    "add",
+    "cat",
+    "model",
+    "block",
+    "layer1",
+    "stride",
+    "padding",
+    "groups",
+    "width",
+    "linear",
+    "flatten",
+    "global_avgpool",
+    "maxpool",
+    "dropout",
+    "layernorm",
+    "B",
+    "M",
+    "pub",
+    "init",
+    "zero_init_residual",
+    "kaiming_normal",
+    "downsample",
+    "true",
+    "false",
+    "self",
+    "type",
+    "_",
 ];
 const PUNCTS: &[&str] = &["->", ":", ",", "=", "*", "/", "%", "-", "+", "#", "::", "==", "=>", "!", "&", "."];
 const LITERALS: &[&str] = &[
-    "0", "1", "2", "3", "7", "64", "4294967296", "18446744073709551615", "340282366920938463463374607431768211455",
-    "99999999999999999999999999999999999999999", "0.0", "0.5", "1.5", "1e308", "\"s\"", "'c'", "3u8", "2.0f32", "0x10",
+    "0",
+    "1",
+    "2",
+    "3",
+    "7",
+    "64",
+    "4294967296",
+    "18446744073709551615",
+    "340282366920938463463374607431768211455",
+    "99999999999999999999999999999999999999999",
+    "0.0",
+    "0.5",
+    "1.5",
+    "1e308",
+    "\"s\"",
+    "'c'",
+    "3u8",
+    "2.0f32",
+    "0x10",
 ];
 
 fn random_token(rng: &mut Rng) -> TokenTree {
@@ -65,7 +116,10 @@ fn random_token(rng: &mut Rng) -> TokenTree {
         0 => {
             let s = IDENTS[rng.below(IDENTS.len())];
             if s == "_" || s == "self" || s == "type" || s == "pub" || s == "true" || s == "false" {
-                TokenStream::from_str(s).ok().and_then(|t| t.into_iter().next()).unwrap_or_else(|| TokenTree::Ident(Ident::new("q", Span::call_site())))
+                TokenStream::from_str(s)
+                    .ok()
+                    .and_then(|t| t.into_iter().next())
+                    .unwrap_or_else(|| TokenTree::Ident(Ident::new("q", Span::call_site())))
             } else {
                 TokenTree::Ident(Ident::new(s, Span::call_site()))
             }
@@ -77,7 +131,9 @@ fn random_token(rng: &mut Rng) -> TokenTree {
             let spacing = if chars.peek().is_some() { Spacing::Joint } else { Spacing::Alone };
             TokenTree::Punct(Punct::new(c, spacing))
         }
-        _ => TokenTree::Literal(Literal::from_str(LITERALS[rng.below(LITERALS.len())]).unwrap_or_else(|_| Literal::usize_unsuffixed(0))),
+        _ => TokenTree::Literal(
+            Literal::from_str(LITERALS[rng.below(LITERALS.len())]).unwrap_or_else(|_| Literal::usize_unsuffixed(0)),
+        ),
     }
 }
 
@@ -126,7 +182,8 @@ fn mutate(tokens: &mut Vec<TokenTree>, rng: &mut Rng) {
             // Replace a literal (or any token) with an extreme value.
             let lits: Vec<usize> = (0..n).filter(|&i| matches!(tokens.get(i), Some(TokenTree::Literal(_)))).collect();
             let i = if lits.is_empty() { rng.below(n.max(1)) } else { lits[rng.below(lits.len())] };
-            let lit = Literal::from_str(LITERALS[rng.below(LITERALS.len())]).unwrap_or_else(|_| Literal::usize_unsuffixed(0));
+            let lit =
+                Literal::from_str(LITERALS[rng.below(LITERALS.len())]).unwrap_or_else(|_| Literal::usize_unsuffixed(0));
             if i < n {
                 if rng.chance(30) {
                     tokens.insert(i, TokenTree::Punct(Punct::new('-', Spacing::Alone)));
@@ -188,7 +245,8 @@ fn never_panics() {
         } else {
             // ResNet-152 is expensive to generate code for: use it for 3% of the cases.
             let src = if rng.chance(3) { big } else { SEEDS[rng.below(SEEDS.len())] };
-            let mut tokens: Vec<TokenTree> = TokenStream::from_str(src).map(|t| t.into_iter().collect()).unwrap_or_default();
+            let mut tokens: Vec<TokenTree> =
+                TokenStream::from_str(src).map(|t| t.into_iter().collect()).unwrap_or_default();
             for _ in 0..1 + rng.below(4) {
                 mutate(&mut tokens, &mut rng);
             }
@@ -197,7 +255,10 @@ fn never_panics() {
         let shown = input.to_string();
         match check(input) {
             Ok(()) => {
-                if crate::expand(TokenStream::from_str(&shown).unwrap_or_default()).to_string().contains("compile_error") {
+                if crate::expand(TokenStream::from_str(&shown).unwrap_or_default())
+                    .to_string()
+                    .contains("compile_error")
+                {
                     rejected += 1;
                 } else {
                     accepted += 1;

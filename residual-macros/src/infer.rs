@@ -41,11 +41,21 @@ pub(crate) enum FieldTy {
 pub(crate) enum OpKind {
     /// Forward through the struct field with this index.
     Field(usize),
-    MaxPool { kernel: usize, stride: usize, padding: usize },
-    AvgPool { kernel: usize, stride: usize, padding: usize },
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
     GlobalAvgPool,
     Flatten,
-    Dropout { per_million: usize },
+    Dropout {
+        per_million: usize,
+    },
     Relu,
     Gelu,
     Sigmoid,
@@ -53,19 +63,37 @@ pub(crate) enum OpKind {
     Silu,
     LeakyRelu(f64),
     Identity,
-    SubsamplePad { stride: usize },
+    SubsamplePad {
+        stride: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Op {
-    Layer { input: Var, output: Var, kind: OpKind },
+    Layer {
+        input: Var,
+        output: Var,
+        kind: OpKind,
+    },
     /// `output = input.with_empty_tape()`: a second handle for a shortcut or a tap.
-    Fork { input: Var, output: Var },
+    Fork {
+        input: Var,
+        output: Var,
+    },
     /// `output = a + b`. A residual join moves `b` so the shortcut's tape (its projection's
     /// backward ops) merges into the result; a tap is only borrowed, since it may be read again.
-    Add { a: Var, b: Var, output: Var, b_is_tap: bool },
+    Add {
+        a: Var,
+        b: Var,
+        output: Var,
+        b_is_tap: bool,
+    },
     /// `output = cat(a, b)` along channels.
-    Cat { a: Var, b: Var, output: Var },
+    Cat {
+        a: Var,
+        b: Var,
+        output: Var,
+    },
 }
 
 /// One row of the summary table.
@@ -210,7 +238,15 @@ impl Infer<'_> {
 
     /// Reports a shape-rule violation of `op` with the span that best explains it.
     #[allow(clippy::too_many_arguments)]
-    fn shape_error(&mut self, node: &Node, op: &str, e: ShapeError, args: &[(&str, Option<Sp>)], input: &[usize], out_channels: Option<usize>) {
+    fn shape_error(
+        &mut self,
+        node: &Node,
+        op: &str,
+        e: ShapeError,
+        args: &[(&str, Option<Sp>)],
+        input: &[usize],
+        out_channels: Option<usize>,
+    ) {
         let arg_sp = |name: &str| args.iter().find(|(n, _)| *n == name).and_then(|(_, s)| *s);
         match e {
             ShapeError::Rank { expected, ref found } => {
@@ -225,7 +261,12 @@ impl Infer<'_> {
                     )),
                     _ => None,
                 };
-                self.err(node, node.sp, format!("`{op}` expects a {expected} input, found {} (rank {})", show(found), found.len()), help);
+                self.err(
+                    node,
+                    node.sp,
+                    format!("`{op}` expects a {expected} input, found {} (rank {})", show(found), found.len()),
+                    help,
+                );
             }
             ShapeError::Window { axis, input: size, padding, window } => {
                 let sp = arg_sp("kernel").unwrap_or(node.sp);
@@ -296,11 +337,32 @@ impl Infer<'_> {
                     Err(e) => {
                         // A groups error still has a well-defined output: continue with it.
                         let cont = matches!(e, ShapeError::Groups { .. });
-                        self.shape_error(node, "conv", e, &[("kernel", k(kernel)), ("groups", k(groups)), ("padding", k(padding))], &input, Some(c.out));
+                        self.shape_error(
+                            node,
+                            "conv",
+                            e,
+                            &[("kernel", k(kernel)), ("groups", k(groups)), ("padding", k(padding))],
+                            &input,
+                            Some(c.out),
+                        );
                         if cont {
                             if let (Ok(oh), Ok(ow)) = (
-                                shape::window_out("height", input.get(1).copied().unwrap_or(0), c.kernel, c.stride, c.padding, c.dilation),
-                                shape::window_out("width", input.get(2).copied().unwrap_or(0), c.kernel, c.stride, c.padding, c.dilation),
+                                shape::window_out(
+                                    "height",
+                                    input.get(1).copied().unwrap_or(0),
+                                    c.kernel,
+                                    c.stride,
+                                    c.padding,
+                                    c.dilation,
+                                ),
+                                shape::window_out(
+                                    "width",
+                                    input.get(2).copied().unwrap_or(0),
+                                    c.kernel,
+                                    c.stride,
+                                    c.padding,
+                                    c.dilation,
+                                ),
                             ) {
                                 return Some(self.new_var(vec![c.out, oh, ow]));
                             }
@@ -311,7 +373,12 @@ impl Infer<'_> {
                 let in_ch = input.first().copied().unwrap_or(0);
                 let [_, o_h, o_w] = o;
                 let ident = field_ident(path);
-                let f = self.add_field(node, path, ident.clone(), FieldTy::Conv { in_ch, conv: c, oh: o_h, ow: o_w, kaiming: self.kaiming });
+                let f = self.add_field(
+                    node,
+                    path,
+                    ident.clone(),
+                    FieldTy::Conv { in_ch, conv: c, oh: o_h, ow: o_w, kaiming: self.kaiming },
+                );
                 let mut v = self.layer_op(cur, o.to_vec(), OpKind::Field(f));
                 if *bias {
                     let fan_in = (in_ch / c.groups.max(1)).saturating_mul(c.kernel).saturating_mul(c.kernel);
@@ -361,7 +428,14 @@ impl Infer<'_> {
                         Some(v)
                     }
                     Err(e) => {
-                        self.shape_error(node, name, e, &[("kernel", k(kernel)), ("padding", k(padding))], &input, None);
+                        self.shape_error(
+                            node,
+                            name,
+                            e,
+                            &[("kernel", k(kernel)), ("padding", k(padding))],
+                            &input,
+                            None,
+                        );
                         None
                     }
                 }
@@ -421,7 +495,13 @@ impl Infer<'_> {
                 self.row(shown, format!("dropout {p}"), &input, 0, 0);
                 Some(v)
             }
-            Layer::Relu | Layer::Gelu | Layer::Sigmoid | Layer::Tanh | Layer::Silu | Layer::LeakyRelu { .. } | Layer::Identity => {
+            Layer::Relu
+            | Layer::Gelu
+            | Layer::Sigmoid
+            | Layer::Tanh
+            | Layer::Silu
+            | Layer::LeakyRelu { .. }
+            | Layer::Identity => {
                 let (kind, name) = match layer {
                     Layer::Relu => (OpKind::Relu, "relu".to_string()),
                     Layer::Gelu => (OpKind::Gelu, "gelu".to_string()),
@@ -453,7 +533,8 @@ impl Infer<'_> {
         let fields_before = self.prog.fields.len();
         let body_out = self.walk(body, Some(input));
         if self.zero_init {
-            let last_bn = self.prog.fields.iter_mut().skip(fields_before).rev().find(|f| matches!(f.ty, FieldTy::Bn { .. }));
+            let last_bn =
+                self.prog.fields.iter_mut().skip(fields_before).rev().find(|f| matches!(f.ty, FieldTy::Bn { .. }));
             if let Some(Field { ty: FieldTy::Bn { zero_gamma, .. }, .. }) = last_bn {
                 *zero_gamma = true;
             }
@@ -464,7 +545,11 @@ impl Infer<'_> {
             Shortcut::Identity { explicit } => {
                 if let Some(bs) = &body_shape {
                     if *bs != in_shape {
-                        let what = if *explicit { "the shortcut is `identity`" } else { "the shortcut is the identity (none given)" };
+                        let what = if *explicit {
+                            "the shortcut is `identity`"
+                        } else {
+                            "the shortcut is the identity (none given)"
+                        };
                         self.err(
                             node,
                             sc_sp,
@@ -489,13 +574,29 @@ impl Infer<'_> {
                             let c = Conv { out: *oc, kernel: 1, stride: s, padding: 0, dilation: 1, groups: 1 };
                             let cpath = format!("{path}.0");
                             let bpath = format!("{path}.1");
-                            let fc = self.add_field(node, &cpath, field_ident(&cpath), FieldTy::Conv { in_ch: *ic, conv: c, oh: *oh, ow: *ow, kaiming: self.kaiming });
+                            let fc = self.add_field(
+                                node,
+                                &cpath,
+                                field_ident(&cpath),
+                                FieldTy::Conv { in_ch: *ic, conv: c, oh: *oh, ow: *ow, kaiming: self.kaiming },
+                            );
                             let o = vec![*oc, *oh, *ow];
                             let v1 = self.layer_op(fork, o.clone(), OpKind::Field(fc));
                             let params = shape::conv_params(*ic, c, false).unwrap_or(u64::MAX);
                             let macs = shape::conv_macs(*ic, c, [*oc, *oh, *ow]).unwrap_or(u64::MAX);
-                            self.row(&cpath, format!("conv 1x1{} {ic}->{oc}", if s != 1 { format!("/{s}") } else { String::new() }), &o, params, macs);
-                            let fb = self.add_field(node, &bpath, field_ident(&bpath), FieldTy::Bn { c: *oc, zero_gamma: false });
+                            self.row(
+                                &cpath,
+                                format!("conv 1x1{} {ic}->{oc}", if s != 1 { format!("/{s}") } else { String::new() }),
+                                &o,
+                                params,
+                                macs,
+                            );
+                            let fb = self.add_field(
+                                node,
+                                &bpath,
+                                field_ident(&bpath),
+                                FieldTy::Bn { c: *oc, zero_gamma: false },
+                            );
                             let v2 = self.layer_op(v1, o.clone(), OpKind::Field(fb));
                             self.row(&bpath, format!("bn {oc}"), &o, 2 * *oc as u64, 0);
                             Some(v2)
@@ -559,7 +660,11 @@ impl Infer<'_> {
                         let sp = sc_sp;
                         let origin_node = node;
                         let help = match (shape::shortcut_stride(&in_shape, bs, hint), bs.as_slice()) {
-                            (Some(s), [oc, _, _]) => format!("make the projection output {}, e.g. `shortcut {{ {} }}`", show(bs), projection_text(*oc, s)),
+                            (Some(s), [oc, _, _]) => format!(
+                                "make the projection output {}, e.g. `shortcut {{ {} }}`",
+                                show(bs),
+                                projection_text(*oc, s)
+                            ),
                             _ => format!("make the projection output {}", show(bs)),
                         };
                         self.err(
@@ -584,13 +689,26 @@ impl Infer<'_> {
         Some(output)
     }
 
-    fn tap(&mut self, node: &Node, kind: TapKind, name: &str, name_sp: Sp, scope: usize, cur: Option<Var>) -> Option<Var> {
+    fn tap(
+        &mut self,
+        node: &Node,
+        kind: TapKind,
+        name: &str,
+        name_sp: Sp,
+        scope: usize,
+        cur: Option<Var>,
+    ) -> Option<Var> {
         let key = (scope, name.to_string());
         match kind {
             TapKind::Tap => {
                 if let Some(prev) = self.taps.get(&key) {
                     let _ = prev.sp;
-                    self.err(node, name_sp, format!("duplicate tap `{name}`"), Some("each tap in a block or model body needs its own name".into()));
+                    self.err(
+                        node,
+                        name_sp,
+                        format!("duplicate tap `{name}`"),
+                        Some("each tap in a block or model body needs its own name".into()),
+                    );
                     return cur;
                 }
                 let var = cur.map(|c| {
@@ -605,7 +723,8 @@ impl Infer<'_> {
             TapKind::Add | TapKind::Cat => {
                 let word = if kind == TapKind::Add { "add" } else { "cat" };
                 let Some(tap) = self.taps.get(&key) else {
-                    let names: Vec<&str> = self.taps.keys().filter(|(s, _)| *s == scope).map(|(_, n)| n.as_str()).collect();
+                    let names: Vec<&str> =
+                        self.taps.keys().filter(|(s, _)| *s == scope).map(|(_, n)| n.as_str()).collect();
                     let help = match did_you_mean(name, names.iter().copied()) {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => format!("bind it first with `tap({name})` earlier in the same block or model body"),

@@ -60,19 +60,34 @@ pub(crate) enum Layer {
         bias: bool,
     },
     Bn,
-    MaxPool { kernel: V<usize>, stride: V<usize>, padding: V<usize> },
-    AvgPool { kernel: V<usize>, stride: V<usize>, padding: V<usize> },
+    MaxPool {
+        kernel: V<usize>,
+        stride: V<usize>,
+        padding: V<usize>,
+    },
+    AvgPool {
+        kernel: V<usize>,
+        stride: V<usize>,
+        padding: V<usize>,
+    },
     GlobalAvgPool,
     Flatten,
-    Linear { out: V<usize>, bias: bool },
+    Linear {
+        out: V<usize>,
+        bias: bool,
+    },
     LayerNorm,
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
     Relu,
     Gelu,
     Sigmoid,
     Tanh,
     Silu,
-    LeakyRelu { slope: f64 },
+    LeakyRelu {
+        slope: f64,
+    },
     Identity,
 }
 
@@ -126,11 +141,26 @@ const LAYERS: &[(&str, &[(&str, Dflt)])] = &[
 
 /// Other libraries' names for the built-in layers, for "did you mean".
 const ALIASES: &[(&str, &str)] = &[
-    ("batchnorm", "bn"), ("batch_norm", "bn"), ("batchnorm2d", "bn"), ("bn2d", "bn"), ("conv2d", "conv"),
-    ("max_pool", "maxpool"), ("maxpool2d", "maxpool"), ("avg_pool", "avgpool"), ("avgpool2d", "avgpool"),
-    ("adaptive_avgpool", "global_avgpool"), ("avgpool_global", "global_avgpool"), ("gap", "global_avgpool"),
-    ("dense", "linear"), ("fc", "linear"), ("layer_norm", "layernorm"), ("ln", "layernorm"), ("swish", "silu"),
-    ("leakyrelu", "leaky_relu"), ("id", "identity"), ("shortcut", "residual { .. } shortcut .."),
+    ("batchnorm", "bn"),
+    ("batch_norm", "bn"),
+    ("batchnorm2d", "bn"),
+    ("bn2d", "bn"),
+    ("conv2d", "conv"),
+    ("max_pool", "maxpool"),
+    ("maxpool2d", "maxpool"),
+    ("avg_pool", "avgpool"),
+    ("avgpool2d", "avgpool"),
+    ("adaptive_avgpool", "global_avgpool"),
+    ("avgpool_global", "global_avgpool"),
+    ("gap", "global_avgpool"),
+    ("dense", "linear"),
+    ("fc", "linear"),
+    ("layer_norm", "layernorm"),
+    ("ln", "layernorm"),
+    ("swish", "silu"),
+    ("leakyrelu", "leaky_relu"),
+    ("id", "identity"),
+    ("shortcut", "residual { .. } shortcut .."),
 ];
 
 /// The generic parameters of the generated struct and impls (dtype, device, batch, tape, and
@@ -196,12 +226,25 @@ pub(crate) struct Node {
 #[derive(Clone, Debug)]
 pub(crate) enum Kind {
     /// A built-in layer. `path` is its parameter path; `named` says the user named it.
-    Layer { layer: Layer, path: String, named: bool },
+    Layer {
+        layer: Layer,
+        path: String,
+        named: bool,
+    },
     /// A group, a repetition or a block instance: the children in order.
     Seq(Vec<Node>),
-    Residual { body: Vec<Node>, shortcut: Shortcut, shortcut_sp: Sp },
+    Residual {
+        body: Vec<Node>,
+        shortcut: Shortcut,
+        shortcut_sp: Sp,
+    },
     /// `tap`, `add`, `cat`; names are scoped to one block instance (or the model body).
-    Tap { kind: TapKind, name: String, name_sp: Sp, scope: usize },
+    Tap {
+        kind: TapKind,
+        name: String,
+        name_sp: Sp,
+        scope: usize,
+    },
 }
 
 #[cfg(test)]
@@ -337,7 +380,10 @@ impl<'a> Inst<'a> {
                             .map(|s| format!("did you mean `{s}`?"))
                             .or_else(|| {
                                 if env.is_empty() {
-                                    Some("names stand for block parameters; a model body has none, write a number".into())
+                                    Some(
+                                        "names stand for block parameters; a model body has none, write a number"
+                                            .into(),
+                                    )
                                 } else {
                                     let mut ks: Vec<&String> = env.keys().collect();
                                     ks.sort();
@@ -361,12 +407,7 @@ impl<'a> Inst<'a> {
             Expr::Bin(a, op, op_span, b) => {
                 let (va, vb) = (self.eval(a, env, origin), self.eval(b, env, origin));
                 let (Value::Int(x), Value::Int(y)) = (va?, vb?) else {
-                    self.err(
-                        Sp::one(*op_span),
-                        format!("`{}` works on integers only", op.symbol()),
-                        None,
-                        origin,
-                    );
+                    self.err(Sp::one(*op_span), format!("`{}` works on integers only", op.symbol()), None, origin);
                     return None;
                 };
                 let r = match op {
@@ -435,7 +476,12 @@ impl<'a> Inst<'a> {
                         None => {
                             self.err(
                                 a.sp,
-                                format!("`{callee}` takes {} argument{}, found {}", params.len(), if params.len() == 1 { "" } else { "s" }, args.iter().filter(|a| a.name.is_none()).count()),
+                                format!(
+                                    "`{callee}` takes {} argument{}, found {}",
+                                    params.len(),
+                                    if params.len() == 1 { "" } else { "s" },
+                                    args.iter().filter(|a| a.name.is_none()).count()
+                                ),
                                 Some(format!("the signature is `{sig}`")),
                                 origin,
                             );
@@ -450,7 +496,12 @@ impl<'a> Inst<'a> {
                         Some(idx) => {
                             if let Some(slot) = slots.get_mut(idx) {
                                 if slot.is_some() {
-                                    self.err(Sp::one(name.span()), format!("argument `{n}` is given twice"), None, origin);
+                                    self.err(
+                                        Sp::one(name.span()),
+                                        format!("argument `{n}` is given twice"),
+                                        None,
+                                        origin,
+                                    );
                                     ok = false;
                                 } else {
                                     *slot = Some((a.value, a.sp));
@@ -462,7 +513,12 @@ impl<'a> Inst<'a> {
                                 Some(s) => format!("did you mean `{s}`? The signature is `{sig}`"),
                                 None => format!("the signature is `{sig}`"),
                             };
-                            self.err(Sp::one(name.span()), format!("`{callee}` has no parameter `{n}`"), Some(help), origin);
+                            self.err(
+                                Sp::one(name.span()),
+                                format!("`{callee}` has no parameter `{n}`"),
+                                Some(help),
+                                origin,
+                            );
                             ok = false;
                         }
                     }
@@ -480,7 +536,11 @@ impl<'a> Inst<'a> {
             let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
             self.err(
                 callee_sp,
-                format!("missing argument{} {} for `{callee}`", if missing.len() == 1 { "" } else { "s" }, list.join(", ")),
+                format!(
+                    "missing argument{} {} for `{callee}`",
+                    if missing.len() == 1 { "" } else { "s" },
+                    list.join(", ")
+                ),
                 Some(format!("the signature is `{sig}`")),
                 origin,
             );
@@ -538,7 +598,12 @@ impl<'a> Inst<'a> {
     fn merge_first(&mut self, mut args: Vec<EArg>, first: Option<Vec<EArg>>, origin: &Option<Rc<Origin>>) -> Vec<EArg> {
         for f in first.into_iter().flatten() {
             let Some(name) = f.name.clone() else {
-                self.err(f.sp, "arguments after `first:` must be named", Some("write e.g. `(first: stride = 2)`".into()), origin);
+                self.err(
+                    f.sp,
+                    "arguments after `first:` must be named",
+                    Some("write e.g. `(first: stride = 2)`".into()),
+                    origin,
+                );
                 continue;
             };
             match args.iter_mut().find(|a| a.name.as_ref().is_some_and(|n| *n == name)) {
@@ -562,7 +627,8 @@ impl<'a> Inst<'a> {
     ) -> Option<Layer> {
         let lname = name.to_string();
         let sig = layer_signature(&lname, spec);
-        let params: Vec<(String, bool)> = spec.iter().map(|(n, d)| (n.to_string(), !matches!(d, Dflt::Required))).collect();
+        let params: Vec<(String, bool)> =
+            spec.iter().map(|(n, d)| (n.to_string(), !matches!(d, Dflt::Required))).collect();
         let slots = self.bind(name, call_sp, &sig, &params, &args, origin)?;
         // Fill defaults; every default has the call's span.
         let name_sp = Sp::one(name.span());
@@ -651,7 +717,15 @@ impl<'a> Inst<'a> {
     /// (`layer1.0.conv1`), unnamed ones are indexed under the residual's own index, so they
     /// cannot collide with the enclosing sequence's indices.
     #[allow(clippy::too_many_arguments)]
-    fn seq_in(&mut self, seq: &Seq, env: &Env, prefix: &str, index_prefix: &str, origin: &Option<Rc<Origin>>, scope: usize) -> Vec<Node> {
+    fn seq_in(
+        &mut self,
+        seq: &Seq,
+        env: &Env,
+        prefix: &str,
+        index_prefix: &str,
+        origin: &Option<Rc<Origin>>,
+        scope: usize,
+    ) -> Vec<Node> {
         let mut names: HashMap<String, Sp> = HashMap::new();
         let mut out = Vec::new();
         for (i, step) in seq.steps.iter().enumerate() {
@@ -662,7 +736,10 @@ impl<'a> Inst<'a> {
                     self.err(
                         Sp::one(name.span()),
                         format!("duplicate name `{n}` in this sequence"),
-                        Some("names in one sequence become parameter paths and must be unique; rename one of them".into()),
+                        Some(
+                            "names in one sequence become parameter paths and must be unique; rename one of them"
+                                .into(),
+                        ),
                         origin,
                     );
                     duplicate = true;
@@ -685,7 +762,16 @@ impl<'a> Inst<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn step(&mut self, step: &Step, index: usize, env: &Env, prefix: &str, index_prefix: &str, origin: &Option<Rc<Origin>>, scope: usize) -> Option<Node> {
+    fn step(
+        &mut self,
+        step: &Step,
+        index: usize,
+        env: &Env,
+        prefix: &str,
+        index_prefix: &str,
+        origin: &Option<Rc<Origin>>,
+        scope: usize,
+    ) -> Option<Node> {
         let path = match &step.name {
             Some(n) => join(prefix, &n.to_string()),
             None => join(index_prefix, &index.to_string()),
@@ -813,7 +899,12 @@ impl<'a> Inst<'a> {
                 }
                 let candidates: Vec<&str> =
                     LAYERS.iter().map(|(n, _)| *n).chain(self.blocks.keys().map(String::as_str)).collect();
-                let help = match ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(&cname)).map(|(_, l)| l.to_string()).or_else(|| did_you_mean(&cname, candidates.iter().copied())) {
+                let help = match ALIASES
+                    .iter()
+                    .find(|(a, _)| a.eq_ignore_ascii_case(&cname))
+                    .map(|(_, l)| l.to_string())
+                    .or_else(|| did_you_mean(&cname, candidates.iter().copied()))
+                {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => {
                         let mut blocks: Vec<&str> = self.blocks.keys().map(String::as_str).collect();
@@ -853,13 +944,11 @@ impl<'a> Inst<'a> {
             );
             return None;
         }
-        let sig_params: Vec<(String, Option<String>)> = block
-            .params
-            .iter()
-            .map(|p| (p.name.to_string(), p.default.as_ref().map(expr_text)))
-            .collect();
+        let sig_params: Vec<(String, Option<String>)> =
+            block.params.iter().map(|p| (p.name.to_string(), p.default.as_ref().map(expr_text))).collect();
         let sig = signature(&bname, &sig_params);
-        let params: Vec<(String, bool)> = block.params.iter().map(|p| (p.name.to_string(), p.default.is_some())).collect();
+        let params: Vec<(String, bool)> =
+            block.params.iter().map(|p| (p.name.to_string(), p.default.is_some())).collect();
         let slots = self.bind(callee, call_sp, &sig, &params, &args, origin)?;
         let shown: Vec<String> = args
             .iter()
@@ -917,11 +1006,26 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
                 let n = b.name.to_string();
                 let sp = Sp::one(b.name.span());
                 if layer_spec(&n).is_some() {
-                    cx.push(sp, format!("block `{n}` has the name of a built-in layer"), Some("rename the block".into()), None);
+                    cx.push(
+                        sp,
+                        format!("block `{n}` has the name of a built-in layer"),
+                        Some("rename the block".into()),
+                        None,
+                    );
                 } else if RESERVED.contains(&n.as_str()) {
-                    cx.push(sp, format!("`{n}` is a keyword of the `residual!` language"), Some("rename the block".into()), None);
+                    cx.push(
+                        sp,
+                        format!("`{n}` is a keyword of the `residual!` language"),
+                        Some("rename the block".into()),
+                        None,
+                    );
                 } else if blocks.contains_key(&n) {
-                    cx.push(sp, format!("duplicate block `{n}`"), Some("each block needs its own name; rename or remove one".into()), None);
+                    cx.push(
+                        sp,
+                        format!("duplicate block `{n}`"),
+                        Some("each block needs its own name; rename or remove one".into()),
+                        None,
+                    );
                 } else {
                     blocks.insert(n, b);
                 }
@@ -929,7 +1033,12 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
                 for p in &b.params {
                     let pn = p.name.to_string();
                     if seen.contains(&pn) {
-                        cx.push(Sp::one(p.name.span()), format!("duplicate parameter `{pn}` in block `{}`", b.name), None, None);
+                        cx.push(
+                            Sp::one(p.name.span()),
+                            format!("duplicate parameter `{pn}` in block `{}`", b.name),
+                            None,
+                            None,
+                        );
                     }
                     seen.push(pn);
                 }
@@ -940,11 +1049,19 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
                     cx.push(
                         Sp::one(m.name.span()),
                         format!("model name `{n}` is taken by a generic parameter of the generated impls"),
-                        Some(format!("the impls are generic over {}; give the model a longer name", GENERIC_PARAMS.join(", "))),
+                        Some(format!(
+                            "the impls are generic over {}; give the model a longer name",
+                            GENERIC_PARAMS.join(", ")
+                        )),
                         None,
                     );
                 } else if model_names.contains_key(&n) {
-                    cx.push(Sp::one(m.name.span()), format!("duplicate model `{n}`"), Some("each model is a struct and needs its own name".into()), None);
+                    cx.push(
+                        Sp::one(m.name.span()),
+                        format!("duplicate model `{n}`"),
+                        Some("each model is a struct and needs its own name".into()),
+                        None,
+                    );
                 } else {
                     model_names.insert(n, Sp::one(m.name.span()));
                     models.push(m);
@@ -960,7 +1077,12 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
             match d.base10_parse::<u64>() {
                 Ok(v) if v >= 1 && (v as i128) <= MAX_SIZE && d.suffix().is_empty() => input_dims.push(v as usize),
                 _ => {
-                    cx.push(Sp::one(d.span()), format!("input dimensions must be integers from 1 to {MAX_SIZE}, found `{d}`"), None, None);
+                    cx.push(
+                        Sp::one(d.span()),
+                        format!("input dimensions must be integers from 1 to {MAX_SIZE}, found `{d}`"),
+                        None,
+                        None,
+                    );
                     ok = false;
                 }
             }
@@ -968,14 +1090,18 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
         if m.dims.is_empty() || m.dims.len() > 3 {
             cx.push(
                 m.dims_sp,
-                format!("expected an input shape of rank 1 to 3 ([D], [S, D] or [C, H, W]), found rank {}", m.dims.len()),
+                format!(
+                    "expected an input shape of rank 1 to 3 ([D], [S, D] or [C, H, W]), found rank {}",
+                    m.dims.len()
+                ),
                 None,
                 None,
             );
             ok = false;
         }
         let name = m.name.to_string();
-        let mut inst = Inst { cx, blocks: &blocks, model: name, nodes: 0, exhausted: false, stack: Vec::new(), next_scope: 0 };
+        let mut inst =
+            Inst { cx, blocks: &blocks, model: name, nodes: 0, exhausted: false, stack: Vec::new(), next_scope: 0 };
         let body = inst.seq(&m.body, &Env::new(), "", &None, 0);
         if !ok {
             continue;

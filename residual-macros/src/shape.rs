@@ -68,10 +68,7 @@ pub(crate) fn window_out(
     if dilation == 0 {
         return Err(ShapeError::Zero { what: "dilation" });
     }
-    let window = dilation
-        .checked_mul(kernel - 1)
-        .and_then(|w| w.checked_add(1))
-        .ok_or(ShapeError::Overflow)?;
+    let window = dilation.checked_mul(kernel - 1).and_then(|w| w.checked_add(1)).ok_or(ShapeError::Overflow)?;
     let padded = padding.checked_mul(2).and_then(|p| p.checked_add(input)).ok_or(ShapeError::Overflow)?;
     if padded < window || input == 0 {
         return Err(ShapeError::Window { axis, input, padding, window });
@@ -259,15 +256,15 @@ mod tests {
         assert_eq!(conv2d(&[256, 56, 56], conv(512, 1, 2, 0)), Ok([512, 28, 28]));
         let g = Conv { groups: 32, ..conv(128, 3, 1, 1) };
         assert_eq!(conv2d(&[128, 8, 8], g), Ok([128, 8, 8]));
-        assert_eq!(
-            conv2d(&[100, 8, 8], g),
-            Err(ShapeError::Groups { groups: 32, channels: 100, which: "input" })
-        );
+        assert_eq!(conv2d(&[100, 8, 8], g), Err(ShapeError::Groups { groups: 32, channels: 100, which: "input" }));
         assert_eq!(
             conv2d(&[64, 8, 8], Conv { groups: 32, ..conv(48, 3, 1, 1) }),
             Err(ShapeError::Groups { groups: 32, channels: 48, which: "output" })
         );
-        assert_eq!(conv2d(&[64, 8, 8], Conv { groups: 0, ..conv(48, 3, 1, 1) }), Err(ShapeError::Zero { what: "groups" }));
+        assert_eq!(
+            conv2d(&[64, 8, 8], Conv { groups: 0, ..conv(48, 3, 1, 1) }),
+            Err(ShapeError::Zero { what: "groups" })
+        );
         assert_eq!(conv2d(&[64, 8, 8], conv(0, 3, 1, 1)), Err(ShapeError::Zero { what: "out channels" }));
         assert_eq!(conv2d(&[64], conv(8, 3, 1, 1)), Err(ShapeError::Rank { expected: "[C, H, W]", found: vec![64] }));
         assert!(matches!(conv2d(&[3, 4, 9], conv(8, 5, 1, 0)), Err(ShapeError::Window { axis: "height", .. })));

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
-    sys::CUresult, CudaDevice, CudaFunction, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,
-    DriverError, LaunchConfig, ValidAsZeroBits,
+    sys::CUresult, CudaDevice, CudaFunction, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, DriverError,
+    LaunchConfig, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use dfdx::shapes::{Dtype, Shape};
@@ -47,17 +47,8 @@ pub(crate) struct KernelSource {
 }
 
 impl KernelSource {
-    pub(crate) const fn new(
-        module: &'static str,
-        src: &'static str,
-        functions: &'static [&'static str],
-    ) -> Self {
-        KernelSource {
-            module,
-            src,
-            functions,
-            ptx: OnceLock::new(),
-        }
+    pub(crate) const fn new(module: &'static str, src: &'static str, functions: &'static [&'static str]) -> Self {
+        KernelSource { module, src, functions, ptx: OnceLock::new() }
     }
 
     /// The PTX of this source, compiled once per process. Needs libnvrtc, not a GPU.
@@ -91,16 +82,12 @@ impl KernelSource {
                     // A broken kernel source is a bug in this crate; a missing
                     // libnvrtc-builtins is a broken install. Either way the log is the only
                     // useful message, and CudaError has no variant to carry it.
-                    eprintln!(
-                        "residual-runtime: NVRTC failed to compile `{}`:\n{log}",
-                        self.module
-                    );
+                    eprintln!("residual-runtime: NVRTC failed to compile `{}`:\n{log}", self.module);
                     return Err(DriverError(CUresult::CUDA_ERROR_INVALID_SOURCE).into());
                 }
             }
         }
-        dev.get_func(self.module, &name)
-            .ok_or_else(|| DriverError(CUresult::CUDA_ERROR_NOT_FOUND).into())
+        dev.get_func(self.module, &name).ok_or_else(|| DriverError(CUresult::CUDA_ERROR_NOT_FOUND).into())
     }
 }
 
@@ -110,13 +97,8 @@ impl KernelSource {
 /// shares the primary context and the null stream (cudarc 0.9), so one handle serves them all.
 pub(crate) fn blas(dev: &Arc<CudaDevice>) -> Result<Arc<CudaBlas>, CudaError> {
     static HANDLES: Mutex<Vec<(usize, Arc<CudaBlas>)>> = Mutex::new(Vec::new());
-    let mut handles = HANDLES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, b)) = handles
-        .iter()
-        .find(|(ordinal, _)| *ordinal == dev.ordinal())
-    {
+    let mut handles = HANDLES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, b)) = handles.iter().find(|(ordinal, _)| *ordinal == dev.ordinal()) {
         return Ok(b.clone());
     }
     let b = Arc::new(CudaBlas::new(dev.clone())?);
@@ -177,11 +159,7 @@ fn to_int(v: usize) -> Result<std::ffi::c_int, CudaError> {
 pub(crate) fn launch_cfg(n: usize) -> LaunchConfig {
     const THREADS: usize = 256;
     let blocks = n.div_ceil(THREADS).clamp(1, 1 << 16);
-    LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (THREADS as u32, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS as u32, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Cuda's side of `TensorStorage`, with dfdx 0.13's public API only (it exposes no `Cuda`
@@ -235,11 +213,7 @@ pub(crate) fn assert_compiles(src: &KernelSource) {
         Ok(ptx) => {
             let text = ptx.to_src();
             for f in src.functions {
-                assert!(
-                    text.contains(&format!(".entry {f}(")),
-                    "`{}` does not define `{f}`",
-                    src.module
-                );
+                assert!(text.contains(&format!(".entry {f}(")), "`{}` does not define `{f}`", src.module);
             }
         }
     }

@@ -16,36 +16,22 @@ use dfdx::tensor::{Cpu, Storage, Tensor, TensorFromVec};
 /// A device whose buffers (`Self::Vec`) our kernels can fill and read.
 pub trait TensorStorage<E: Dtype>: Storage<E> {
     /// Wraps `buf`, laid out contiguous row-major for `shape`, in a tensor with no tape.
-    fn try_tensor_from_storage<S: Shape>(
-        &self,
-        buf: Self::Vec,
-        shape: S,
-    ) -> Result<Tensor<S, E, Self>, Self::Err>;
+    fn try_tensor_from_storage<S: Shape>(&self, buf: Self::Vec, shape: S) -> Result<Tensor<S, E, Self>, Self::Err>;
 
     /// A buffer holding `t`'s elements, contiguous row-major. `t` must be contiguous (callers
     /// run `try_contiguous` first): its physical buffer is what is read.
-    fn try_storage_of<S: Shape, T>(
-        &self,
-        t: &Tensor<S, E, Self, T>,
-    ) -> Result<Self::Vec, Self::Err>;
+    fn try_storage_of<S: Shape, T>(&self, t: &Tensor<S, E, Self, T>) -> Result<Self::Vec, Self::Err>;
 }
 
 impl<E: Dtype> TensorStorage<E> for Cpu {
-    fn try_tensor_from_storage<S: Shape>(
-        &self,
-        mut buf: Self::Vec,
-        shape: S,
-    ) -> Result<Tensor<S, E, Self>, Self::Err> {
+    fn try_tensor_from_storage<S: Shape>(&self, mut buf: Self::Vec, shape: S) -> Result<Tensor<S, E, Self>, Self::Err> {
         // `CachableVec` derefs to `Vec<E>`: taking the Vec moves the allocation out (no copy);
         // the emptied shell dropped here holds nothing. `try_tensor_from_vec` checks the length.
         let data: Vec<E> = std::mem::take(&mut *buf);
         self.try_tensor_from_vec(data, shape)
     }
 
-    fn try_storage_of<S: Shape, T>(
-        &self,
-        t: &Tensor<S, E, Self, T>,
-    ) -> Result<Self::Vec, Self::Err> {
+    fn try_storage_of<S: Shape, T>(&self, t: &Tensor<S, E, Self, T>) -> Result<Self::Vec, Self::Err> {
         // `alloc_len` zero-fills through calloc (dfdx's default `fast-alloc`), so the pages are
         // first touched by the copy itself.
         let mut buf = self.try_alloc_len(t.shape().num_elements())?;

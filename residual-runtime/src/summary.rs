@@ -92,16 +92,32 @@ impl fmt::Display for ModelSummary {
         writeln!(
             f,
             "{:<w0$}   {:<w1$}   {:<w2$}   {:>w3$}   {:>w4$}",
-            header[0], header[1], header[2], header[3], header[4],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3], w4 = widths[4]
+            header[0],
+            header[1],
+            header[2],
+            header[3],
+            header[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
         )?;
         writeln!(f, "{}", "-".repeat(total))?;
         for r in &rows {
             writeln!(
                 f,
                 "{:<w0$}   {:<w1$}   {:<w2$}   {:>w3$}   {:>w4$}",
-                r[0], r[1], r[2], r[3], r[4],
-                w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3], w4 = widths[4]
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3],
+                w4 = widths[4]
             )?;
         }
         writeln!(f, "{rule}")?;

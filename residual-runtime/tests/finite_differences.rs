@@ -34,9 +34,7 @@ struct Net {
 }
 
 fn lcg(seed: &mut u64) -> f64 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     ((*seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
 }
 
@@ -65,24 +63,16 @@ fn net(dev: &Cpu, p: &Point) -> Net {
 
 /// Fixed uneven weights for the scalar loss `sum(out * k)`.
 fn loss_weights() -> Vec<f64> {
-    (0..B * C * 3 * 3)
-        .map(|i| ((i * 29) % 13) as f64 / 6.0 - 1.0)
-        .collect()
+    (0..B * C * 3 * 3).map(|i| ((i * 29) % 13) as f64 / 6.0 - 1.0).collect()
 }
 
-fn forward<T: Tape<f64, Cpu>>(
-    n: &mut Net,
-    x: Tensor<Rank4<B, C, S, S>, f64, Cpu, T>,
-) -> Tensor<Rank0, f64, Cpu, T> {
+fn forward<T: Tape<f64, Cpu>>(n: &mut Net, x: Tensor<Rank4<B, C, S, S>, f64, Cpu, T>) -> Tensor<Rank0, f64, Cpu, T> {
     let h = n.conv1.forward(x);
     let h = n.bn.forward_mut(h).relu();
     let t: Tensor<Rank4<B, C, 3, 3>, f64, Cpu, T> = Pool::default().forward(h);
     let out = t.retaped::<T>() + n.conv2.forward(t);
-    let k: Tensor<Rank4<B, C, 3, 3>, f64, Cpu> = n
-        .conv2
-        .weight
-        .device()
-        .tensor_from_vec(loss_weights(), Default::default());
+    let k: Tensor<Rank4<B, C, 3, 3>, f64, Cpu> =
+        n.conv2.weight.device().tensor_from_vec(loss_weights(), Default::default());
     (out * k).sum()
 }
 
@@ -99,8 +89,7 @@ fn field(p: &mut Point, which: usize) -> &mut Vec<f64> {
 
 fn loss(dev: &Cpu, p: &Point) -> f64 {
     let mut n = net(dev, p);
-    let x: Tensor<Rank4<B, C, S, S>, f64, Cpu> =
-        dev.tensor_from_vec(p.x.clone(), Default::default());
+    let x: Tensor<Rank4<B, C, S, S>, f64, Cpu> = dev.tensor_from_vec(p.x.clone(), Default::default());
     forward(&mut n, x).array()
 }
 
@@ -110,8 +99,7 @@ fn tape_gradients_match_central_differences() {
     let p = point();
 
     let mut n = net(&dev, &p);
-    let x: Tensor<Rank4<B, C, S, S>, f64, Cpu> =
-        dev.tensor_from_vec(p.x.clone(), Default::default());
+    let x: Tensor<Rank4<B, C, S, S>, f64, Cpu> = dev.tensor_from_vec(p.x.clone(), Default::default());
     let grads = forward(&mut n, x.leaky_trace()).backward();
     let tape = [
         ("x", grads.get(&x).as_vec()),
@@ -132,11 +120,7 @@ fn tape_gradients_match_central_differences() {
             };
             let fd = (at(h) - at(-h)) / (2.0 * h);
             let tol = 1e-6 * (1.0 + fd.abs());
-            assert!(
-                (got[i] - fd).abs() <= tol,
-                "d loss / d {name}[{i}]: tape {} vs central difference {fd}",
-                got[i]
-            );
+            assert!((got[i] - fd).abs() <= tol, "d loss / d {name}[{i}]: tape {} vs central difference {fd}", got[i]);
             checked += 1;
         }
     }

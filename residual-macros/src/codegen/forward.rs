@@ -47,14 +47,21 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
             Op::Cat { a, b, output } => {
                 let (sa, sb, so) = (shape_of(*a), shape_of(*b), shape_of(*output));
                 let (ca, cb) = (lit(sa.first().copied().unwrap_or(0)), lit(sb.first().copied().unwrap_or(0)));
-                let rest: Vec<TokenStream> = so.iter().skip(1).map(|n| {
-                    let n = lit(*n);
-                    quote!(#d::shapes::Const::<#n>)
-                }).collect();
-                let all: Vec<TokenStream> = so.iter().map(|n| {
-                    let n = lit(*n);
-                    quote!(#d::shapes::Const::<#n>)
-                }).collect();
+                let rest: Vec<TokenStream> = so
+                    .iter()
+                    .skip(1)
+                    .map(|n| {
+                        let n = lit(*n);
+                        quote!(#d::shapes::Const::<#n>)
+                    })
+                    .collect();
+                let all: Vec<TokenStream> = so
+                    .iter()
+                    .map(|n| {
+                        let n = lit(*n);
+                        quote!(#d::shapes::Const::<#n>)
+                    })
+                    .collect();
                 let (a, b, y, ty) = (var(*a), var(*b), var(*output), tensor_ty(&so));
                 quote! {
                     let #y: #ty = {
@@ -149,7 +156,8 @@ pub(crate) fn module_impls(m: &Model, prog: &Program) -> TokenStream {
     let x0 = var(0);
     let eval = body(prog, Mode::Eval);
     let train = body(prog, Mode::Train);
-    let generics = quote!(<B: #d::shapes::Dim, E: #p::runtime::Element, D: #p::runtime::Backend<E>, T: #d::tensor::Tape<E, D>>);
+    let generics =
+        quote!(<B: #d::shapes::Dim, E: #p::runtime::Element, D: #p::runtime::Backend<E>, T: #d::tensor::Tape<E, D>>);
     quote! {
         impl #generics #d::nn::Module<#in_ty> for #name<E, D> {
             type Output = #out_ty;

@@ -78,7 +78,11 @@ pub(crate) fn field_ty(ty: &FieldTy) -> TokenStream {
                 lit(*oh),
                 lit(*ow),
             );
-            let init = if *kaiming { quote!(#p::runtime::init::KaimingNormalFanOut) } else { quote!(#p::runtime::init::TorchDefaultInit) };
+            let init = if *kaiming {
+                quote!(#p::runtime::init::KaimingNormalFanOut)
+            } else {
+                quote!(#p::runtime::init::TorchDefaultInit)
+            };
             quote!(#p::layers::Conv2d<#i, #o, #k, #s, #pd, #dl, #g, #per_group, #oh, #ow, E, D, #init>)
         }
         FieldTy::Bias2d { c, fan_in } => {

@@ -26,7 +26,9 @@ const BASIC: &str = "block Basic(planes, stride = 1) {
 #[test]
 fn valid_models_have_no_errors() {
     assert!(errors(RESNET152).is_empty());
-    let src = format!("{BASIC} model M[3, 32, 32] {{ conv(16, 3, padding = 1) -> Basic(16) x 3 -> global_avgpool -> linear(10) }}");
+    let src = format!(
+        "{BASIC} model M[3, 32, 32] {{ conv(16, 3, padding = 1) -> Basic(16) x 3 -> global_avgpool -> linear(10) }}"
+    );
     assert!(errors(&src).is_empty(), "{:?}", errors(&src));
 }
 
@@ -63,7 +65,9 @@ fn explicit_identity_and_sequence_shortcut() {
 
 #[test]
 fn projection_mismatch() {
-    let e = one("model M[16, 8, 8] { residual { conv(32, 3, stride = 2, padding = 1) -> bn } shortcut { conv(32, 1) -> bn } }");
+    let e = one(
+        "model M[16, 8, 8] { residual { conv(32, 3, stride = 2, padding = 1) -> bn } shortcut { conv(32, 1) -> bn } }",
+    );
     assert!(e.contains("shortcut projection does not match the residual body: expected [32, 4, 4] (the body's output), found [32, 8, 8]"), "{e}");
     assert!(e.contains("`shortcut { conv(32, 1, stride = 2) -> bn }`"), "{e}");
 }
@@ -82,10 +86,15 @@ fn auto_and_pad_shortcuts() {
 
 #[test]
 fn taps() {
-    assert!(errors("model M[3, 8, 8] { conv(8, 3, padding = 1) -> tap(a) -> conv(8, 3, padding = 1) -> add(a) -> cat(a) }").is_empty());
+    assert!(errors(
+        "model M[3, 8, 8] { conv(8, 3, padding = 1) -> tap(a) -> conv(8, 3, padding = 1) -> add(a) -> cat(a) }"
+    )
+    .is_empty());
     let e = errors("model M[3, 8, 8] { conv(16, 3) -> tap(a) -> conv(8, 3) -> add(a) -> cat(b) -> tap(a) -> tap(a) }");
     assert_eq!(e.len(), 4, "{e:#?}");
-    assert!(e[0].contains("`add(a)` needs equal shapes: expected [8, 4, 4] (the value here), found [16, 6, 6] (tapped)"));
+    assert!(
+        e[0].contains("`add(a)` needs equal shapes: expected [8, 4, 4] (the value here), found [16, 6, 6] (tapped)")
+    );
     assert!(e[1].contains("unknown tap `b`") && e[1].contains("did you mean `a`?"));
     assert!(e[2].contains("duplicate tap `a`"));
     let e = one("model M[3, 8, 8] { conv(16, 3) -> tap(a) -> conv(8, 3) -> cat(a) }");
@@ -113,7 +122,10 @@ fn windows_groups_rank() {
     let e = one("model M[8, 8, 8] { conv(12, 3, groups = 8) }");
     assert!(e.contains("does not divide the output channels (12)") && e.contains("`groups = 4`"), "{e}");
     let e = one("model M[3, 8, 8] { conv(16, 3) -> linear(10) }");
-    assert!(e.contains("`linear` expects a [D] or [S, D] input, found [16, 6, 6]") && e.contains("global_avgpool"), "{e}");
+    assert!(
+        e.contains("`linear` expects a [D] or [S, D] input, found [16, 6, 6]") && e.contains("global_avgpool"),
+        "{e}"
+    );
     let e = one("model M[16] { conv(16, 3) }");
     assert!(e.contains("`conv` expects a [C, H, W] input, found [16] (rank 1)"), "{e}");
     let e = one("model M[3, 8, 8] { global_avgpool -> bn }");
@@ -124,7 +136,9 @@ fn windows_groups_rank() {
 
 #[test]
 fn independent_errors_are_all_reported_in_order() {
-    let e = errors("model M[3, 8, 8] { conv(16, 3, groups = 2) -> conv(16, 3) -> residual { conv(32, 1) } -> bogus -> linear(3) }");
+    let e = errors(
+        "model M[3, 8, 8] { conv(16, 3, groups = 2) -> conv(16, 3) -> residual { conv(32, 1) } -> bogus -> linear(3) }",
+    );
     assert_eq!(e.len(), 4, "{e:#?}");
     assert!(e[0].contains("groups = 2"));
     assert!(e[1].contains("residual body changes the shape"));
@@ -159,7 +173,10 @@ fn names_and_arguments() {
     let e = one("model M[3, 8, 8] { dropout(1.5) }");
     assert!(e.contains("dropout probability must be in [0, 1)"));
     let e = first("block B(width) { conv(widht, 1) } model M[3, 8, 8] { B(4) }");
-    assert!(e.contains("unknown parameter `widht`") && e.contains("did you mean `width`?") && e.contains("in `0` (B(4))"), "{e}");
+    assert!(
+        e.contains("unknown parameter `widht`") && e.contains("did you mean `width`?") && e.contains("in `0` (B(4))"),
+        "{e}"
+    );
     let e = one("model M[3, 8, 8] { conv(width, 1) }");
     assert!(e.contains("unknown parameter `width`") && e.contains("a model body has none"));
     let e = first("block B(w) { conv(w / 0, 1) } model M[3, 8, 8] { B(4) }");
@@ -169,7 +186,10 @@ fn names_and_arguments() {
     let e = one("model M[3, 8, 8] { (relu) x 2 (first: k = 1) }");
     assert!(e.contains("`first:` overrides arguments of a block or layer call"));
     let e = errors("block A { B } block B { A } model M[3, 8, 8] { A }").join("\n");
-    assert!(e.contains("block `A` instantiates itself: A -> B -> A") && e.contains("blocks cannot be recursive"), "{e}");
+    assert!(
+        e.contains("block `A` instantiates itself: A -> B -> A") && e.contains("blocks cannot be recursive"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -191,13 +211,22 @@ fn duplicate_names() {
 #[test]
 fn paths_follow_torchvision() {
     let out = expand_str(RESNET152);
-    for key in ["\"conv1\"", "\"bn1\"", "\"layer1.0.downsample.0\"", "\"layer1.0.downsample.1\"", "\"layer2.7.conv3\"", "\"fc\""] {
+    for key in [
+        "\"conv1\"",
+        "\"bn1\"",
+        "\"layer1.0.downsample.0\"",
+        "\"layer1.0.downsample.1\"",
+        "\"layer2.7.conv3\"",
+        "\"fc\"",
+    ] {
         assert!(out.contains(key), "{key}");
     }
     assert!(!out.contains("\"layer1.1.downsample"), "identity blocks have no projection");
     assert!(out.contains("KaimingNormalFanOut"));
     // Unnamed params are indexed; an unnamed residual's unnamed steps are indexed under it.
-    let out = expand_str("model M[3, 8, 8] { conv(8, 3, padding = 1) -> residual { conv(8, 3, padding = 1) -> c: conv(8, 1) } }");
+    let out = expand_str(
+        "model M[3, 8, 8] { conv(8, 3, padding = 1) -> residual { conv(8, 3, padding = 1) -> c: conv(8, 1) } }",
+    );
     assert!(out.contains("\"0\"") && out.contains("\"1.0\"") && out.contains("\"c\""), "{out}");
     assert!(out.contains("pub _0 :") && out.contains("pub _1_0 :"));
 }

@@ -113,15 +113,11 @@ impl Expr {
             if !lit.suffix().is_empty() {
                 return Err(syn::Error::new(lit.span(), "write integers without a type suffix"));
             }
-            let v = lit
-                .base10_parse::<u128>()
-                .map_err(|_| syn::Error::new(lit.span(), "integer literal too large"))?;
+            let v = lit.base10_parse::<u128>().map_err(|_| syn::Error::new(lit.span(), "integer literal too large"))?;
             Ok(Expr::Int(v, Sp::one(lit.span())))
         } else if look.peek(LitFloat) {
             let lit: LitFloat = input.parse()?;
-            let v = lit
-                .base10_parse::<f64>()
-                .map_err(|_| syn::Error::new(lit.span(), "invalid float literal"))?;
+            let v = lit.base10_parse::<f64>().map_err(|_| syn::Error::new(lit.span(), "invalid float literal"))?;
             Ok(Expr::Float(v, Sp::one(lit.span())))
         } else if look.peek(LitBool) {
             let lit: LitBool = input.parse()?;

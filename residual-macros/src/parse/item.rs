@@ -50,7 +50,9 @@ impl Parse for Item {
             return Ok(Item::Model(ModelDef::parse_rest(input, attrs, vis)?));
         }
         if matches!(vis, Visibility::Inherited) {
-            Err(input.error("expected `block` or `model` (e.g. `block Basic(width) { .. }` or `pub model Net[3, 32, 32] { .. }`)"))
+            Err(input.error(
+                "expected `block` or `model` (e.g. `block Basic(width) { .. }` or `pub model Net[3, 32, 32] { .. }`)",
+            ))
         } else {
             Err(input.error("expected `model` after the visibility (blocks are not types, they take no visibility)"))
         }
@@ -194,11 +196,14 @@ impl ModelDef {
         let _: kw::model = input.parse()?;
         let name = super::plain_ident(input)?;
         if !input.peek(syn::token::Bracket) {
-            return Err(input.error("expected the input shape in brackets, e.g. `[3, 224, 224]`, `[16, 64]` or `[128]`"));
+            return Err(
+                input.error("expected the input shape in brackets, e.g. `[3, 224, 224]`, `[16, 64]` or `[128]`")
+            );
         }
         let content;
         let b = syn::bracketed!(content in input);
-        let dims: Vec<LitInt> = content.parse_terminated(|p: ParseStream| p.parse::<LitInt>(), Token![,])?.into_iter().collect();
+        let dims: Vec<LitInt> =
+            content.parse_terminated(|p: ParseStream| p.parse::<LitInt>(), Token![,])?.into_iter().collect();
         let dims_sp = Sp { start: b.span.open(), end: b.span.close() };
         if !input.peek(syn::token::Brace) {
             return Err(input.error("expected `{` and the model's body"));

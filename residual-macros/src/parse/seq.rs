@@ -90,7 +90,10 @@ impl Step {
                 let content;
                 let p = syn::parenthesized!(content in input);
                 let _: kw::first = content.parse().map_err(|e| {
-                    syn::Error::new(e.span(), "expected `first:` (arguments for the first copy, e.g. `(first: stride = 2)`)")
+                    syn::Error::new(
+                        e.span(),
+                        "expected `first:` (arguments for the first copy, e.g. `(first: stride = 2)`)",
+                    )
                 })?;
                 let _: Token![:] = content.parse()?;
                 let args = parse_args(&content)?;

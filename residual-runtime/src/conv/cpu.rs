@@ -303,15 +303,31 @@ fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
                     // SAFETY: dst is og x p (row stride p), w_g og x kg, rhs kg x p (row stride
                     // rhs_rs); the slices above hold exactly those elements and do not overlap.
                     unsafe {
-                        matmul((d.og, d.p, d.kg), dst.as_mut_ptr(), d.p, false,
-                               w_g.as_ptr(), (d.kg, 1), rhs.as_ptr(), (rhs_rs, 1));
+                        matmul(
+                            (d.og, d.p, d.kg),
+                            dst.as_mut_ptr(),
+                            d.p,
+                            false,
+                            w_g.as_ptr(),
+                            (d.kg, 1),
+                            rhs.as_ptr(),
+                            (rhs_rs, 1),
+                        );
                     }
                 } else {
                     let tmp = grown(&mut scratch.tmp, d.og * ncols);
                     // SAFETY: tmp is og x ncols, rhs kg x ncols; disjoint buffers.
                     unsafe {
-                        matmul((d.og, ncols, d.kg), tmp.as_mut_ptr(), ncols, false,
-                               w_g.as_ptr(), (d.kg, 1), rhs.as_ptr(), (rhs_rs, 1));
+                        matmul(
+                            (d.og, ncols, d.kg),
+                            tmp.as_mut_ptr(),
+                            ncols,
+                            false,
+                            w_g.as_ptr(),
+                            (d.kg, 1),
+                            rhs.as_ptr(),
+                            (rhs_rs, 1),
+                        );
                     }
                     for img in 0..n_img {
                         let dst = &mut out[((b0 + img) * d.o + g * d.og) * d.p..][..d.og * d.p];
@@ -349,9 +365,8 @@ fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E]
                     let t = grown(tmp, d.og * ncols);
                     t.par_chunks_mut(ncols).enumerate().for_each(|(oc, trow)| {
                         for img in 0..n_img {
-                            trow[img * d.p..][..d.p].copy_from_slice(
-                                &gout[((b0 + img) * d.o + g * d.og + oc) * d.p..][..d.p],
-                            );
+                            trow[img * d.p..][..d.p]
+                                .copy_from_slice(&gout[((b0 + img) * d.o + g * d.og + oc) * d.p..][..d.p]);
                         }
                     });
                     (t, ncols)
@@ -368,24 +383,48 @@ fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E]
                 // dW_g [og x kg] += dout [og x ncols] * cols^T [ncols x kg]
                 // SAFETY: sizes as stated; gw_g is disjoint from dout and cols.
                 unsafe {
-                    matmul((d.og, d.kg, ncols), gw_g.as_mut_ptr(), d.kg, true,
-                           dout.as_ptr(), (dout_rs, 1), cols.as_ptr(), (1, cols_rs));
+                    matmul(
+                        (d.og, d.kg, ncols),
+                        gw_g.as_mut_ptr(),
+                        d.kg,
+                        true,
+                        dout.as_ptr(),
+                        (dout_rs, 1),
+                        cols.as_ptr(),
+                        (1, cols_rs),
+                    );
                 }
                 if direct {
                     let gx_g = &mut gx[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw];
                     // dx_g [cg x hw] += W_g^T [cg x og] * dout [og x hw]
                     // SAFETY: sizes as stated; gx_g is disjoint from w_g and dout.
                     unsafe {
-                        matmul((d.kg, ncols, d.og), gx_g.as_mut_ptr(), d.hw, true,
-                               w_g.as_ptr(), (1, d.kg), dout.as_ptr(), (dout_rs, 1));
+                        matmul(
+                            (d.kg, ncols, d.og),
+                            gx_g.as_mut_ptr(),
+                            d.hw,
+                            true,
+                            w_g.as_ptr(),
+                            (1, d.kg),
+                            dout.as_ptr(),
+                            (dout_rs, 1),
+                        );
                     }
                 } else {
                     let dc = grown(dcol, d.kg * ncols);
                     // dcol [kg x ncols] = W_g^T [kg x og] * dout [og x ncols]
                     // SAFETY: sizes as stated; dc is its own buffer.
                     unsafe {
-                        matmul((d.kg, ncols, d.og), dc.as_mut_ptr(), ncols, false,
-                               w_g.as_ptr(), (1, d.kg), dout.as_ptr(), (dout_rs, 1));
+                        matmul(
+                            (d.kg, ncols, d.og),
+                            dc.as_mut_ptr(),
+                            ncols,
+                            false,
+                            w_g.as_ptr(),
+                            (1, d.kg),
+                            dout.as_ptr(),
+                            (dout_rs, 1),
+                        );
                     }
                     col2im_add(op, &d, dc, b0, n_img, g, gx);
                 }
@@ -557,15 +596,13 @@ macro_rules! impl_conv_kernel {
             ) -> Result<(), Self::Err> {
                 check_op(op)?;
                 let (x, w, y) = sizes(op);
-                check_lens(
-                    &[
-                        (input.len(), x),
-                        (weight.len(), w),
-                        (grad_input.len(), x),
-                        (grad_weight.len(), w),
-                        (grad_output.len(), y),
-                    ],
-                )?;
+                check_lens(&[
+                    (input.len(), x),
+                    (weight.len(), w),
+                    (grad_input.len(), x),
+                    (grad_weight.len(), w),
+                    (grad_output.len(), y),
+                ])?;
                 backward::<$t>(op, input, weight, grad_input, grad_weight, grad_output);
                 Ok(())
             }

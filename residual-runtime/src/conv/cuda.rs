@@ -59,20 +59,12 @@ impl Plan {
         let plane = op.out_h * op.out_w;
         let per_image = rows.max(op.out_channels) * plane;
         let nb = (MAX_SCRATCH / per_image.max(1)).clamp(1, op.batch.max(1));
-        Plan {
-            rows,
-            rows_g: op.in_per_group() * kk,
-            out_g: op.out_channels / op.groups,
-            plane,
-            nb,
-        }
+        Plan { rows, rows_g: op.in_per_group() * kk, out_g: op.out_channels / op.groups, plane, nb }
     }
 
     /// `(first image, images)` of each chunk.
     fn chunks(&self, batch: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..batch)
-            .step_by(self.nb)
-            .map(move |b0| (b0, self.nb.min(batch - b0)))
+        (0..batch).step_by(self.nb).map(move |b0| (b0, self.nb.min(batch - b0)))
     }
 }
 
@@ -116,12 +108,7 @@ where
         }
         let f = SOURCE.function::<E>(&dev, "cbp_to_nchw")?;
         let n = op.out_channels * cols;
-        unsafe {
-            f.launch(
-                launch_cfg(n),
-                (op.out_channels, plan.plane, b0, nb, &out_t, &mut *output),
-            )
-        }?;
+        unsafe { f.launch(launch_cfg(n), (op.out_channels, plan.plane, b0, nb, &out_t, &mut *output)) }?;
     }
     Ok(())
 }
@@ -153,19 +140,7 @@ where
         unsafe { f.launch(launch_cfg(plan.rows * cols), (*op, b0, nb, input, &mut col)) }?;
         let f = SOURCE.function::<E>(&dev, "nchw_to_cbp")?;
         let n = op.out_channels * cols;
-        unsafe {
-            f.launch(
-                launch_cfg(n),
-                (
-                    op.out_channels,
-                    plan.plane,
-                    b0,
-                    nb,
-                    grad_output,
-                    &mut gout_t,
-                ),
-            )
-        }?;
+        unsafe { f.launch(launch_cfg(n), (op.out_channels, plan.plane, b0, nb, grad_output, &mut gout_t)) }?;
         for g in 0..op.groups {
             let w_range = g * plan.out_g * plan.rows_g..(g + 1) * plan.out_g * plan.rows_g;
             let col_range = g * plan.rows_g * cols..(g + 1) * plan.rows_g * cols;

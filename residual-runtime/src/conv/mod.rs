@@ -6,9 +6,9 @@
 //! arithmetic and weight layout as PyTorch's `nn.Conv2d(bias=False)`.
 
 mod cpu;
-mod sgemm;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod sgemm;
 #[cfg(test)]
 mod tests;
 
@@ -77,13 +77,7 @@ impl Conv2dOp {
 
     /// Multiply-accumulates of the forward pass.
     pub fn macs(&self) -> usize {
-        self.batch
-            * self.out_channels
-            * self.out_h
-            * self.out_w
-            * self.in_per_group()
-            * self.kernel
-            * self.kernel
+        self.batch * self.out_channels * self.out_h * self.out_w * self.in_per_group() * self.kernel * self.kernel
     }
 }
 
@@ -188,11 +182,7 @@ where
     let expected = expected_out_dims(&op, S::NUM_DIMS);
     let found = out_shape.concrete();
     if found.as_ref() != expected.as_slice() {
-        return Err(Error::shape(
-            "conv2d (output shape)",
-            fmt_dims(&expected),
-            fmt_dims(found.as_ref()),
-        ));
+        return Err(Error::shape("conv2d (output shape)", fmt_dims(&expected), fmt_dims(found.as_ref())));
     }
     let (weight, weight_tape) = weight.split_tape();
     let (x, tape) = x.split_tape();
@@ -242,27 +232,15 @@ pub(crate) fn check_conv2d(x: &[usize], w: &[usize], cfg: Conv2dConfig) -> Resul
         _ => return Err(Error::shape(OP, "[B, C, H, W] or [C, H, W]", fmt_dims(x))),
     };
     if cfg.kernel == 0 || cfg.stride == 0 || cfg.dilation == 0 || cfg.groups == 0 {
-        return Err(Error::shape(
-            OP,
-            "kernel, stride, dilation and groups >= 1",
-            format!("{cfg:?}"),
-        ));
+        return Err(Error::shape(OP, "kernel, stride, dilation and groups >= 1", format!("{cfg:?}")));
     }
     let &[o, cg, kh, kw] = w else {
-        return Err(Error::shape(
-            "conv2d (weight)",
-            format!("[O, C / groups, {k}, {k}]", k = cfg.kernel),
-            fmt_dims(w),
-        ));
+        return Err(Error::shape("conv2d (weight)", format!("[O, C / groups, {k}, {k}]", k = cfg.kernel), fmt_dims(w)));
     };
     if kh != cfg.kernel || kw != cfg.kernel || o % cfg.groups != 0 || cg == 0 {
         return Err(Error::shape(
             "conv2d (weight)",
-            format!(
-                "[O, C / groups, {k}, {k}] with O a multiple of groups = {g}",
-                k = cfg.kernel,
-                g = cfg.groups
-            ),
+            format!("[O, C / groups, {k}, {k}] with O a multiple of groups = {g}", k = cfg.kernel, g = cfg.groups),
             fmt_dims(w),
         ));
     }
@@ -276,20 +254,12 @@ pub(crate) fn check_conv2d(x: &[usize], w: &[usize], cfg: Conv2dConfig) -> Resul
         }
     };
     if c != want_c {
-        return Err(Error::shape(
-            OP,
-            fmt_in(want_c.to_string(), "H, W"),
-            fmt_dims(x),
-        ));
+        return Err(Error::shape(OP, fmt_in(want_c.to_string(), "H, W"), fmt_dims(x)));
     }
     let Some(op) = Conv2dOp::new(cfg, batch, c, o, h, wd) else {
         let span = cfg.dilation * (cfg.kernel - 1) + 1;
         let min = span.saturating_sub(2 * cfg.padding).max(1);
-        return Err(Error::shape(
-            OP,
-            fmt_in(c.to_string(), &format!("H >= {min}, W >= {min}")),
-            fmt_dims(x),
-        ));
+        return Err(Error::shape(OP, fmt_in(c.to_string(), &format!("H >= {min}, W >= {min}")), fmt_dims(x)));
     };
     Ok(op)
 }

@@ -156,10 +156,7 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * scale,
-            "{what}[{i}]: got {g}, want {w} (tol {tol} x {scale})"
-        );
+        assert!((g - w).abs() <= tol * scale, "{what}[{i}]: got {g}, want {w} (tol {tol} x {scale})");
     }
 }
 
@@ -176,7 +173,8 @@ where
     Cpu: Device<E> + Conv2dKernel<E>,
 {
     let dev: Cpu = Default::default();
-    let cast = |v: Vec<f64>| -> Vec<E> { v.into_iter().map(|a| <E as num_traits::NumCast>::from(a).expect("cast")).collect() };
+    let cast =
+        |v: Vec<f64>| -> Vec<E> { v.into_iter().map(|a| <E as num_traits::NumCast>::from(a).expect("cast")).collect() };
     let k = case.cfg.kernel;
     let w = dev.tensor_from_vec(cast(case.weight()), (case.o, case.c / case.cfg.groups, k, k));
     if case.batched {
@@ -188,8 +186,7 @@ where
     } else {
         let op = case.op();
         let x = dev.tensor_from_vec(cast(case.x()), (case.c, case.h, case.w));
-        let y = try_conv2d(x.leaky_trace(), w.clone(), case.cfg, (case.o, op.out_h, op.out_w))
-            .expect("conv2d");
+        let y = try_conv2d(x.leaky_trace(), w.clone(), case.cfg, (case.o, op.out_h, op.out_w)).expect("conv2d");
         let y_vals = back(y.retaped::<NoneTape>());
         let grads = y.square().sum().backward();
         (y_vals, back(grads.get(&x)), back(grads.get(&w)))
@@ -296,8 +293,7 @@ fn non_contiguous_input_is_read_in_logical_order() {
     let x_nhwc: Tensor<Rank4<2, 4, 5, 3>, f64, _> = dev.tensor_from_vec(nhwc, Default::default());
     let w = dev.tensor_from_vec(case.weight(), (2, 3, 3, 3));
     let x = x_nhwc.leaky_trace().permute::<Rank4<2, 3, 4, 5>, _>();
-    let y = try_conv2d(x, w.clone(), case.cfg, (Const::<2>, Const::<2>, Const::<4>, Const::<5>))
-        .expect("conv2d");
+    let y = try_conv2d(x, w.clone(), case.cfg, (Const::<2>, Const::<2>, Const::<4>, Const::<5>)).expect("conv2d");
     let want = naive_grads(&case, &xs, &case.weight());
     assert_close("y", &y.retaped::<NoneTape>().as_vec(), &want.y, 1e-12);
     let grads = y.square().sum().backward();
@@ -354,15 +350,8 @@ type TestConv = Conv2d<4, 6, 3, 2, 1, 1, 2, 2, 5, 4, f64, Cpu>;
 
 #[test]
 fn conv2d_layer_forward_batched_unbatched_and_grads() {
-    let case = Case {
-        batched: true,
-        b: 3,
-        c: 4,
-        o: 6,
-        h: 9,
-        w: 8,
-        cfg: Conv2dConfig::new(3).stride(2).padding(1).groups(2),
-    };
+    let case =
+        Case { batched: true, b: 3, c: 4, o: 6, h: 9, w: 8, cfg: Conv2dConfig::new(3).stride(2).padding(1).groups(2) };
     let want = naive_grads(&case, &case.x(), &case.weight());
     let dev: Cpu = Default::default();
     let mut m = dev.build_module::<TestConv, f64>();
@@ -455,7 +444,8 @@ fn bias2d_adds_per_channel_and_inits_like_torch() {
     let bound = 1.0 / 27f32.sqrt();
     assert!(m.bias.as_vec().iter().all(|b| b.abs() <= bound));
     m.bias = dev.tensor([1.0, -2.0, 0.5]);
-    let x: Tensor<Rank4<2, 3, 2, 2>, f32, _> = dev.tensor_from_vec((0..24).map(|i| i as f32).collect(), Default::default());
+    let x: Tensor<Rank4<2, 3, 2, 2>, f32, _> =
+        dev.tensor_from_vec((0..24).map(|i| i as f32).collect(), Default::default());
     let y = m.forward(x.leaky_trace()).as_vec();
     for (i, v) in y.iter().enumerate() {
         let c = (i / 4) % 3;
@@ -494,7 +484,12 @@ fn avx512_sgemm_matches_naive_products() {
         // SAFETY: buffers sized for the strides above; c is separate.
         unsafe {
             super::sgemm::sgemm(
-                m, n, k, c.as_mut_ptr(), n, acc,
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                n,
+                acc,
                 super::sgemm::Mat { ptr: a.as_ptr(), rs: a_rs, cs: a_cs },
                 super::sgemm::Mat { ptr: b.as_ptr(), rs: b_rs, cs: b_cs },
             );
@@ -506,7 +501,10 @@ fn avx512_sgemm_matches_naive_products() {
                     want += a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64;
                 }
                 let got = c[i * n + j] as f64;
-                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * k as f64, "({m},{n},{k}) [{i},{j}]: {got} vs {want}");
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * k as f64,
+                    "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                );
             }
         }
     }

@@ -6,9 +6,7 @@
 //! runs on every device.
 
 use dfdx::nn::{BuildOnDevice, Module, ModuleMut, ModuleVisitor, TensorCollection, TensorOptions};
-use dfdx::shapes::{
-    Axes, Axes2, Axes3, Const, Dim, Dtype, HasAxes, HasShape, Rank1, ReduceShapeTo, Shape,
-};
+use dfdx::shapes::{Axes, Axes2, Axes3, Const, Dim, Dtype, HasAxes, HasShape, Rank1, ReduceShapeTo, Shape};
 use dfdx::tensor::{Storage, Tape, Tensor};
 use dfdx::tensor_ops::{BroadcastTo, Device, MeanTo, TryAdd, TryDiv, TryMul, TrySub};
 
@@ -71,22 +69,14 @@ impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BatchNorm2d<C, E, 
         // statistic's tape holds its backward ops, so it is moved (not `retaped`) into its use.
         let mean = x.retaped::<T>().try_mean::<Rank1<C>, Ax>()?;
         // Running statistics are updated off the tape (axpy reads the values only).
-        self.running_mean
-            .try_axpy(1.0 - Self::MOMENTUM, &mean, Self::MOMENTUM)?;
+        self.running_mean.try_axpy(1.0 - Self::MOMENTUM, &mean, Self::MOMENTUM)?;
         let centered = x.try_sub(mean.try_broadcast_like(&shape)?)?;
-        let var = centered
-            .retaped::<T>()
-            .try_square()?
-            .try_mean::<Rank1<C>, Ax>()?;
+        let var = centered.retaped::<T>().try_square()?.try_mean::<Rank1<C>, Ax>()?;
 
         // PyTorch updates running_var with the unbiased variance; with one value per channel
         // that is undefined (PyTorch refuses to train), so running_var is then left as it is.
         if n > 1.0 {
-            self.running_var.try_axpy(
-                1.0 - Self::MOMENTUM,
-                &var,
-                Self::MOMENTUM * n / (n - 1.0),
-            )?;
+            self.running_var.try_axpy(1.0 - Self::MOMENTUM, &var, Self::MOMENTUM * n / (n - 1.0))?;
         }
 
         let std = var.try_add(Self::eps())?.try_sqrt()?;
@@ -101,16 +91,8 @@ impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BatchNorm2d<C, E, 
     }
 }
 
-impl<
-        B: Dim,
-        const C: usize,
-        H: Dim,
-        W: Dim,
-        E: Element,
-        D: Device<E>,
-        T: Tape<E, D>,
-        const Z: bool,
-    > Module<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
+impl<B: Dim, const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, const Z: bool>
+    Module<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
 {
     type Output = Tensor<(B, Const<C>, H, W), E, D, T>;
     type Error = D::Err;
@@ -131,24 +113,13 @@ impl<const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, co
     }
 }
 
-impl<
-        B: Dim,
-        const C: usize,
-        H: Dim,
-        W: Dim,
-        E: Element,
-        D: Device<E>,
-        T: Tape<E, D>,
-        const Z: bool,
-    > ModuleMut<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
+impl<B: Dim, const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, const Z: bool>
+    ModuleMut<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
 {
     type Output = Tensor<(B, Const<C>, H, W), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward_mut(
-        &mut self,
-        x: Tensor<(B, Const<C>, H, W), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward_mut(&mut self, x: Tensor<(B, Const<C>, H, W), E, D, T>) -> Result<Self::Output, D::Err> {
         self.try_train::<_, Axes3<0, 2, 3>, T>(x)
     }
 }
@@ -160,36 +131,20 @@ impl<const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, co
     type Output = Tensor<(Const<C>, H, W), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward_mut(
-        &mut self,
-        x: Tensor<(Const<C>, H, W), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward_mut(&mut self, x: Tensor<(Const<C>, H, W), E, D, T>) -> Result<Self::Output, D::Err> {
         self.try_train::<_, Axes2<1, 2>, T>(x)
     }
 }
 
-impl<const C: usize, E: Element, D: Device<E>, const Z: bool> TensorCollection<E, D>
-    for BatchNorm2d<C, E, D, Z>
-{
+impl<const C: usize, E: Element, D: Device<E>, const Z: bool> TensorCollection<E, D> for BatchNorm2d<C, E, D, Z> {
     type To<E2: Dtype, D2: Device<E2>> = BatchNorm2d<C, E2, D2, Z>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        let weight_init = if Z {
-            TensorOptions::reset_to_zeros()
-        } else {
-            TensorOptions::reset_to_ones()
-        };
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        let weight_init = if Z { TensorOptions::reset_to_zeros() } else { TensorOptions::reset_to_ones() };
         visitor.visit_fields(
             (
                 Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, weight_init),
-                Self::tensor(
-                    "bias",
-                    |s| &s.bias,
-                    |s| &mut s.bias,
-                    TensorOptions::reset_to_zeros(),
-                ),
+                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, TensorOptions::reset_to_zeros()),
                 // Buffers: `detached` keeps optimizers off them and out of `num_trainable_params`.
                 Self::tensor(
                     "running_mean",
@@ -204,19 +159,12 @@ impl<const C: usize, E: Element, D: Device<E>, const Z: bool> TensorCollection<E
                     TensorOptions::detached(|t| t.try_fill_with_ones()),
                 ),
             ),
-            |(weight, bias, running_mean, running_var)| BatchNorm2d {
-                weight,
-                bias,
-                running_mean,
-                running_var,
-            },
+            |(weight, bias, running_mean, running_var)| BatchNorm2d { weight, bias, running_mean, running_var },
         )
     }
 }
 
-impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BuildOnDevice<D, E>
-    for BatchNorm2d<C, E, D, Z>
-{
+impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BuildOnDevice<D, E> for BatchNorm2d<C, E, D, Z> {
     type Built = Self;
 }
 
@@ -233,13 +181,7 @@ mod tests {
 
     /// PyTorch's training-mode batch norm, written out in f64: returns the output and updates
     /// the running statistics in place.
-    fn reference_train(
-        x: &[f64],
-        gamma: &[f64],
-        beta: &[f64],
-        rm: &mut [f64],
-        rv: &mut [f64],
-    ) -> Vec<f64> {
+    fn reference_train(x: &[f64], gamma: &[f64], beta: &[f64], rm: &mut [f64], rv: &mut [f64]) -> Vec<f64> {
         let n = (B * H * W) as f64;
         let mut y = vec![0.0; x.len()];
         for c in 0..CH {
@@ -272,10 +214,7 @@ mod tests {
     fn input(seed: u64) -> Vec<f64> {
         // A deterministic, uneven spread per channel.
         (0..B * CH * H * W)
-            .map(|i| {
-                ((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 250.0 - 2.0
-                    + (i % 7) as f64 * 0.3
-            })
+            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 250.0 - 2.0 + (i % 7) as f64 * 0.3)
             .collect()
     }
 
@@ -290,9 +229,7 @@ mod tests {
 
     /// A scalar loss with uneven weights, so every output element matters differently.
     fn loss_weights() -> Vec<f64> {
-        (0..B * CH * H * W)
-            .map(|i| ((i * 13) % 11) as f64 / 5.0 - 1.0)
-            .collect()
+        (0..B * CH * H * W).map(|i| ((i * 13) % 11) as f64 / 5.0 - 1.0).collect()
     }
 
     #[test]
@@ -317,10 +254,7 @@ mod tests {
         }
         // Evaluation uses the running statistics.
         let xs = input(5);
-        let y = bn.forward(dev.tensor_from_vec(
-            xs.clone(),
-            (Const::<B>, Const::<CH>, Const::<H>, Const::<W>),
-        ));
+        let y = bn.forward(dev.tensor_from_vec(xs.clone(), (Const::<B>, Const::<CH>, Const::<H>, Const::<W>)));
         for (i, a) in y.as_vec().iter().enumerate() {
             let c = (i / (H * W)) % CH;
             let want = (xs[i] - rm[c]) / (rv[c] + EPS).sqrt() * [1.5, -0.5][c] + [0.25, 2.0][c];
@@ -356,11 +290,7 @@ mod tests {
                 xp[i] += d;
                 loss_of(&xp, &gamma, &beta)
             });
-            assert!(
-                (gx[i] - fd).abs() < 1e-6,
-                "d/dx[{i}]: tape {} vs fd {fd}",
-                gx[i]
-            );
+            assert!((gx[i] - fd).abs() < 1e-6, "d/dx[{i}]: tape {} vs fd {fd}", gx[i]);
         }
         let gw = g.get(&bn.weight).as_vec();
         let gb = g.get(&bn.bias).as_vec();
@@ -375,16 +305,8 @@ mod tests {
                 bp[c] += d;
                 loss_of(&xs, &gamma, &bp)
             });
-            assert!(
-                (gw[c] - fd_w).abs() < 1e-6,
-                "d/dweight[{c}]: {} vs {fd_w}",
-                gw[c]
-            );
-            assert!(
-                (gb[c] - fd_b).abs() < 1e-6,
-                "d/dbias[{c}]: {} vs {fd_b}",
-                gb[c]
-            );
+            assert!((gw[c] - fd_w).abs() < 1e-6, "d/dweight[{c}]: {} vs {fd_w}", gw[c]);
+            assert!((gb[c] - fd_b).abs() < 1e-6, "d/dbias[{c}]: {} vs {fd_b}", gb[c]);
         }
     }
 
@@ -412,9 +334,7 @@ mod tests {
         assert_eq!(g.get(&bn.bias).as_vec(), vec![(H * W) as f64; CH]);
         // Training without a tape still updates the running statistics.
         let before = bn.running_mean.as_vec();
-        let _ = bn.forward_mut(
-            dev.tensor_from_vec(input(3), (Const::<B>, Const::<CH>, Const::<H>, Const::<W>)),
-        );
+        let _ = bn.forward_mut(dev.tensor_from_vec(input(3), (Const::<B>, Const::<CH>, Const::<H>, Const::<W>)));
         assert_ne!(bn.running_mean.as_vec(), before);
     }
 }

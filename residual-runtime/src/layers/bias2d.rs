@@ -16,19 +16,12 @@ pub struct Bias2d<const C: usize, const FAN_IN: usize, E: Dtype, D: Storage<E>> 
     pub bias: Tensor<Rank1<C>, E, D>,
 }
 
-impl<const C: usize, const FAN_IN: usize, E: Dtype, D: Storage<E>> NonMutableModule
-    for Bias2d<C, FAN_IN, E, D>
-{
-}
+impl<const C: usize, const FAN_IN: usize, E: Dtype, D: Storage<E>> NonMutableModule for Bias2d<C, FAN_IN, E, D> {}
 
-impl<const C: usize, const FAN_IN: usize, E: Element, D: Device<E>> TensorCollection<E, D>
-    for Bias2d<C, FAN_IN, E, D>
-{
+impl<const C: usize, const FAN_IN: usize, E: Element, D: Device<E>> TensorCollection<E, D> for Bias2d<C, FAN_IN, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = Bias2d<C, FAN_IN, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             Self::tensor(
                 "bias",
@@ -41,9 +34,7 @@ impl<const C: usize, const FAN_IN: usize, E: Element, D: Device<E>> TensorCollec
     }
 }
 
-impl<const C: usize, const FAN_IN: usize, E: Element, D: Device<E>> BuildOnDevice<D, E>
-    for Bias2d<C, FAN_IN, E, D>
-{
+impl<const C: usize, const FAN_IN: usize, E: Element, D: Device<E>> BuildOnDevice<D, E> for Bias2d<C, FAN_IN, E, D> {
     type Built = Self;
     fn try_build_on_device(device: &D) -> Result<Self, D::Err> {
         <Self as BuildModule<D, E>>::try_build(device)

@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use dfdx::nn::{BuildOnDevice, BuildModule, Module, ModuleVisitor, NonMutableModule, TensorCollection, TensorOptions};
+use dfdx::nn::{BuildModule, BuildOnDevice, Module, ModuleVisitor, NonMutableModule, TensorCollection, TensorOptions};
 use dfdx::shapes::{Const, Dim, Dtype, HasShape, Rank4, Shape};
 use dfdx::tensor::{Storage, Tape, Tensor};
 use dfdx::tensor_ops::Device;
@@ -185,10 +185,7 @@ impl<
     type Output = Tensor<(B, Const<OUT>, Const<OH>, Const<OW>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(
-        &self,
-        x: Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward(&self, x: Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>) -> Result<Self::Output, D::Err> {
         const {
             assert!(
                 consistent(Self::PARAMS, (H, W, OH, OW)),
@@ -224,10 +221,7 @@ impl<
     type Output = Tensor<(Const<OUT>, Const<OH>, Const<OW>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(
-        &self,
-        x: Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward(&self, x: Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>) -> Result<Self::Output, D::Err> {
         const {
             assert!(
                 consistent(Self::PARAMS, (H, W, OH, OW)),
@@ -273,12 +267,9 @@ impl<
         I: ConvInit,
     > TensorCollection<E, D> for Conv2d<IN, OUT, K, STRIDE, PAD, DIL, GROUPS, IN_PER_GROUP, OH, OW, E, D, I>
 {
-    type To<E2: Dtype, D2: Device<E2>> =
-        Conv2d<IN, OUT, K, STRIDE, PAD, DIL, GROUPS, IN_PER_GROUP, OH, OW, E2, D2, I>;
+    type To<E2: Dtype, D2: Device<E2>> = Conv2d<IN, OUT, K, STRIDE, PAD, DIL, GROUPS, IN_PER_GROUP, OH, OW, E2, D2, I>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             Self::tensor(
                 "weight",

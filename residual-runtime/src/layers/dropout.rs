@@ -24,9 +24,7 @@ impl<const P: u32> Dropout<P> {
 
 impl<const P: u32> ZeroSizedModule for Dropout<P> {}
 
-impl<const P: u32, S: Shape, E: Element, D: Device<E>, T: Tape<E, D>> Module<Tensor<S, E, D, T>>
-    for Dropout<P>
-{
+impl<const P: u32, S: Shape, E: Element, D: Device<E>, T: Tape<E, D>> Module<Tensor<S, E, D, T>> for Dropout<P> {
     type Output = Tensor<S, E, D, T>;
     type Error = D::Err;
 
@@ -35,9 +33,7 @@ impl<const P: u32, S: Shape, E: Element, D: Device<E>, T: Tape<E, D>> Module<Ten
     }
 }
 
-impl<const P: u32, S: Shape, E: Element, D: Device<E>, T: Tape<E, D>> ModuleMut<Tensor<S, E, D, T>>
-    for Dropout<P>
-{
+impl<const P: u32, S: Shape, E: Element, D: Device<E>, T: Tape<E, D>> ModuleMut<Tensor<S, E, D, T>> for Dropout<P> {
     type Output = Tensor<S, E, D, T>;
     type Error = D::Err;
 

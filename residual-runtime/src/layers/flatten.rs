@@ -26,18 +26,15 @@ where
     type Output = Tensor<(B, Const<N>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(
-        &self,
-        x: Tensor<(B, Const<C>, Const<H>, Const<W>), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward(&self, x: Tensor<(B, Const<C>, Const<H>, Const<W>), E, D, T>) -> Result<Self::Output, D::Err> {
         const { assert!(C * H * W == N, "Flatten<N>: N must be C * H * W") };
         let b = x.shape().0;
         x.try_reshape_like(&(b, Const::<N>))
     }
 }
 
-impl<B: Dim, const S: usize, const M: usize, const N: usize, E, D, T>
-    Module<Tensor<(B, Const<S>, Const<M>), E, D, T>> for Flatten<N>
+impl<B: Dim, const S: usize, const M: usize, const N: usize, E, D, T> Module<Tensor<(B, Const<S>, Const<M>), E, D, T>>
+    for Flatten<N>
 where
     E: Element,
     D: Device<E>,
@@ -46,10 +43,7 @@ where
     type Output = Tensor<(B, Const<N>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(
-        &self,
-        x: Tensor<(B, Const<S>, Const<M>), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward(&self, x: Tensor<(B, Const<S>, Const<M>), E, D, T>) -> Result<Self::Output, D::Err> {
         const { assert!(S * M == N, "Flatten<N>: N must be S * D") };
         let b = x.shape().0;
         x.try_reshape_like(&(b, Const::<N>))
@@ -84,9 +78,7 @@ mod tests {
         assert_eq!(y.as_vec(), values);
         // d/dx sum(y * w) = w, laid back out in the input's shape.
         let w: Vec<f64> = (0..24).map(|i| (i * 7 % 5) as f64).collect();
-        let g = (y * dev.tensor_from_vec(w.clone(), (Const::<2>, Const::<12>)))
-            .sum()
-            .backward();
+        let g = (y * dev.tensor_from_vec(w.clone(), (Const::<2>, Const::<12>))).sum().backward();
         assert_eq!(g.get(&x).as_vec(), w);
 
         let s: Tensor<(usize, Const<4>, Const<3>), f64, _> = dev.zeros_like(&(5, Const, Const));

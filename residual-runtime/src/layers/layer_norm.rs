@@ -1,8 +1,6 @@
 //! `LayerNorm<M>`: PyTorch's `nn.LayerNorm(M)` (eps 1e-5, affine) over the last dim, any tape.
 
-use dfdx::nn::{
-    BuildOnDevice, Module, ModuleVisitor, NonMutableModule, TensorCollection, TensorOptions,
-};
+use dfdx::nn::{BuildOnDevice, Module, ModuleVisitor, NonMutableModule, TensorCollection, TensorOptions};
 use dfdx::shapes::{Axis, Const, Dim, Dtype, HasShape, Rank1};
 use dfdx::tensor::{Storage, Tape, Tensor};
 use dfdx::tensor_ops::{BroadcastTo, Device, TryAdd, TryMul};
@@ -24,8 +22,8 @@ impl<const M: usize, E: Dtype, D: Storage<E>> LayerNorm<M, E, D> {
 
 impl<const M: usize, E: Dtype, D: Storage<E>> NonMutableModule for LayerNorm<M, E, D> {}
 
-impl<B: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>>
-    Module<Tensor<(B, Const<M>), E, D, T>> for LayerNorm<M, E, D>
+impl<B: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>> Module<Tensor<(B, Const<M>), E, D, T>>
+    for LayerNorm<M, E, D>
 {
     type Output = Tensor<(B, Const<M>), E, D, T>;
     type Error = D::Err;
@@ -38,8 +36,8 @@ impl<B: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>>
     }
 }
 
-impl<B: Dim, S: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>>
-    Module<Tensor<(B, S, Const<M>), E, D, T>> for LayerNorm<M, E, D>
+impl<B: Dim, S: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>> Module<Tensor<(B, S, Const<M>), E, D, T>>
+    for LayerNorm<M, E, D>
 {
     type Output = Tensor<(B, S, Const<M>), E, D, T>;
     type Error = D::Err;
@@ -55,23 +53,11 @@ impl<B: Dim, S: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>>
 impl<const M: usize, E: Element, D: Device<E>> TensorCollection<E, D> for LayerNorm<M, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = LayerNorm<M, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             (
-                Self::tensor(
-                    "weight",
-                    |s| &s.weight,
-                    |s| &mut s.weight,
-                    TensorOptions::reset_to_ones(),
-                ),
-                Self::tensor(
-                    "bias",
-                    |s| &s.bias,
-                    |s| &mut s.bias,
-                    TensorOptions::reset_to_zeros(),
-                ),
+                Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, TensorOptions::reset_to_ones()),
+                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, TensorOptions::reset_to_zeros()),
             ),
             |(weight, bias)| LayerNorm { weight, bias },
         )
@@ -93,9 +79,7 @@ mod tests {
         let mut ln = LayerNorm::<4, f64, Cpu>::build_on_device(&dev);
         ln.weight = dev.tensor([0.5, 1.0, -2.0, 3.0]);
         ln.bias = dev.tensor([0.0, 1.0, 0.5, -1.0]);
-        let xs: Vec<f64> = (0..2 * 3 * 4)
-            .map(|i| ((i * 37) % 17) as f64 / 4.0 - 2.0)
-            .collect();
+        let xs: Vec<f64> = (0..2 * 3 * 4).map(|i| ((i * 37) % 17) as f64 / 4.0 - 2.0).collect();
         let reference = |xs: &[f64], w: &[f64; 4]| -> Vec<f64> {
             let mut out = Vec::new();
             for row in xs.chunks(4) {
@@ -120,20 +104,15 @@ mod tests {
 
         // d/dweight[j] of sum(y * k) by central differences on the reference.
         let k: Vec<f64> = (0..24).map(|i| (i % 5) as f64 - 2.0).collect();
-        let g = (ln.forward(x3.leaky_trace())
-            * dev.tensor_from_vec(k.clone(), (Const::<2>, Const::<3>, Const::<4>)))
-        .sum()
-        .backward();
+        let g = (ln.forward(x3.leaky_trace()) * dev.tensor_from_vec(k.clone(), (Const::<2>, Const::<3>, Const::<4>)))
+            .sum()
+            .backward();
         let gw = g.get(&ln.weight).as_vec();
         for j in 0..4 {
             let f = |d: f64| {
                 let mut wp = w;
                 wp[j] += d;
-                reference(&xs, &wp)
-                    .iter()
-                    .zip(&k)
-                    .map(|(a, b)| a * b)
-                    .sum::<f64>()
+                reference(&xs, &wp).iter().zip(&k).map(|(a, b)| a * b).sum::<f64>()
             };
             let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
             assert!((gw[j] - fd).abs() < 1e-6, "{} vs {fd}", gw[j]);

@@ -13,20 +13,14 @@ use crate::{Element, Error};
 /// `(OUT - IN) / 2` in front and the rest behind. `OH`/`OW` are the sizes the macro computed
 /// (`ceil(H / STRIDE)`); monomorphization re-checks them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SubsamplePad<
-    const IN: usize,
-    const OUT: usize,
-    const STRIDE: usize,
-    const OH: usize,
-    const OW: usize,
->;
+pub struct SubsamplePad<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize>;
 
-impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize>
-    ZeroSizedModule for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize> ZeroSizedModule
+    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 {
 }
-impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize>
-    NonMutableModule for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, const OW: usize> NonMutableModule
+    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 {
 }
 
@@ -50,18 +44,9 @@ impl<const IN: usize, const OUT: usize, const STRIDE: usize, const OH: usize, co
     fn op<const H: usize, const W: usize>(batch: usize) -> SubsamplePadOp {
         const {
             assert!(IN <= OUT, "SubsamplePad: OUT must be >= IN");
-            assert!(
-                STRIDE >= 1 && H >= 1 && W >= 1,
-                "SubsamplePad: stride and sizes must be >= 1"
-            );
-            assert!(
-                OH == (H - 1) / STRIDE + 1,
-                "SubsamplePad: OH must be ceil(H / STRIDE)"
-            );
-            assert!(
-                OW == (W - 1) / STRIDE + 1,
-                "SubsamplePad: OW must be ceil(W / STRIDE)"
-            );
+            assert!(STRIDE >= 1 && H >= 1 && W >= 1, "SubsamplePad: stride and sizes must be >= 1");
+            assert!(OH == (H - 1) / STRIDE + 1, "SubsamplePad: OH must be ceil(H / STRIDE)");
+            assert!(OW == (W - 1) / STRIDE + 1, "SubsamplePad: OW must be ceil(W / STRIDE)");
         }
         SubsamplePadOp {
             batch,
@@ -89,8 +74,7 @@ impl<
         E,
         D,
         T,
-    > Module<Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>>
-    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+    > Module<Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>> for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 where
     B: Dim,
     E: Element,
@@ -100,10 +84,7 @@ where
     type Output = Tensor<(B, Const<OUT>, Const<OH>, Const<OW>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(
-        &self,
-        x: Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward(&self, x: Tensor<(B, Const<IN>, Const<H>, Const<W>), E, D, T>) -> Result<Self::Output, D::Err> {
         let b = x.shape().0;
         let op = Self::op::<H, W>(b.size());
         shortcut::subsample_pad_unchecked(x, op, (b, Const, Const, Const))
@@ -121,8 +102,7 @@ impl<
         E,
         D,
         T,
-    > Module<Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>>
-    for SubsamplePad<IN, OUT, STRIDE, OH, OW>
+    > Module<Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>> for SubsamplePad<IN, OUT, STRIDE, OH, OW>
 where
     E: Element,
     D: Device<E> + SubsamplePadKernel<E>,
@@ -131,10 +111,7 @@ where
     type Output = Tensor<(Const<OUT>, Const<OH>, Const<OW>), E, D, T>;
     type Error = D::Err;
 
-    fn try_forward(
-        &self,
-        x: Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>,
-    ) -> Result<Self::Output, D::Err> {
+    fn try_forward(&self, x: Tensor<(Const<IN>, Const<H>, Const<W>), E, D, T>) -> Result<Self::Output, D::Err> {
         let op = Self::op::<H, W>(1);
         shortcut::subsample_pad_unchecked(x, op, (Const, Const, Const))
     }

@@ -18,12 +18,7 @@ fn window(out_index: usize, op: &Pool2dOp, len: usize) -> (usize, usize) {
 /// The flat index of the window's maximum: the first one in row-major order, except that a NaN
 /// wins (and a later NaN wins over an earlier one), as PyTorch's CPU kernel does.
 #[inline]
-fn argmax<E: Float>(
-    plane: &[E],
-    w: usize,
-    (y0, y1): (usize, usize),
-    (x0, x1): (usize, usize),
-) -> usize {
+fn argmax<E: Float>(plane: &[E], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
     let mut best = y0 * w + x0;
     let mut max = E::neg_infinity();
     for y in y0..y1 {
@@ -96,9 +91,7 @@ fn forward<E: Float + Send + Sync>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out
     if in_plane == 0 || out_plane == 0 {
         return;
     }
-    out.par_chunks_mut(out_plane)
-        .zip(inp.par_chunks(in_plane))
-        .for_each(|(o, i)| forward_plane(kind, op, i, o));
+    out.par_chunks_mut(out_plane).zip(inp.par_chunks(in_plane)).for_each(|(o, i)| forward_plane(kind, op, i, o));
 }
 
 fn backward<E: Float + Send + Sync + std::ops::AddAssign>(

@@ -9,19 +9,9 @@ use crate::layers::{AvgPool2d, MaxPool2d};
 /// PyTorch's pooling written out plainly, in f64, independent of `cpu.rs`: returns the output
 /// and the gradient of `sum(out * w)` with respect to the input. Padding is handled by testing
 /// each window position against the borders, not by clipping ranges.
-fn naive(
-    kind: PoolKind,
-    cfg: Pool2dConfig,
-    nchw: [usize; 4],
-    x: &[f64],
-    w: &[f64],
-) -> (Vec<f64>, Vec<f64>) {
+fn naive(kind: PoolKind, cfg: Pool2dConfig, nchw: [usize; 4], x: &[f64], w: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let [b, c, h, wd] = nchw;
-    let (k, s, p) = (
-        cfg.kernel as isize,
-        cfg.stride as isize,
-        cfg.padding as isize,
-    );
+    let (k, s, p) = (cfg.kernel as isize, cfg.stride as isize, cfg.padding as isize);
     let oh = (h as isize + 2 * p - k) / s + 1;
     let ow = (wd as isize + 2 * p - k) / s + 1;
     let mut out = Vec::new();
@@ -31,8 +21,7 @@ fn naive(
         let at = |y: isize, xx: isize| plane * h * wd + y as usize * wd + xx as usize;
         for oy in 0..oh {
             for ox in 0..ow {
-                let inside =
-                    |y: isize, xx: isize| y >= 0 && xx >= 0 && y < h as isize && xx < wd as isize;
+                let inside = |y: isize, xx: isize| y >= 0 && xx >= 0 && y < h as isize && xx < wd as isize;
                 let mut best: Option<(f64, usize)> = None;
                 let mut sum = 0.0;
                 for dy in 0..k {
@@ -75,9 +64,7 @@ fn naive(
 
 /// Values with many ties (multiples of 0.25), so the first-maximum rule matters.
 fn values(n: usize, seed: usize) -> Vec<f64> {
-    (0..n)
-        .map(|i| (((i + seed) * 7919 + seed * 31) % 17) as f64 * 0.25 - 2.0)
-        .collect()
+    (0..n).map(|i| (((i + seed) * 7919 + seed * 31) % 17) as f64 * 0.25 - 2.0).collect()
 }
 
 fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
@@ -88,13 +75,7 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
 }
 
 /// Runs the checked tensor-level op with a tape and returns (output, d sum(out*w) / dx).
-fn run_op(
-    kind: PoolKind,
-    cfg: Pool2dConfig,
-    nchw: [usize; 4],
-    x: &[f64],
-    w: &[f64],
-) -> (Vec<f64>, Vec<f64>) {
+fn run_op(kind: PoolKind, cfg: Pool2dConfig, nchw: [usize; 4], x: &[f64], w: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let dev: Cpu = Default::default();
     let shape = (nchw[0], nchw[1], nchw[2], nchw[3]);
     let xt: Tensor<(usize, usize, usize, usize), f64, _> = dev.tensor_from_vec(x.to_vec(), shape);
@@ -112,23 +93,13 @@ fn run_op(
 #[test]
 fn matches_naive_loop_over_configs() {
     // kernel 2/3, stride 1/2, padding 0/1, square and not, batch 1 and 3.
-    let configs = [
-        (2, 2, 0),
-        (2, 1, 0),
-        (3, 2, 1),
-        (3, 1, 1),
-        (2, 2, 1),
-        (3, 1, 0),
-    ];
+    let configs = [(2, 2, 0), (2, 1, 0), (3, 2, 1), (3, 1, 1), (2, 2, 1), (3, 1, 0)];
     let shapes = [[1, 2, 5, 5], [3, 2, 6, 4], [1, 1, 4, 7]];
     for (ci, &(k, s, p)) in configs.iter().enumerate() {
         let cfg = Pool2dConfig::new(k).with_stride(s).with_padding(p);
         for (si, &nchw) in shapes.iter().enumerate() {
             let x = values(nchw.iter().product(), ci * 10 + si);
-            let (oh, ow) = (
-                cfg.output_size(nchw[2]).unwrap(),
-                cfg.output_size(nchw[3]).unwrap(),
-            );
+            let (oh, ow) = (cfg.output_size(nchw[2]).unwrap(), cfg.output_size(nchw[3]).unwrap());
             let w = values(nchw[0] * nchw[1] * oh * ow, 3 + si);
             for kind in [PoolKind::Max, PoolKind::Avg] {
                 let (want_y, want_g) = naive(kind, cfg, nchw, &x, &w);
@@ -196,10 +167,9 @@ fn matches_numpy_fixtures_in_f64_and_f32() {
     for case in &cases {
         assert_eq!(case.cfg.output_size(case.nchw[2]), Some(case.out_hw[0]));
         assert_eq!(case.cfg.output_size(case.nchw[3]), Some(case.out_hw[1]));
-        for (kind, want_y, want_g) in [
-            (PoolKind::Max, &case.max, &case.max_grad),
-            (PoolKind::Avg, &case.avg, &case.avg_grad),
-        ] {
+        for (kind, want_y, want_g) in
+            [(PoolKind::Max, &case.max, &case.max_grad), (PoolKind::Avg, &case.avg, &case.avg_grad)]
+        {
             let what = format!("{kind:?} {:?} {:?}", case.cfg, case.nchw);
             let (y, g) = run_op(kind, case.cfg, case.nchw, &case.input, &case.w);
             assert_close(&y, want_y, 1e-12, &what);
@@ -231,13 +201,7 @@ fn layers_match_the_op_batched_and_unbatched() {
     let dev: Cpu = Default::default();
     let cfg = Pool2dConfig::new(3).with_stride(2).with_padding(1);
     let x = values(2 * 3 * 7 * 6, 4);
-    let (want, _) = naive(
-        PoolKind::Max,
-        cfg,
-        [2, 3, 7, 6],
-        &x,
-        &vec![0.0; 2 * 3 * 4 * 3],
-    );
+    let (want, _) = naive(PoolKind::Max, cfg, [2, 3, 7, 6], &x, &vec![0.0; 2 * 3 * 4 * 3]);
     let xt: Tensor<Rank4<2, 3, 7, 6>, f64, _> = dev.tensor(x.clone());
     let y: Tensor<Rank4<2, 3, 4, 3>, f64, _> = MaxPool2d::<3, 2, 1, 4, 3>.forward(xt.clone());
     assert_close(&y.as_vec(), &want, 0.0, "MaxPool2d batched");
@@ -248,13 +212,7 @@ fn layers_match_the_op_batched_and_unbatched() {
     assert_close(&y0.as_vec(), &want[..3 * 4 * 3], 0.0, "MaxPool2d unbatched");
 
     // A usize batch dim, avg pool, with the tape.
-    let (want, want_g) = naive(
-        PoolKind::Avg,
-        Pool2dConfig::new(2),
-        [2, 3, 7, 6],
-        &x,
-        &vec![1.0; 2 * 3 * 3 * 3],
-    );
+    let (want, want_g) = naive(PoolKind::Avg, Pool2dConfig::new(2), [2, 3, 7, 6], &x, &vec![1.0; 2 * 3 * 3 * 3]);
     let xb: Tensor<(usize, Const<3>, Const<7>, Const<6>), f64, _> =
         dev.tensor_from_vec(x.clone(), (2, Const, Const, Const));
     let y = AvgPool2d::<2, 2, 0, 3, 3>.forward(xb.leaky_trace());
@@ -292,35 +250,18 @@ fn gradient_accumulates_when_the_input_is_used_twice() {
 fn bad_inputs_are_errors_that_name_the_shapes() {
     let dev: Cpu = Default::default();
     let x: Tensor<(usize, usize, usize, usize), f32, _> = dev.zeros_like(&(2, 3, 1, 5));
-    let err = try_max_pool2d(x.clone(), Pool2dConfig::new(3))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("max_pool2d(kernel=3, stride=3, padding=0)"),
-        "{err}"
-    );
+    let err = try_max_pool2d(x.clone(), Pool2dConfig::new(3)).unwrap_err().to_string();
+    assert!(err.contains("max_pool2d(kernel=3, stride=3, padding=0)"), "{err}");
     assert!(err.contains("[2, 3, 1, 5]"), "{err}");
     assert!(err.contains("[B, C, H, W]"), "{err}");
 
-    let err = try_avg_pool2d(x.clone(), Pool2dConfig::new(2).with_padding(2))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("padding <= kernel / 2 = 1") && err.contains("padding = 2"),
-        "{err}"
-    );
+    let err = try_avg_pool2d(x.clone(), Pool2dConfig::new(2).with_padding(2)).unwrap_err().to_string();
+    assert!(err.contains("padding <= kernel / 2 = 1") && err.contains("padding = 2"), "{err}");
 
-    let err = try_avg_pool2d(x, Pool2dConfig::new(2).with_stride(0))
-        .unwrap_err()
-        .to_string();
+    let err = try_avg_pool2d(x, Pool2dConfig::new(2).with_stride(0)).unwrap_err().to_string();
     assert!(err.contains("stride >= 1"), "{err}");
 
     let unbatched: Tensor<(usize, usize, usize), f32, _> = dev.zeros_like(&(3, 0, 4));
-    let err = try_max_pool2d(unbatched, Pool2dConfig::new(1))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("[C, H, W]") && err.contains("[3, 0, 4]"),
-        "{err}"
-    );
+    let err = try_max_pool2d(unbatched, Pool2dConfig::new(1)).unwrap_err().to_string();
+    assert!(err.contains("[C, H, W]") && err.contains("[3, 0, 4]"), "{err}");
 }

@@ -18,48 +18,39 @@ fn forward<E: Float + Send + Sync>(op: &SubsamplePadOp, inp: &[E], out: &mut [E]
     if out_plane == 0 {
         return;
     }
-    out.par_chunks_mut(out_plane)
-        .enumerate()
-        .for_each(|(plane, o)| {
-            let (b, oc) = (plane / op.out_channels, plane % op.out_channels);
-            let Some(c) = source_channel(op, oc) else {
-                // The buffer may come from dfdx's allocation cache: write the zeros explicitly.
-                o.fill(E::zero());
-                return;
-            };
-            let src = &inp[(b * op.in_channels + c) * in_plane..][..in_plane];
-            for (y, row) in o.chunks_exact_mut(op.out_w).enumerate() {
-                let src_row = &src[y * op.stride * op.in_w..];
-                for (x, v) in row.iter_mut().enumerate() {
-                    *v = src_row[x * op.stride];
-                }
+    out.par_chunks_mut(out_plane).enumerate().for_each(|(plane, o)| {
+        let (b, oc) = (plane / op.out_channels, plane % op.out_channels);
+        let Some(c) = source_channel(op, oc) else {
+            // The buffer may come from dfdx's allocation cache: write the zeros explicitly.
+            o.fill(E::zero());
+            return;
+        };
+        let src = &inp[(b * op.in_channels + c) * in_plane..][..in_plane];
+        for (y, row) in o.chunks_exact_mut(op.out_w).enumerate() {
+            let src_row = &src[y * op.stride * op.in_w..];
+            for (x, v) in row.iter_mut().enumerate() {
+                *v = src_row[x * op.stride];
             }
-        });
+        }
+    });
 }
 
-fn backward<E: Float + Send + Sync + std::ops::AddAssign>(
-    op: &SubsamplePadOp,
-    grad_inp: &mut [E],
-    grad_out: &[E],
-) {
+fn backward<E: Float + Send + Sync + std::ops::AddAssign>(op: &SubsamplePadOp, grad_inp: &mut [E], grad_out: &[E]) {
     let in_plane = op.in_h * op.in_w;
     let out_plane = op.out_h * op.out_w;
     if in_plane == 0 {
         return;
     }
-    grad_inp
-        .par_chunks_mut(in_plane)
-        .enumerate()
-        .for_each(|(plane, gi)| {
-            let (b, c) = (plane / op.in_channels, plane % op.in_channels);
-            let go = &grad_out[(b * op.out_channels + op.pad_front + c) * out_plane..][..out_plane];
-            for (y, row) in go.chunks_exact(op.out_w).enumerate() {
-                let gi_row = &mut gi[y * op.stride * op.in_w..];
-                for (x, &g) in row.iter().enumerate() {
-                    gi_row[x * op.stride] += g;
-                }
+    grad_inp.par_chunks_mut(in_plane).enumerate().for_each(|(plane, gi)| {
+        let (b, c) = (plane / op.in_channels, plane % op.in_channels);
+        let go = &grad_out[(b * op.out_channels + op.pad_front + c) * out_plane..][..out_plane];
+        for (y, row) in go.chunks_exact(op.out_w).enumerate() {
+            let gi_row = &mut gi[y * op.stride * op.in_w..];
+            for (x, &g) in row.iter().enumerate() {
+                gi_row[x * op.stride] += g;
             }
-        });
+        }
+    });
 }
 
 macro_rules! impl_subsample_pad_cpu {

@@ -10,23 +10,14 @@ use crate::cuda::{launch_cfg, CudaElem, KernelSource};
 pub(crate) static SOURCE: KernelSource = KernelSource::new(
     "residual_subsample_pad",
     include_str!("subsample_pad.cu"),
-    &[
-        "subsample_pad_fwd_f32",
-        "subsample_pad_bwd_f32",
-        "subsample_pad_fwd_f64",
-        "subsample_pad_bwd_f64",
-    ],
+    &["subsample_pad_fwd_f32", "subsample_pad_bwd_f32", "subsample_pad_fwd_f64", "subsample_pad_bwd_f64"],
 );
 
 // SAFETY: `#[repr(C)]` of `usize`s, mirrored field for field by `struct SubsamplePadOp` in
 // subsample_pad.cu.
 unsafe impl DeviceRepr for SubsamplePadOp {}
 
-fn forward<E: CudaElem>(
-    op: &SubsamplePadOp,
-    input: &CudaSlice<E>,
-    output: &mut CudaSlice<E>,
-) -> Result<(), CudaError> {
+fn forward<E: CudaElem>(op: &SubsamplePadOp, input: &CudaSlice<E>, output: &mut CudaSlice<E>) -> Result<(), CudaError> {
     let n = op.batch * op.out_channels * op.out_h * op.out_w;
     if n == 0 {
         return Ok(());

@@ -10,7 +10,7 @@ mod cuda;
 #[cfg(test)]
 mod tests;
 
-use dfdx::shapes::{HasShape, Dtype, Shape};
+use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{PutTape, SplitTape, Storage, Tape, Tensor};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 

@@ -31,21 +31,14 @@ fn naive(nchw: [usize; 4], out_c: usize, s: usize, x: &[f64], w: &[f64]) -> (Vec
 }
 
 fn values(n: usize, seed: usize) -> Vec<f64> {
-    (0..n)
-        .map(|i| ((i * 31 + seed * 7) % 23) as f64 * 0.5 - 5.0)
-        .collect()
+    (0..n).map(|i| ((i * 31 + seed * 7) % 23) as f64 * 0.5 - 5.0).collect()
 }
 
 #[test]
 fn forward_and_backward_match_naive_loop() {
     let dev: Cpu = Default::default();
     // Even and odd channel differences, stride 1/2/3, non-square, batch 1 and 3.
-    for &(nchw, out_c, s) in &[
-        ([1, 2, 4, 4], 4, 2),
-        ([3, 3, 5, 6], 8, 2),
-        ([2, 2, 7, 5], 2, 3),
-        ([1, 4, 3, 3], 7, 1),
-    ] {
+    for &(nchw, out_c, s) in &[([1, 2, 4, 4], 4, 2), ([3, 3, 5, 6], 8, 2), ([2, 2, 7, 5], 2, 3), ([1, 4, 3, 3], 7, 1)] {
         let x = values(nchw.iter().product(), out_c);
         let xt = dev.tensor_from_vec(x.clone(), (nchw[0], nchw[1], nchw[2], nchw[3]));
         let y = try_subsample_pad(xt.leaky_trace(), out_c, s).unwrap();
@@ -54,11 +47,7 @@ fn forward_and_backward_match_naive_loop() {
         assert_eq!(y.as_vec(), want, "{nchw:?} -> {out_c} at stride {s}");
         let wt = dev.tensor_from_vec(w, *y.shape());
         let g = (y * wt).sum().backward();
-        assert_eq!(
-            g.get(&xt).as_vec(),
-            want_g,
-            "grad {nchw:?} -> {out_c} at stride {s}"
-        );
+        assert_eq!(g.get(&xt).as_vec(), want_g, "grad {nchw:?} -> {out_c} at stride {s}");
     }
 }
 
@@ -71,8 +60,7 @@ fn layer_matches_op_batched_unbatched_and_f32() {
     let y: Tensor<Rank4<2, 6, 3, 2>, f64, _> = SubsamplePad::<3, 6, 2, 3, 2>.forward(xt);
     assert_eq!(y.as_vec(), want);
 
-    let x0: Tensor<Rank3<3, 5, 4>, f32, _> =
-        dev.tensor(x[..60].iter().map(|&v| v as f32).collect::<Vec<_>>());
+    let x0: Tensor<Rank3<3, 5, 4>, f32, _> = dev.tensor(x[..60].iter().map(|&v| v as f32).collect::<Vec<_>>());
     let y0: Tensor<Rank3<6, 3, 2>, f32, _> = SubsamplePad::<3, 6, 2, 3, 2>.forward(x0);
     let want0: Vec<f32> = want[..36].iter().map(|&v| v as f32).collect();
     assert_eq!(y0.as_vec(), want0);
@@ -83,14 +71,8 @@ fn bad_inputs_are_errors_that_name_the_shapes() {
     let dev: Cpu = Default::default();
     let x: Tensor<(usize, usize, usize, usize), f32, _> = dev.zeros_like(&(2, 8, 4, 4));
     let err = try_subsample_pad(x.clone(), 4, 2).unwrap_err().to_string();
-    assert!(
-        err.contains("subsample_pad(out_channels=4, stride=2)"),
-        "{err}"
-    );
-    assert!(
-        err.contains("[2, 8, 4, 4]") && err.contains("C <= 4"),
-        "{err}"
-    );
+    assert!(err.contains("subsample_pad(out_channels=4, stride=2)"), "{err}");
+    assert!(err.contains("[2, 8, 4, 4]") && err.contains("C <= 4"), "{err}");
     let err = try_subsample_pad(x, 16, 0).unwrap_err().to_string();
     assert!(err.contains("stride >= 1"), "{err}");
 }
