@@ -8,7 +8,9 @@ mod cuda;
 pub mod error;
 pub mod init;
 pub mod layers;
+pub mod plan;
 pub mod pool;
+pub mod real;
 pub mod shortcut;
 pub mod storage;
 pub mod summary;
@@ -20,17 +22,21 @@ use dfdx::shapes::Dtype;
 use dfdx::tensor_ops::Device;
 
 /// The element types the runtime computes in: `f32` and `f64`.
-pub trait Element: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform {}
-impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform> Element for E {}
+pub trait Element: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform + real::Real {}
+impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform + real::Real> Element for E {}
 
 /// Everything a generated model needs from a device: dfdx's own kernels plus ours.
 pub trait Backend<E: Element>:
-    Device<E> + conv::Conv2dKernel<E> + pool::Pool2dKernel<E> + shortcut::SubsamplePadKernel<E>
+    Device<E> + conv::Conv2dKernel<E> + pool::Pool2dKernel<E> + shortcut::SubsamplePadKernel<E> + plan::PlanDevice<E>
 {
 }
 impl<E, D> Backend<E> for D
 where
     E: Element,
-    D: Device<E> + conv::Conv2dKernel<E> + pool::Pool2dKernel<E> + shortcut::SubsamplePadKernel<E>,
+    D: Device<E>
+        + conv::Conv2dKernel<E>
+        + pool::Pool2dKernel<E>
+        + shortcut::SubsamplePadKernel<E>
+        + plan::PlanDevice<E>,
 {
 }

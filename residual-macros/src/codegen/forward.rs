@@ -152,18 +152,66 @@ pub(crate) fn module_impls(m: &Model, prog: &Program) -> TokenStream {
     let p = private();
     let name = &m.name;
     let in_ty = tensor_ty(&m.input);
-    let out_ty = tensor_ty(&prog.vars.get(prog.output).cloned().unwrap_or_default());
+    let out_shape = prog.vars.get(prog.output).cloned().unwrap_or_default();
+    let out_ty = tensor_ty(&out_shape);
     let x0 = var(0);
     let eval = body(prog, Mode::Eval);
     let train = body(prog, Mode::Train);
     let generics =
         quote!(<B: #d::shapes::Dim, E: #p::runtime::Element, D: #p::runtime::Backend<E>, T: #d::tensor::Tape<E, D>>);
+
+    // With a plan: the CPU runs the whole model as one fused op (runtime/src/plan); other devices,
+    // and `with_plans_disabled`, take the layer-by-layer code below it.
+    let (plan_const, eval_plan, train_plan) = match super::plan::lower(prog) {
+        Some(l) => {
+            let plan = &l.plan;
+            let n = lit(l.params.len());
+            let push = super::plan::push_params(&l);
+            let store = super::plan::store_running(&l);
+            let dims = out_shape.iter().map(|n| {
+                let n = lit(*n);
+                quote!(#d::shapes::Const::<#n>)
+            });
+            let shape = quote!((#d::shapes::HasShape::shape(&#x0).0, #(#dims,)*));
+            let runs =
+                quote!(<D as #p::runtime::plan::PlanDevice<E>>::RUNS_PLANS && #p::runtime::plan::plans_enabled());
+            (
+                quote! {
+                    impl<E: #d::shapes::Dtype, D: #d::tensor_ops::Device<E>> #name<E, D> {
+                        #[doc(hidden)]
+                        pub const __RESIDUAL_PLAN: #p::runtime::plan::Plan<'static> = #plan;
+                    }
+                },
+                quote! {
+                    if #runs && !<T as #d::tensor::Tape<E, D>>::OWNS_TAPE {
+                        let mut params = #p::runtime::plan::Params::<E, D>::with_capacity(#n);
+                        #push
+                        let shape = #shape;
+                        return #p::runtime::plan::infer(&Self::__RESIDUAL_PLAN, &params, #x0, shape);
+                    }
+                },
+                quote! {
+                    if #runs {
+                        let mut params = #p::runtime::plan::Params::<E, D>::with_capacity(#n);
+                        #push
+                        let shape = #shape;
+                        let y = #p::runtime::plan::train(&Self::__RESIDUAL_PLAN, &mut params, #x0, shape)?;
+                        #store
+                        return ::core::result::Result::Ok(y);
+                    }
+                },
+            )
+        }
+        None => (quote!(), quote!(), quote!()),
+    };
     quote! {
+        #plan_const
         impl #generics #d::nn::Module<#in_ty> for #name<E, D> {
             type Output = #out_ty;
             type Error = D::Err;
             #[allow(clippy::let_and_return, unused_mut)]
             fn try_forward(&self, #x0: #in_ty) -> ::core::result::Result<Self::Output, D::Err> {
+                #eval_plan
                 #eval
             }
         }
@@ -172,6 +220,7 @@ pub(crate) fn module_impls(m: &Model, prog: &Program) -> TokenStream {
             type Error = D::Err;
             #[allow(clippy::let_and_return, unused_mut)]
             fn try_forward_mut(&mut self, #x0: #in_ty) -> ::core::result::Result<Self::Output, D::Err> {
+                #train_plan
                 #train
             }
         }

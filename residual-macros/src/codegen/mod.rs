@@ -6,6 +6,7 @@
 mod collection;
 mod forward;
 mod info;
+mod plan;
 
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::quote;

@@ -15,75 +15,18 @@
 //! bottom), so it is compiled and optimised in this crate. Scratch buffers are kept per thread
 //! and grown, never shrunk, so a training loop allocates them once.
 
-use std::cell::RefCell;
-
 use dfdx::tensor::{Cpu, CpuError};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{sgemm, Conv2dKernel, Conv2dOp};
+use crate::real::{grown, Real, Scratch};
 
 /// Aim for at least this many GEMM columns by batching images (measured on the ResNet-50 layers
 /// with examples/bench_conv.rs: below ~1000 columns the GEMM loses efficiency).
 const TARGET_COLS: usize = 1536;
 /// Upper bound on the im2col buffer, in elements, when batching images.
 const MAX_COL_ELEMS: usize = 1 << 24;
-
-/// The element types the CPU kernels are instantiated for.
-pub(crate) trait Real:
-    Copy
-    + Send
-    + Sync
-    + 'static
-    + Default
-    + PartialEq
-    + std::ops::Add<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::AddAssign
-{
-    const ZERO: Self;
-    const ONE: Self;
-    /// Runs `f` with this thread's scratch buffers (or fresh ones on re-entry).
-    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R;
-}
-
-/// Reusable buffers: the im2col matrix, a GEMM output or gathered gradient, and the column
-/// gradient of the backward pass.
-#[derive(Default)]
-pub(crate) struct Scratch<E> {
-    col: Vec<E>,
-    tmp: Vec<E>,
-    dcol: Vec<E>,
-}
-
-/// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers
-/// overwrite what they use, so stale contents never leak into results.
-fn grown<E: Real>(v: &mut Vec<E>, len: usize) -> &mut [E] {
-    if v.len() < len {
-        v.resize(len, E::ZERO);
-    }
-    &mut v[..len]
-}
-
-macro_rules! impl_real {
-    ($t:ty) => {
-        impl Real for $t {
-            const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
-            fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
-                thread_local! {
-                    static SCRATCH: RefCell<Scratch<$t>> = RefCell::new(Scratch::default());
-                }
-                SCRATCH.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut s) => f(&mut s),
-                    Err(_) => f(&mut Scratch::default()),
-                })
-            }
-        }
-    };
-}
-impl_real!(f32);
-impl_real!(f64);
 
 /// Derived sizes of one conv.
 #[derive(Clone, Copy)]
@@ -148,7 +91,7 @@ fn valid_range(out_len: usize, in_len: usize, stride: usize, offset: isize) -> (
 /// Every pointer must be valid for the elements its strides and sizes address, and `dst` must
 /// not overlap `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul<E: Real>(
+pub(crate) unsafe fn matmul<E: Real>(
     (m, n, k): (usize, usize, usize),
     dst: *mut E,
     dst_rs: usize,
@@ -278,7 +221,7 @@ fn col2im_add<E: Real>(op: &Conv2dOp, d: &Dims, dcol: &[E], b0: usize, n_img: us
     });
 }
 
-fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
+pub(crate) fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
     let d = Dims::new(op);
     if d.depthwise {
         return depthwise_forward(op, &d, x, w, out);
@@ -342,7 +285,7 @@ fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
     });
 }
 
-fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
+pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
     let d = Dims::new(op);
     if d.depthwise {
         depthwise_backward_input(op, &d, w, gx, gout);

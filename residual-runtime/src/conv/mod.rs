@@ -5,7 +5,7 @@
 //! `[B, O, OH, OW]` with `OH = (H + 2 * padding - dilation * (K - 1) - 1) / stride + 1`, the same
 //! arithmetic and weight layout as PyTorch's `nn.Conv2d(bias=False)`.
 
-mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod sgemm;

@@ -85,7 +85,7 @@ fn backward_plane<E: Float + std::ops::AddAssign>(
     }
 }
 
-fn forward<E: Float + Send + Sync>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out: &mut [E]) {
+pub(crate) fn forward<E: Float + Send + Sync>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out: &mut [E]) {
     let in_plane = op.in_h * op.in_w;
     let out_plane = op.out_h * op.out_w;
     if in_plane == 0 || out_plane == 0 {
@@ -94,7 +94,7 @@ fn forward<E: Float + Send + Sync>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out
     out.par_chunks_mut(out_plane).zip(inp.par_chunks(in_plane)).for_each(|(o, i)| forward_plane(kind, op, i, o));
 }
 
-fn backward<E: Float + Send + Sync + std::ops::AddAssign>(
+pub(crate) fn backward<E: Float + Send + Sync + std::ops::AddAssign>(
     kind: PoolKind,
     op: &Pool2dOp,
     inp: &[E],

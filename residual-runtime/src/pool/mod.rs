@@ -4,7 +4,7 @@
 //! [`try_max_pool2d`] / [`try_avg_pool2d`] take a tensor of any rank-3 `(C, H, W)` or rank-4
 //! `(B, C, H, W)` shape, check it at run time and record the backward pass on the input's tape.
 
-mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(test)]

@@ -12,7 +12,7 @@ fn source_channel(op: &SubsamplePadOp, oc: usize) -> Option<usize> {
     oc.checked_sub(op.pad_front).filter(|&c| c < op.in_channels)
 }
 
-fn forward<E: Float + Send + Sync>(op: &SubsamplePadOp, inp: &[E], out: &mut [E]) {
+pub(crate) fn forward<E: Float + Send + Sync>(op: &SubsamplePadOp, inp: &[E], out: &mut [E]) {
     let in_plane = op.in_h * op.in_w;
     let out_plane = op.out_h * op.out_w;
     if out_plane == 0 {
@@ -35,7 +35,11 @@ fn forward<E: Float + Send + Sync>(op: &SubsamplePadOp, inp: &[E], out: &mut [E]
     });
 }
 
-fn backward<E: Float + Send + Sync + std::ops::AddAssign>(op: &SubsamplePadOp, grad_inp: &mut [E], grad_out: &[E]) {
+pub(crate) fn backward<E: Float + Send + Sync + std::ops::AddAssign>(
+    op: &SubsamplePadOp,
+    grad_inp: &mut [E],
+    grad_out: &[E],
+) {
     let in_plane = op.in_h * op.in_w;
     let out_plane = op.out_h * op.out_w;
     if in_plane == 0 {

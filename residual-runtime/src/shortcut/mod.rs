@@ -4,7 +4,7 @@
 //! PyTorch: `F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, pad_front, pad_back))`, with
 //! `pad_front = (out - in) / 2` and the odd channel, if any, at the back.
 
-mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(test)]

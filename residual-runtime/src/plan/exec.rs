@@ -1,0 +1,1178 @@
+//! Checking a plan, fusing its steps into nodes, and running the nodes on host buffers.
+//!
+//! Fusion is greedy over single-reader chains: a conv absorbs the bias, batch norm, add and relu
+//! that follow it when each intermediate value has no other reader (it then runs where the last
+//! absorbed step stood, once every input it reads exists). A batch norm absorbs a following relu,
+//! and so does an add. This is the one place that decides what fuses with what.
+
+use rayon::prelude::*;
+
+use super::{ConvGeom, Plan, PlanError, PoolGeom, Step};
+use crate::conv::{conv_out_size, Conv2dOp};
+use crate::pool::{Pool2dConfig, Pool2dOp, PoolKind};
+use crate::real::{BufPool, Real};
+use crate::shortcut::SubsamplePadOp;
+
+/// `nn.BatchNorm2d`'s defaults.
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+/// Elements per task of the elementwise loops: large enough to amortise a rayon task.
+const CHUNK: usize = 1 << 14;
+
+#[derive(Clone, Copy, Debug)]
+struct Bn {
+    weight: usize,
+    bias: usize,
+    mean: usize,
+    var: usize,
+}
+
+/// A fused unit of work. Ops hold batch 1; [`with_batch`] sets the run's batch.
+#[derive(Clone, Copy, Debug)]
+enum Node {
+    Conv {
+        x: usize,
+        y: usize,
+        op: Conv2dOp,
+        weight: usize,
+        bias: Option<usize>,
+        bn: Option<Bn>,
+        res: Option<usize>,
+        relu: bool,
+    },
+    Norm {
+        x: usize,
+        y: usize,
+        bn: Bn,
+        relu: bool,
+    },
+    Relu {
+        x: usize,
+        y: usize,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        y: usize,
+        relu: bool,
+    },
+    Pool {
+        kind: PoolKind,
+        x: usize,
+        y: usize,
+        op: Pool2dOp,
+    },
+    Gap {
+        x: usize,
+        y: usize,
+    },
+    Linear {
+        x: usize,
+        y: usize,
+        weight: usize,
+        bias: Option<usize>,
+    },
+    SubPad {
+        x: usize,
+        y: usize,
+        op: SubsamplePadOp,
+    },
+}
+
+impl Node {
+    fn output(&self) -> usize {
+        match *self {
+            Node::Conv { y, .. }
+            | Node::Norm { y, .. }
+            | Node::Relu { y, .. }
+            | Node::Add { y, .. }
+            | Node::Pool { y, .. }
+            | Node::Gap { y, .. }
+            | Node::Linear { y, .. }
+            | Node::SubPad { y, .. } => y,
+        }
+    }
+
+    fn inputs(&self) -> [Option<usize>; 2] {
+        match *self {
+            Node::Conv { x, res, .. } => [Some(x), res],
+            Node::Add { a, b, .. } => [Some(a), Some(b)],
+            Node::Norm { x, .. }
+            | Node::Relu { x, .. }
+            | Node::Pool { x, .. }
+            | Node::Gap { x, .. }
+            | Node::Linear { x, .. }
+            | Node::SubPad { x, .. } => [Some(x), None],
+        }
+    }
+}
+
+/// What a plan compiled into: how many steps became how many nodes, and which fusions fired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fusion {
+    pub steps: usize,
+    pub nodes: usize,
+    /// Convs that absorbed a batch norm.
+    pub conv_bn: usize,
+    /// Convs that absorbed a residual add.
+    pub conv_add: usize,
+    /// Nodes that end in a relu.
+    pub relu: usize,
+}
+
+/// A checked, fused plan.
+#[derive(Clone, Debug)]
+pub(crate) struct Compiled {
+    values: Vec<[usize; 3]>,
+    trainable: Vec<bool>,
+    nodes: Vec<Node>,
+    /// The last node that reads each value (`usize::MAX`: never read).
+    last_read: Vec<usize>,
+    output: usize,
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, PlanError> {
+    Err(PlanError(msg.into()))
+}
+
+fn numel(d: [usize; 3]) -> Option<usize> {
+    d[0].checked_mul(d[1])?.checked_mul(d[2])
+}
+
+impl Compiled {
+    /// Checks `plan` (indices, order, every shape rule, parameter lengths against `params`) and
+    /// fuses it.
+    pub(crate) fn new<E>(plan: &Plan, params: &[Vec<E>]) -> Result<Self, PlanError> {
+        if params.len() != plan.params.len() {
+            return err(format!("{} parameter tensors for {} declared", params.len(), plan.params.len()));
+        }
+        for (i, (p, spec)) in params.iter().zip(plan.params).enumerate() {
+            if p.len() != spec.len {
+                return err(format!("parameter {i} has {} elements, the plan says {}", p.len(), spec.len));
+            }
+        }
+        Self::compile(plan)
+    }
+
+    /// Checks and fuses `plan` (parameter lengths are checked by [`Compiled::new`]).
+    pub(crate) fn compile(plan: &Plan) -> Result<Self, PlanError> {
+        let nv = plan.values.len();
+        if nv == 0 || plan.output >= nv {
+            return err("no values, or the output index is out of range");
+        }
+        for (v, d) in plan.values.iter().enumerate() {
+            if numel(*d).is_none_or(|n| n == 0 || n > 1 << 31) {
+                return err(format!("value {v} has shape {d:?} (empty, or over 2^31 elements)"));
+            }
+        }
+        let mut defined = vec![false; nv];
+        defined[0] = true;
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); nv];
+        for (i, step) in plan.steps.iter().enumerate() {
+            check_step(plan, step).map_err(|e| PlanError(format!("step {i} ({step:?}): {}", e.0)))?;
+            let (ins, out) = step_io(step);
+            for v in ins.into_iter().flatten() {
+                if !defined[v] {
+                    return err(format!("step {i} reads value {v} before any step writes it"));
+                }
+                readers[v].push(i);
+            }
+            if defined[out] {
+                return err(format!("step {i} writes value {out}, which is already written"));
+            }
+            defined[out] = true;
+        }
+        if !defined[plan.output] {
+            return err(format!("no step writes the output value {}", plan.output));
+        }
+
+        // Fusion over single-reader chains.
+        let single = |v: usize| -> Option<usize> { (v != plan.output && readers[v].len() == 1).then(|| readers[v][0]) };
+        let mut absorbed = vec![false; plan.steps.len()];
+        let mut placed: Vec<(usize, Node)> = Vec::new();
+        for (i, step) in plan.steps.iter().enumerate() {
+            if absorbed[i] {
+                continue;
+            }
+            let node = match *step {
+                Step::Conv { input, output, weight, geom } => {
+                    let op = conv_op(geom, plan.values[input]).ok_or_else(|| PlanError("conv".into()))?;
+                    let (mut cur, mut pos) = (output, i);
+                    let (mut bias, mut bn, mut res, mut relu) = (None, None, None, false);
+                    if let Some(j) = single(cur).filter(|&j| !absorbed[j]) {
+                        if let Step::Bias { output, bias: b, .. } = plan.steps[j] {
+                            (bias, cur, pos) = (Some(b), output, j);
+                            absorbed[j] = true;
+                        }
+                    }
+                    if let Some(j) = single(cur).filter(|&j| !absorbed[j]) {
+                        if let Step::BatchNorm { output, weight, bias, running_mean, running_var, .. } = plan.steps[j] {
+                            bn = Some(Bn { weight, bias, mean: running_mean, var: running_var });
+                            (cur, pos) = (output, j);
+                            absorbed[j] = true;
+                        }
+                    }
+                    if let Some(j) = single(cur).filter(|&j| !absorbed[j]) {
+                        if let Step::Add { a, b, output } = plan.steps[j] {
+                            if a != b {
+                                res = Some(if a == cur { b } else { a });
+                                (cur, pos) = (output, j);
+                                absorbed[j] = true;
+                            }
+                        }
+                    }
+                    if let Some(j) = single(cur).filter(|&j| !absorbed[j]) {
+                        if let Step::Relu { output, .. } = plan.steps[j] {
+                            relu = true;
+                            (cur, pos) = (output, j);
+                            absorbed[j] = true;
+                        }
+                    }
+                    placed.push((pos, Node::Conv { x: input, y: cur, op, weight, bias, bn, res, relu }));
+                    continue;
+                }
+                Step::BatchNorm { input, output, weight, bias, running_mean, running_var } => {
+                    let bn = Bn { weight, bias, mean: running_mean, var: running_var };
+                    match single(output).filter(|&j| !absorbed[j]).map(|j| (j, plan.steps[j])) {
+                        Some((j, Step::Relu { output: y, .. })) => {
+                            absorbed[j] = true;
+                            placed.push((j, Node::Norm { x: input, y, bn, relu: true }));
+                            continue;
+                        }
+                        _ => Node::Norm { x: input, y: output, bn, relu: false },
+                    }
+                }
+                Step::Add { a, b, output } => {
+                    match single(output).filter(|&j| !absorbed[j]).map(|j| (j, plan.steps[j])) {
+                        Some((j, Step::Relu { output: y, .. })) => {
+                            absorbed[j] = true;
+                            placed.push((j, Node::Add { a, b, y, relu: true }));
+                            continue;
+                        }
+                        _ => Node::Add { a, b, y: output, relu: false },
+                    }
+                }
+                Step::Bias { input, output, bias } => {
+                    // A bias not after a conv: a 1x1 "conv" would be wasteful; treat it as a norm-free
+                    // affine via a dedicated conv-less node is not needed by any model: reject.
+                    let _ = (input, output, bias);
+                    return err(format!("step {i}: a bias must follow a conv"));
+                }
+                Step::Relu { input, output } => Node::Relu { x: input, y: output },
+                Step::MaxPool { input, output, geom } | Step::AvgPool { input, output, geom } => {
+                    let kind = if matches!(step, Step::MaxPool { .. }) { PoolKind::Max } else { PoolKind::Avg };
+                    Node::Pool {
+                        kind,
+                        x: input,
+                        y: output,
+                        op: pool_op(geom, plan.values[input]).ok_or_else(|| PlanError("pool".into()))?,
+                    }
+                }
+                Step::GlobalAvgPool { input, output } => Node::Gap { x: input, y: output },
+                Step::Linear { input, output, weight, bias } => Node::Linear { x: input, y: output, weight, bias },
+                Step::SubsamplePad { input, output, stride } => {
+                    let [c, h, w] = plan.values[input];
+                    let op = SubsamplePadOp::new([1, c, h, w], plan.values[output][0], stride)
+                        .ok_or_else(|| PlanError("option A".into()))?;
+                    Node::SubPad { x: input, y: output, op }
+                }
+            };
+            placed.push((i, node));
+        }
+        placed.sort_by_key(|(pos, _)| *pos);
+        let nodes: Vec<Node> = placed.into_iter().map(|(_, n)| n).collect();
+        let mut last_read = vec![usize::MAX; nv];
+        for (n, node) in nodes.iter().enumerate() {
+            for v in node.inputs().into_iter().flatten() {
+                last_read[v] = n;
+            }
+        }
+        Ok(Compiled {
+            values: plan.values.to_vec(),
+            trainable: plan.params.iter().map(|p| p.trainable).collect(),
+            nodes,
+            last_read,
+            output: plan.output,
+        })
+    }
+
+    pub(crate) fn fusion(&self, steps: usize) -> super::Fusion {
+        let mut f = super::Fusion { steps, nodes: self.nodes.len(), ..Default::default() };
+        for n in &self.nodes {
+            match *n {
+                Node::Conv { bn, res, relu, .. } => {
+                    f.conv_bn += bn.is_some() as usize;
+                    f.conv_add += res.is_some() as usize;
+                    f.relu += relu as usize;
+                }
+                Node::Norm { relu, .. } | Node::Add { relu, .. } => f.relu += relu as usize,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    fn len(&self, v: usize, batch: usize) -> Result<usize, PlanError> {
+        numel(self.values[v])
+            .and_then(|n| n.checked_mul(batch))
+            .ok_or_else(|| PlanError(format!("value {v} times batch {batch} overflows")))
+    }
+
+    /// Inference: returns the output buffer.
+    pub(crate) fn infer<E: Real>(
+        &self,
+        pool: &mut BufPool<E>,
+        batch: usize,
+        input: Vec<E>,
+        params: &[Vec<E>],
+    ) -> Result<Vec<E>, PlanError> {
+        if input.len() != self.len(0, batch)? {
+            return err("input length does not match the plan");
+        }
+        let mut vals: Vec<Option<Vec<E>>> = (0..self.values.len()).map(|_| None).collect();
+        vals[0] = Some(input);
+        let result = (|| {
+            for (n, node) in self.nodes.iter().enumerate() {
+                let y = node.output();
+                let mut out = pool.take(self.len(y, batch)?);
+                self.forward_eval(pool, node, batch, &vals, &mut out, params)?;
+                vals[y] = Some(out);
+                for v in node.inputs().into_iter().flatten() {
+                    if self.last_read[v] == n && v != self.output {
+                        if let Some(b) = vals[v].take() {
+                            pool.give(b);
+                        }
+                    }
+                }
+            }
+            vals[self.output].take().ok_or_else(|| PlanError("the output was never written".into()))
+        })();
+        vals.into_iter().flatten().for_each(|b| pool.give(b));
+        result
+    }
+
+    /// Training forward: batch statistics, running statistics updated in `params`. With `save`,
+    /// returns what backward needs.
+    pub(crate) fn train<E: Real>(
+        &self,
+        pool: &mut BufPool<E>,
+        batch: usize,
+        input: Vec<E>,
+        params: &mut [Vec<E>],
+        save: bool,
+    ) -> Result<(Vec<E>, Option<Saved<E>>), PlanError> {
+        if input.len() != self.len(0, batch)? {
+            return err("input length does not match the plan");
+        }
+        let mut vals: Vec<Option<Vec<E>>> = (0..self.values.len()).map(|_| None).collect();
+        let mut aux: Vec<Option<Aux<E>>> = (0..self.nodes.len()).map(|_| None).collect();
+        vals[0] = Some(input);
+        let result = (|| {
+            for (n, node) in self.nodes.iter().enumerate() {
+                let y = node.output();
+                let mut out = pool.take(self.len(y, batch)?);
+                aux[n] = self.forward_train(pool, node, batch, &vals, &mut out, params)?;
+                vals[y] = Some(out);
+                if !save {
+                    if let Some(a) = aux[n].take() {
+                        a.give(pool);
+                    }
+                    for v in node.inputs().into_iter().flatten() {
+                        if self.last_read[v] == n && v != self.output {
+                            if let Some(b) = vals[v].take() {
+                                pool.give(b);
+                            }
+                        }
+                    }
+                }
+            }
+            let out = vals[self.output].as_ref().ok_or_else(|| PlanError("the output was never written".into()))?;
+            let mut copy = pool.take(out.len());
+            copy.copy_from_slice(out);
+            Ok(copy)
+        })();
+        match result {
+            Ok(out) if save => Ok((out, Some(Saved { compiled: self.clone(), batch, vals, aux }))),
+            other => {
+                vals.into_iter().flatten().for_each(|b| pool.give(b));
+                aux.into_iter().flatten().for_each(|a| a.give(pool));
+                other.map(|o| (o, None))
+            }
+        }
+    }
+
+    fn forward_eval<E: Real>(
+        &self,
+        pool: &mut BufPool<E>,
+        node: &Node,
+        batch: usize,
+        vals: &[Option<Vec<E>>],
+        out: &mut [E],
+        params: &[Vec<E>],
+    ) -> Result<(), PlanError> {
+        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} is not live")));
+        match *node {
+            Node::Conv { x, op, weight, bias, bn, res, relu, .. } => {
+                let op = Conv2dOp { batch, ..op };
+                let res = res.map(val).transpose()?;
+                match bn {
+                    Some(bn) => {
+                        // Fold: w' = w * scale[o], shift[o] = beta + (bias - mean) * scale.
+                        let (scale, shift) = fold(bn, bias, params);
+                        let w = &params[weight];
+                        let per = w.len() / op.out_channels;
+                        let mut wf = pool.take(w.len());
+                        wf.par_chunks_mut(per).zip(w.par_chunks(per)).zip(&scale).for_each(|((d, s), &k)| {
+                            d.iter_mut().zip(s).for_each(|(d, &s)| *d = s * k);
+                        });
+                        let r = conv_fwd(&op, val(x)?, &wf, out);
+                        pool.give(wf);
+                        r?;
+                        epilogue(out, op.out_h * op.out_w, op.out_channels, Some(&shift), res, relu);
+                    }
+                    None => {
+                        conv_fwd(&op, val(x)?, &params[weight], out)?;
+                        epilogue(out, op.out_h * op.out_w, op.out_channels, bias.map(|b| &params[b][..]), res, relu);
+                    }
+                }
+            }
+            Node::Norm { x, bn, relu, .. } => {
+                let (scale, shift) = fold(bn, None, params);
+                let [c, h, w] = self.values[x];
+                affine(val(x)?, out, h * w, c, &scale, &shift, relu);
+            }
+            _ => self.forward_common(node, batch, vals, out, params)?,
+        }
+        Ok(())
+    }
+
+    fn forward_train<E: Real>(
+        &self,
+        pool: &mut BufPool<E>,
+        node: &Node,
+        batch: usize,
+        vals: &[Option<Vec<E>>],
+        out: &mut [E],
+        params: &mut [Vec<E>],
+    ) -> Result<Option<Aux<E>>, PlanError> {
+        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} is not live")));
+        match *node {
+            Node::Conv { x, op, weight, bias, bn, res, relu, .. } => {
+                let op = Conv2dOp { batch, ..op };
+                let res = res.map(val).transpose()?;
+                let plane = op.out_h * op.out_w;
+                match bn {
+                    Some(bn) => {
+                        let mut pre = pool.take(out.len());
+                        conv_fwd(&op, val(x)?, &params[weight], &mut pre)?;
+                        if let Some(b) = bias {
+                            epilogue(&mut pre, plane, op.out_channels, Some(&params[b]), None, false);
+                        }
+                        let (mean, invstd) = batch_stats(pool, &pre, plane, op.out_channels, bn, params);
+                        normalize(
+                            &pre,
+                            out,
+                            plane,
+                            op.out_channels,
+                            &mean,
+                            &invstd,
+                            &params[bn.weight],
+                            &params[bn.bias],
+                            res,
+                            relu,
+                        );
+                        Ok(Some(Aux { pre, mean, invstd }))
+                    }
+                    None => {
+                        conv_fwd(&op, val(x)?, &params[weight], out)?;
+                        epilogue(out, plane, op.out_channels, bias.map(|b| &params[b][..]), res, relu);
+                        Ok(None)
+                    }
+                }
+            }
+            Node::Norm { x, bn, relu, .. } => {
+                let [c, h, w] = self.values[x];
+                let xs = val(x)?;
+                let (mean, invstd) = batch_stats(pool, xs, h * w, c, bn, params);
+                normalize(xs, out, h * w, c, &mean, &invstd, &params[bn.weight], &params[bn.bias], None, relu);
+                Ok(Some(Aux { pre: Vec::new(), mean, invstd }))
+            }
+            _ => {
+                self.forward_common(node, batch, vals, out, params)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The nodes that run the same in inference and training.
+    fn forward_common<E: Real>(
+        &self,
+        node: &Node,
+        batch: usize,
+        vals: &[Option<Vec<E>>],
+        out: &mut [E],
+        params: &[Vec<E>],
+    ) -> Result<(), PlanError> {
+        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} is not live")));
+        match *node {
+            Node::Relu { x, .. } => {
+                out.par_chunks_mut(CHUNK).zip(val(x)?.par_chunks(CHUNK)).for_each(|(o, i)| {
+                    o.iter_mut().zip(i).for_each(|(o, &i)| *o = if i > E::ZERO { i } else { E::ZERO });
+                });
+            }
+            Node::Add { a, b, relu, .. } => {
+                let (a, b) = (val(a)?, val(b)?);
+                out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        let s = a + b;
+                        *o = if relu && !(s > E::ZERO) { E::ZERO } else { s };
+                    }
+                });
+            }
+            Node::Pool { kind, x, op, .. } => {
+                let op = Pool2dOp { batch, ..op };
+                let xs = val(x)?;
+                check_len(xs.len(), op.batch * op.channels * op.in_h * op.in_w)?;
+                check_len(out.len(), op.batch * op.channels * op.out_h * op.out_w)?;
+                crate::pool::cpu::forward(kind, &op, xs, out);
+            }
+            Node::Gap { x, .. } => {
+                let [_, h, w] = self.values[x];
+                let hw = h * w;
+                let xs = val(x)?;
+                check_len(xs.len(), out.len() * hw)?;
+                let inv = E::ONE / E::from_f64_lossy(hw as f64);
+                out.par_iter_mut().zip(xs.par_chunks(hw)).for_each(|(o, p)| {
+                    *o = p.iter().fold(E::ZERO, |a, &v| a + v) * inv;
+                });
+            }
+            Node::Linear { x, weight, bias, .. } => {
+                let w = &params[weight];
+                let xs = val(x)?;
+                let (i, o) = (xs.len() / batch, out.len() / batch);
+                check_len(w.len(), o * i)?;
+                // SAFETY: y is batch x o, x batch x i, w o x i (read transposed); lengths checked.
+                unsafe {
+                    crate::conv::cpu::matmul(
+                        (batch, o, i),
+                        out.as_mut_ptr(),
+                        o,
+                        false,
+                        xs.as_ptr(),
+                        (i, 1),
+                        w.as_ptr(),
+                        (1, i),
+                    );
+                }
+                if let Some(b) = bias {
+                    let b = &params[b];
+                    check_len(b.len(), o)?;
+                    out.chunks_mut(o).for_each(|row| row.iter_mut().zip(b).for_each(|(y, &b)| *y += b));
+                }
+            }
+            Node::SubPad { x, op, .. } => {
+                let op = SubsamplePadOp { batch, ..op };
+                let xs = val(x)?;
+                check_len(xs.len(), op.batch * op.in_channels * op.in_h * op.in_w)?;
+                check_len(out.len(), op.batch * op.out_channels * op.out_h * op.out_w)?;
+                crate::shortcut::cpu::forward(&op, xs, out);
+            }
+            Node::Conv { .. } | Node::Norm { .. } => return err("internal: conv/norm in forward_common"),
+        }
+        Ok(())
+    }
+}
+
+/// Per-node state kept for backward: the pre-norm conv output and the batch statistics.
+pub(crate) struct Aux<E> {
+    pre: Vec<E>,
+    mean: Vec<E>,
+    invstd: Vec<E>,
+}
+
+impl<E: Real> Aux<E> {
+    fn give(self, pool: &mut BufPool<E>) {
+        pool.give(self.pre);
+        pool.give(self.mean);
+        pool.give(self.invstd);
+    }
+}
+
+/// A training forward pass's values, kept for its backward pass.
+pub(crate) struct Saved<E> {
+    compiled: Compiled,
+    batch: usize,
+    vals: Vec<Option<Vec<E>>>,
+    aux: Vec<Option<Aux<E>>>,
+}
+
+impl<E: Real> Saved<E> {
+    /// Runs backward from the output's gradient; returns the input's gradient and one gradient
+    /// per parameter (empty for non-trainable ones). Consumes the saved buffers.
+    pub(crate) fn backward(
+        self,
+        pool: &mut BufPool<E>,
+        grad_out: Vec<E>,
+        params: &[Vec<E>],
+    ) -> Result<(Vec<E>, Vec<Vec<E>>), PlanError> {
+        let Saved { compiled: c, batch, vals, mut aux } = self;
+        let mut grads: Vec<Option<Vec<E>>> = (0..c.values.len()).map(|_| None).collect();
+        if grad_out.len() != c.len(c.output, batch)? {
+            return err("output gradient length does not match the plan");
+        }
+        grads[c.output] = Some(grad_out);
+        let mut pgrads: Vec<Vec<E>> =
+            c.trainable.iter().zip(params).map(|(&t, p)| if t { zeroed(pool, p.len()) } else { Vec::new() }).collect();
+        let result = (|| {
+            for (n, node) in c.nodes.iter().enumerate().rev() {
+                let Some(gy) = grads[node.output()].take() else { continue };
+                let r =
+                    c.backward_node(pool, node, batch, &vals, aux[n].as_ref(), &gy, &mut grads, &mut pgrads, params);
+                pool.give(gy);
+                r?;
+            }
+            Ok(())
+        })();
+        let gx = match grads[0].take() {
+            Some(g) => g,
+            None => zeroed(pool, c.len(0, batch)?),
+        };
+        grads.into_iter().flatten().for_each(|g| pool.give(g));
+        vals.into_iter().flatten().for_each(|v| pool.give(v));
+        aux.iter_mut().filter_map(Option::take).for_each(|a| a.give(pool));
+        result.map(|()| (gx, pgrads))
+    }
+}
+
+fn zeroed<E: Real>(pool: &mut BufPool<E>, len: usize) -> Vec<E> {
+    let mut v = pool.take(len);
+    v.fill(E::ZERO);
+    v
+}
+
+/// The gradient buffer of value `v`, zero-filled on first use.
+fn grad_of<'g, E: Real>(
+    pool: &mut BufPool<E>,
+    grads: &'g mut [Option<Vec<E>>],
+    v: usize,
+    len: usize,
+) -> &'g mut Vec<E> {
+    grads[v].get_or_insert_with(|| zeroed(pool, len))
+}
+
+impl Compiled {
+    #[allow(clippy::too_many_arguments)]
+    fn backward_node<E: Real>(
+        &self,
+        pool: &mut BufPool<E>,
+        node: &Node,
+        batch: usize,
+        vals: &[Option<Vec<E>>],
+        aux: Option<&Aux<E>>,
+        gy: &[E],
+        grads: &mut [Option<Vec<E>>],
+        pgrads: &mut [Vec<E>],
+        params: &[Vec<E>],
+    ) -> Result<(), PlanError> {
+        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} was not saved")));
+        let len = |v: usize| self.len(v, batch);
+        match *node {
+            Node::Conv { x, y, op, weight, bias, bn, res, relu } => {
+                let op = Conv2dOp { batch, ..op };
+                let plane = op.out_h * op.out_w;
+                // g: the gradient at the conv (+ bias) output, built in place.
+                let mut g = pool.take(gy.len());
+                masked(gy, if relu { Some(val(y)?) } else { None }, &mut g);
+                if let Some(r) = res {
+                    add_assign(grad_of(pool, grads, r, len(r)?), &g);
+                }
+                if let Some(bn) = bn {
+                    let a = aux.ok_or_else(|| PlanError("batch statistics were not saved".into()))?;
+                    norm_backward(&a.pre, &mut g, plane, op.out_channels, &a.mean, &a.invstd, bn, pgrads, params);
+                }
+                if let Some(b) = bias {
+                    channel_sums_into(&g, plane, op.out_channels, &mut pgrads[b]);
+                }
+                let gx = grad_of(pool, grads, x, len(x)?);
+                let r = conv_bwd(&op, val(x)?, &params[weight], gx, &mut pgrads[weight], &g);
+                pool.give(g);
+                r?;
+            }
+            Node::Norm { x, y, bn, relu } => {
+                let [c, h, w] = self.values[x];
+                let a = aux.ok_or_else(|| PlanError("batch statistics were not saved".into()))?;
+                let mut g = pool.take(gy.len());
+                masked(gy, if relu { Some(val(y)?) } else { None }, &mut g);
+                norm_backward(val(x)?, &mut g, h * w, c, &a.mean, &a.invstd, bn, pgrads, params);
+                add_assign(grad_of(pool, grads, x, len(x)?), &g);
+                pool.give(g);
+            }
+            Node::Relu { x, y } => {
+                let ys = val(y)?;
+                let gx = grad_of(pool, grads, x, len(x)?);
+                gx.par_chunks_mut(CHUNK).zip(gy.par_chunks(CHUNK)).zip(ys.par_chunks(CHUNK)).for_each(|((d, g), y)| {
+                    for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
+                        if y > E::ZERO {
+                            *d += g;
+                        }
+                    }
+                });
+            }
+            Node::Add { a, b, y, relu } => {
+                let mut g = pool.take(gy.len());
+                masked(gy, if relu { Some(val(y)?) } else { None }, &mut g);
+                add_assign(grad_of(pool, grads, a, len(a)?), &g);
+                add_assign(grad_of(pool, grads, b, len(b)?), &g);
+                pool.give(g);
+            }
+            Node::Pool { kind, x, op, .. } => {
+                let op = Pool2dOp { batch, ..op };
+                let xs = val(x)?;
+                let gx = grad_of(pool, grads, x, len(x)?);
+                check_len(gy.len(), op.batch * op.channels * op.out_h * op.out_w)?;
+                crate::pool::cpu::backward(kind, &op, xs, gx, gy);
+            }
+            Node::Gap { x, .. } => {
+                let [_, h, w] = self.values[x];
+                let hw = h * w;
+                let inv = E::ONE / E::from_f64_lossy(hw as f64);
+                let gx = grad_of(pool, grads, x, len(x)?);
+                gx.par_chunks_mut(hw).zip(gy.par_iter()).for_each(|(p, &g)| {
+                    let s = g * inv;
+                    p.iter_mut().for_each(|d| *d += s);
+                });
+            }
+            Node::Linear { x, weight, bias, .. } => {
+                let xs = val(x)?;
+                let (i, o) = (xs.len() / batch, gy.len() / batch);
+                check_len(params[weight].len(), o * i)?;
+                check_len(pgrads[weight].len(), o * i)?;
+                let w = &params[weight];
+                let gx = grad_of(pool, grads, x, len(x)?);
+                // SAFETY: gx batch x i, gy batch x o, w o x i, gw o x i; lengths checked; the
+                // destinations are distinct buffers.
+                unsafe {
+                    crate::conv::cpu::matmul(
+                        (batch, i, o),
+                        gx.as_mut_ptr(),
+                        i,
+                        true,
+                        gy.as_ptr(),
+                        (o, 1),
+                        w.as_ptr(),
+                        (i, 1),
+                    );
+                    let gw = &mut pgrads[weight];
+                    crate::conv::cpu::matmul(
+                        (o, i, batch),
+                        gw.as_mut_ptr(),
+                        i,
+                        true,
+                        gy.as_ptr(),
+                        (1, o),
+                        xs.as_ptr(),
+                        (i, 1),
+                    );
+                }
+                if let Some(b) = bias {
+                    let gb = &mut pgrads[b];
+                    check_len(gb.len(), o)?;
+                    gy.chunks(o).for_each(|row| gb.iter_mut().zip(row).for_each(|(d, &g)| *d += g));
+                }
+            }
+            Node::SubPad { x, op, .. } => {
+                let op = SubsamplePadOp { batch, ..op };
+                let gx = grad_of(pool, grads, x, len(x)?);
+                check_len(gx.len(), op.batch * op.in_channels * op.in_h * op.in_w)?;
+                check_len(gy.len(), op.batch * op.out_channels * op.out_h * op.out_w)?;
+                crate::shortcut::cpu::backward(&op, gx, gy);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- checks
+
+fn step_io(step: &Step) -> ([Option<usize>; 2], usize) {
+    match *step {
+        Step::Conv { input, output, .. }
+        | Step::Bias { input, output, .. }
+        | Step::BatchNorm { input, output, .. }
+        | Step::Relu { input, output }
+        | Step::MaxPool { input, output, .. }
+        | Step::AvgPool { input, output, .. }
+        | Step::GlobalAvgPool { input, output }
+        | Step::Linear { input, output, .. }
+        | Step::SubsamplePad { input, output, .. } => ([Some(input), None], output),
+        Step::Add { a, b, output } => ([Some(a), Some(b)], output),
+    }
+}
+
+fn conv_op(g: ConvGeom, [c, h, w]: [usize; 3]) -> Option<Conv2dOp> {
+    if g.groups == 0 || g.out_channels == 0 || c % g.groups != 0 || g.out_channels % g.groups != 0 {
+        return None;
+    }
+    let oh = conv_out_size(h, g.kernel, g.stride, g.padding, g.dilation)?;
+    let ow = conv_out_size(w, g.kernel, g.stride, g.padding, g.dilation)?;
+    Some(Conv2dOp {
+        batch: 1,
+        in_channels: c,
+        out_channels: g.out_channels,
+        groups: g.groups,
+        kernel: g.kernel,
+        stride: g.stride,
+        padding: g.padding,
+        dilation: g.dilation,
+        in_h: h,
+        in_w: w,
+        out_h: oh,
+        out_w: ow,
+    })
+}
+
+fn pool_op(g: PoolGeom, [c, h, w]: [usize; 3]) -> Option<Pool2dOp> {
+    if g.kernel == 0 || g.padding > g.kernel / 2 {
+        return None;
+    }
+    let cfg = Pool2dConfig { kernel: g.kernel, stride: g.stride, padding: g.padding };
+    Some(Pool2dOp {
+        batch: 1,
+        channels: c,
+        kernel: g.kernel,
+        stride: g.stride,
+        padding: g.padding,
+        in_h: h,
+        in_w: w,
+        out_h: cfg.output_size(h)?,
+        out_w: cfg.output_size(w)?,
+    })
+}
+
+fn check_step(plan: &Plan, step: &Step) -> Result<(), PlanError> {
+    let nv = plan.values.len();
+    let (ins, out) = step_io(step);
+    for v in ins.into_iter().flatten().chain([out]) {
+        if v >= nv {
+            return err(format!("value {v} is out of range ({nv} values)"));
+        }
+    }
+    let param = |p: usize, len: Option<usize>| -> Result<(), PlanError> {
+        let spec = plan.params.get(p).ok_or_else(|| PlanError(format!("parameter {p} is out of range")))?;
+        if Some(spec.len) != len {
+            return err(format!("parameter {p} has {} elements, the step needs {len:?}", spec.len));
+        }
+        Ok(())
+    };
+    let shape = |v: usize| plan.values[v];
+    let same = |a: usize, b: usize| -> Result<(), PlanError> {
+        if shape(a) != shape(b) {
+            return err(format!("values {a} {:?} and {b} {:?} differ in shape", shape(a), shape(b)));
+        }
+        Ok(())
+    };
+    match *step {
+        Step::Conv { input, output, weight, geom } => {
+            let op = conv_op(geom, shape(input)).ok_or_else(|| PlanError("the conv does not fit its input".into()))?;
+            if shape(output) != [op.out_channels, op.out_h, op.out_w] {
+                return err(format!("conv output should be {:?}", [op.out_channels, op.out_h, op.out_w]));
+            }
+            let wl = op
+                .out_channels
+                .checked_mul(op.in_channels / op.groups)
+                .and_then(|n| n.checked_mul(op.kernel))
+                .and_then(|n| n.checked_mul(op.kernel));
+            param(weight, wl)
+        }
+        Step::Bias { input, output, bias } => {
+            same(input, output)?;
+            param(bias, Some(shape(input)[0]))
+        }
+        Step::BatchNorm { input, output, weight, bias, running_mean, running_var } => {
+            same(input, output)?;
+            let c = Some(shape(input)[0]);
+            for p in [weight, bias, running_mean, running_var] {
+                param(p, c)?;
+            }
+            Ok(())
+        }
+        Step::Relu { input, output } => same(input, output),
+        Step::Add { a, b, output } => {
+            same(a, b)?;
+            same(a, output)
+        }
+        Step::MaxPool { input, output, geom } | Step::AvgPool { input, output, geom } => {
+            let op =
+                pool_op(geom, shape(input)).ok_or_else(|| PlanError("the window does not fit its input".into()))?;
+            if shape(output) != [op.channels, op.out_h, op.out_w] {
+                return err(format!("pool output should be {:?}", [op.channels, op.out_h, op.out_w]));
+            }
+            Ok(())
+        }
+        Step::GlobalAvgPool { input, output } => {
+            if shape(output) != [shape(input)[0], 1, 1] {
+                return err("global average pooling gives [C, 1, 1]");
+            }
+            Ok(())
+        }
+        Step::Linear { input, output, weight, bias } => {
+            let i = numel(shape(input)).unwrap_or(0);
+            let [o, oh, ow] = shape(output);
+            if oh != 1 || ow != 1 {
+                return err("a linear layer gives [O, 1, 1]");
+            }
+            param(weight, o.checked_mul(i))?;
+            match bias {
+                Some(b) => param(b, Some(o)),
+                None => Ok(()),
+            }
+        }
+        Step::SubsamplePad { input, output, stride } => {
+            let [c, h, w] = shape(input);
+            let op = SubsamplePadOp::new([1, c, h, w], shape(output)[0], stride)
+                .ok_or_else(|| PlanError("option A needs output channels >= input channels, stride >= 1".into()))?;
+            if shape(output) != [op.out_channels, op.out_h, op.out_w] {
+                return err(format!("option-A output should be {:?}", [op.out_channels, op.out_h, op.out_w]));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_len(have: usize, want: usize) -> Result<(), PlanError> {
+    if have != want {
+        return err(format!("a buffer of {have} elements where {want} are needed"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- kernels on buffers
+
+fn conv_lens(op: &Conv2dOp) -> (usize, usize, usize) {
+    let x = op.batch * op.in_channels * op.in_h * op.in_w;
+    let w = op.out_channels * (op.in_channels / op.groups) * op.kernel * op.kernel;
+    let y = op.batch * op.out_channels * op.out_h * op.out_w;
+    (x, w, y)
+}
+
+fn conv_fwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(), PlanError> {
+    let (xl, wl, yl) = conv_lens(op);
+    check_len(x.len(), xl)?;
+    check_len(w.len(), wl)?;
+    check_len(y.len(), yl)?;
+    crate::conv::cpu::forward(op, x, w, y);
+    Ok(())
+}
+
+fn conv_bwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gy: &[E]) -> Result<(), PlanError> {
+    let (xl, wl, yl) = conv_lens(op);
+    check_len(x.len(), xl)?;
+    check_len(gx.len(), xl)?;
+    check_len(w.len(), wl)?;
+    check_len(gw.len(), wl)?;
+    check_len(gy.len(), yl)?;
+    crate::conv::cpu::backward(op, x, w, gx, gw, gy);
+    Ok(())
+}
+
+/// Running-statistics batch norm folded to `y = x * scale + shift` (with a conv bias before it).
+fn fold<E: Real>(bn: Bn, bias: Option<usize>, params: &[Vec<E>]) -> (Vec<E>, Vec<E>) {
+    let (g, b, m, v) = (&params[bn.weight], &params[bn.bias], &params[bn.mean], &params[bn.var]);
+    let mut scale = Vec::with_capacity(g.len());
+    let mut shift = Vec::with_capacity(g.len());
+    for c in 0..g.len() {
+        let s = g[c] / (v[c] + E::from_f64_lossy(EPS)).sqrt_();
+        let pre = bias.map_or(E::ZERO, |bi| params[bi][c]);
+        scale.push(s);
+        shift.push(b[c] + (pre - m[c]) * s);
+    }
+    (scale, shift)
+}
+
+/// In place, per plane `(b, c)`: `y = y + shift[c] (+ res)`, then relu.
+fn epilogue<E: Real>(y: &mut [E], plane: usize, channels: usize, shift: Option<&[E]>, res: Option<&[E]>, relu: bool) {
+    if shift.is_none() && res.is_none() && !relu {
+        return;
+    }
+    y.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+        let s = shift.map_or(E::ZERO, |s| s[i % channels]);
+        let r = res.map(|r| &r[i * plane..(i + 1) * plane]);
+        match r {
+            Some(r) => p.iter_mut().zip(r).for_each(|(v, &r)| {
+                let t = *v + s + r;
+                *v = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+            }),
+            None => p.iter_mut().for_each(|v| {
+                let t = *v + s;
+                *v = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+            }),
+        }
+    });
+}
+
+/// `out = x * scale[c] + shift[c]` (then relu), per plane.
+fn affine<E: Real>(x: &[E], out: &mut [E], plane: usize, channels: usize, scale: &[E], shift: &[E], relu: bool) {
+    out.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().for_each(|(i, (o, x))| {
+        let (k, s) = (scale[i % channels], shift[i % channels]);
+        o.iter_mut().zip(x).for_each(|(o, &x)| {
+            let t = x * k + s;
+            *o = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+        });
+    });
+}
+
+/// Per-channel batch mean and 1/sqrt(var + eps) of `x` (`[B, C, plane]`), with the running
+/// statistics updated as PyTorch does (unbiased variance; none when one value per channel).
+/// Sums run in f64.
+fn batch_stats<E: Real>(
+    pool: &mut BufPool<E>,
+    x: &[E],
+    plane: usize,
+    channels: usize,
+    bn: Bn,
+    params: &mut [Vec<E>],
+) -> (Vec<E>, Vec<E>) {
+    let batch = x.len() / (plane * channels);
+    let n = (batch * plane) as f64;
+    let stats: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let planes = (0..batch).map(|b| &x[(b * channels + c) * plane..][..plane]);
+            let sum: f64 = planes.clone().map(|p| p.iter().map(|v| v.to_f64_lossless()).sum::<f64>()).sum();
+            let mean = sum / n;
+            let ss: f64 = planes
+                .map(|p| {
+                    p.iter()
+                        .map(|v| {
+                            let d = v.to_f64_lossless() - mean;
+                            d * d
+                        })
+                        .sum::<f64>()
+                })
+                .sum();
+            (mean, ss / n)
+        })
+        .collect();
+    let mut mean = pool.take(channels);
+    let mut invstd = pool.take(channels);
+    for (c, &(m, v)) in stats.iter().enumerate() {
+        mean[c] = E::from_f64_lossy(m);
+        invstd[c] = E::from_f64_lossy(1.0 / (v + EPS).sqrt());
+        let rm = &mut params[bn.mean][c];
+        *rm = E::from_f64_lossy((1.0 - MOMENTUM) * rm.to_f64_lossless() + MOMENTUM * m);
+        if n > 1.0 {
+            let rv = &mut params[bn.var][c];
+            *rv = E::from_f64_lossy((1.0 - MOMENTUM) * rv.to_f64_lossless() + MOMENTUM * v * n / (n - 1.0));
+        }
+    }
+    (mean, invstd)
+}
+
+/// `out = gamma * (x - mean) * invstd + beta (+ res)`, then relu.
+#[allow(clippy::too_many_arguments)]
+fn normalize<E: Real>(
+    x: &[E],
+    out: &mut [E],
+    plane: usize,
+    channels: usize,
+    mean: &[E],
+    invstd: &[E],
+    gamma: &[E],
+    beta: &[E],
+    res: Option<&[E]>,
+    relu: bool,
+) {
+    out.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().for_each(|(i, (o, x))| {
+        let c = i % channels;
+        // (x - mean) first: exact for x near the mean, where x * k - mean * k would cancel.
+        let (m, k, b) = (mean[c], gamma[c] * invstd[c], beta[c]);
+        let r = res.map(|r| &r[i * plane..(i + 1) * plane]);
+        for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+            let t = (x - m) * k + b + r.map_or(E::ZERO, |r| r[j]);
+            *o = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+        }
+    });
+}
+
+/// `g = gy * (y > 0)` (no mask: a copy).
+fn masked<E: Real>(gy: &[E], y: Option<&[E]>, g: &mut [E]) {
+    match y {
+        Some(y) => {
+            g.par_chunks_mut(CHUNK).zip(gy.par_chunks(CHUNK)).zip(y.par_chunks(CHUNK)).for_each(|((g, gy), y)| {
+                for ((g, &gy), &y) in g.iter_mut().zip(gy).zip(y) {
+                    *g = if y > E::ZERO { gy } else { E::ZERO };
+                }
+            })
+        }
+        None => g.copy_from_slice(gy),
+    }
+}
+
+fn add_assign<E: Real>(dst: &mut [E], src: &[E]) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));
+}
+
+/// `dst[c] += sum over (b, plane) of g[b, c, :]`.
+fn channel_sums_into<E: Real>(g: &[E], plane: usize, channels: usize, dst: &mut [E]) {
+    let batch = g.len() / (plane * channels);
+    for (c, d) in dst.iter_mut().enumerate() {
+        for b in 0..batch {
+            *d += g[(b * channels + c) * plane..][..plane].iter().fold(E::ZERO, |a, &v| a + v);
+        }
+    }
+}
+
+/// Batch-norm backward in place: `g` holds the gradient at the norm's output and becomes the
+/// gradient at its input `x`; gamma's and beta's gradients are accumulated.
+#[allow(clippy::too_many_arguments)]
+fn norm_backward<E: Real>(
+    x: &[E],
+    g: &mut [E],
+    plane: usize,
+    channels: usize,
+    mean: &[E],
+    invstd: &[E],
+    bn: Bn,
+    pgrads: &mut [Vec<E>],
+    params: &[Vec<E>],
+) {
+    let batch = g.len() / (plane * channels);
+    let n = (batch * plane) as f64;
+    // Per channel: sum(g) and sum(g * xhat), in f64.
+    let sums: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let (m, is) = (mean[c].to_f64_lossless(), invstd[c].to_f64_lossless());
+            let mut sg = 0.0;
+            let mut sgx = 0.0;
+            for b in 0..batch {
+                let off = (b * channels + c) * plane;
+                for (&gv, &xv) in g[off..off + plane].iter().zip(&x[off..off + plane]) {
+                    let gv = gv.to_f64_lossless();
+                    sg += gv;
+                    sgx += gv * (xv.to_f64_lossless() - m) * is;
+                }
+            }
+            (sg, sgx)
+        })
+        .collect();
+    let gamma = &params[bn.weight];
+    for (c, &(sg, sgx)) in sums.iter().enumerate() {
+        pgrads[bn.weight][c] += E::from_f64_lossy(sgx);
+        pgrads[bn.bias][c] += E::from_f64_lossy(sg);
+    }
+    g.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().for_each(|(i, (gp, xp))| {
+        let c = i % channels;
+        let (sg, sgx) = sums[c];
+        let (m, is) = (mean[c], invstd[c]);
+        let k = gamma[c] * is;
+        let mg = E::from_f64_lossy(sg / n);
+        let mgx = E::from_f64_lossy(sgx / n);
+        for (gv, &xv) in gp.iter_mut().zip(xp) {
+            let xhat = (xv - m) * is;
+            *gv = k * (*gv - mg - xhat * mgx);
+        }
+    });
+}
