@@ -142,7 +142,8 @@ fn check(train: bool) {
             "{key}: gradient is all zeros ({})",
             if train { "train" } else { "eval" }
         );
-        for i in 0..values.len() {
+        assert_eq!(grad.len(), values.len(), "{key}: one gradient per value");
+        for (i, &g) in grad.iter().enumerate() {
             let base = model.clone();
             nudge(&mut model, key, i, h);
             let plus = loss_value(&mut model, &x, &r, train);
@@ -151,7 +152,7 @@ fn check(train: bool) {
             let minus = loss_value(&mut model, &x, &r, train);
             model = base;
             let numeric = (plus - minus) / (2.0 * h);
-            assert!(close(grad[i], numeric), "{key}[{i}]: tape {} vs finite difference {numeric}", grad[i]);
+            assert!(close(g, numeric), "{key}[{i}]: tape {g} vs finite difference {numeric}");
             checked += 1;
         }
     }
