@@ -24,6 +24,36 @@
 //! would: the model's tensors under their parameter paths in the model's float type, and an I64
 //! scalar `num_batches_tracked` beside every batch norm, so the file loads into the matching
 //! torchvision model with `strict=True`.
+//!
+//! ```
+//! use residual::dfdx::prelude::*;
+//! use residual::io::{load_safetensors, load_safetensors_with, save_safetensors, LoadOptions};
+//! use residual::residual;
+//!
+//! residual! {
+//!     model Pretrained[3, 8, 8] {
+//!         conv1: conv(4, 3, padding = 1) -> bn1: bn -> relu -> global_avgpool -> fc: linear(10)
+//!     }
+//!     model FineTuned[3, 8, 8] {
+//!         conv1: conv(4, 3, padding = 1) -> bn1: bn -> relu -> global_avgpool -> head: linear(2)
+//!     }
+//! }
+//!
+//! let dev = Cpu::default();
+//! let path = std::env::temp_dir().join(format!("residual-doc-{}.safetensors", std::process::id()));
+//! save_safetensors(&dev.build_module::<Pretrained<f32, Cpu>, f32>(), &path)?;
+//!
+//! let mut model = dev.build_module::<FineTuned<f32, Cpu>, f32>();
+//! // Strict: `fc.*` is in the file only, `head.*` in the model only.
+//! let err = load_safetensors(&mut model, &path).unwrap_err();
+//! assert!(err.to_string().contains("unexpected key `fc.weight`"));
+//! // Non-strict: the backbone loads, the new head keeps its initial weights.
+//! let report = load_safetensors_with(&mut model, &path, LoadOptions::non_strict())?;
+//! assert_eq!(report.skipped_keys, ["fc.bias", "fc.weight"]);
+//! assert_eq!(report.missing_keys, ["head.weight", "head.bias"]);
+//! # std::fs::remove_file(&path)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
