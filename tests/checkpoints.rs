@@ -453,6 +453,7 @@ fn an_f64_model_is_saved_as_f64_with_i64_counters() {
     let path = temp("f64");
     save_safetensors(&m, &path).expect("save");
     let layout = RawFile::read(&path).layout();
+    assert_eq!(layout.keys().filter(|k| k.ends_with(".num_batches_tracked")).count(), 20, "one per batch norm");
     for (k, (dtype, _)) in &layout {
         let expected = if k.ends_with("num_batches_tracked") { "I64" } else { "F64" };
         assert_eq!(dtype, expected, "{k}");
