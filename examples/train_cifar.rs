@@ -193,8 +193,11 @@ fn run() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// A training set and a held-out set.
+type TrainTest = (Box<dyn ImageSet>, Box<dyn ImageSet>);
+
 /// The synthetic task, or CIFAR-10 when `--cifar-dir` is given.
-fn load_data(options: &Options) -> Result<(Box<dyn ImageSet>, Box<dyn ImageSet>), Box<dyn Error>> {
+fn load_data(options: &Options) -> Result<TrainTest, Box<dyn Error>> {
     Ok(match &options.cifar_dir {
         Some(dir) => (
             Box::new(Cifar10::train(dir, Some(options.train_size))?),

@@ -167,7 +167,8 @@ macro_rules! gradient_checks {
                         "{key}: gradient is all zeros ({})",
                         if train { "train" } else { "eval" }
                     );
-                    for i in 0..values.len() {
+                    assert_eq!(grad.len(), values.len(), "{key}: one gradient per value");
+                for (i, &g) in grad.iter().enumerate() {
                         let base = model.clone();
                         nudge(&mut model, key, i, h);
                         let plus = loss_value(&mut model, &x, &r, train);
@@ -176,7 +177,7 @@ macro_rules! gradient_checks {
                         let minus = loss_value(&mut model, &x, &r, train);
                         model = base;
                         let numeric = (plus - minus) / (2.0 * h);
-                        assert!(close(grad[i], numeric), "{key}[{i}]: tape {} vs finite difference {numeric}", grad[i]);
+                        assert!(close(g, numeric), "{key}[{i}]: tape {g} vs finite difference {numeric}");
                         checked += 1;
                     }
                 }

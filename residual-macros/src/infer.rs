@@ -832,7 +832,7 @@ fn gcd(a: usize, b: usize) -> usize {
 fn suggest_groups(groups: usize, in_ch: usize, out_ch: usize) -> usize {
     let g = gcd(in_ch, out_ch);
     // The largest divisor of both channel counts not above the requested `groups`.
-    (1..=groups.min(g).max(1)).rev().find(|d| g % d == 0).unwrap_or(1)
+    (1..=groups.min(g).max(1)).rev().find(|d| g.is_multiple_of(*d)).unwrap_or(1)
 }
 
 #[cfg(test)]

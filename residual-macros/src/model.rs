@@ -717,6 +717,9 @@ impl<'a> Inst<'a> {
     /// (`layer1.0.conv1`), unnamed ones are indexed under the residual's own index, so they
     /// cannot collide with the enclosing sequence's indices.
     #[allow(clippy::too_many_arguments)]
+    // clippy's `map_entry` would fold the duplicate check into an `Entry` match; the if/else keeps
+    // the rule (first name wins, a repeat is an error) readable beside the error it reports.
+    #[allow(clippy::map_entry)]
     fn seq_in(
         &mut self,
         seq: &Seq,
@@ -996,6 +999,8 @@ pub(crate) fn expr_text(e: &Expr) -> String {
 }
 
 /// Instantiates every model of the input. Name errors go to `cx`.
+// As on `seq_in`: duplicate checks written as if/else next to their errors.
+#[allow(clippy::map_entry)]
 pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
     let mut blocks: HashMap<String, &BlockDef> = HashMap::new();
     let mut models: Vec<&parse::ModelDef> = Vec::new();

@@ -99,7 +99,7 @@ pub(crate) fn conv2d(input: &[usize], c: Conv) -> Result<[usize; 3], ShapeError>
     if ch % c.groups != 0 {
         return Err(ShapeError::Groups { groups: c.groups, channels: ch, which: "input" });
     }
-    if c.out % c.groups != 0 {
+    if !c.out.is_multiple_of(c.groups) {
         return Err(ShapeError::Groups { groups: c.groups, channels: c.out, which: "output" });
     }
     let oh = window_out("height", h, c.kernel, c.stride, c.padding, c.dilation)?;
@@ -110,7 +110,7 @@ pub(crate) fn conv2d(input: &[usize], c: Conv) -> Result<[usize; 3], ShapeError>
 /// Max / average pooling: `[C, H, W] -> [C, OH, OW]`.
 pub(crate) fn pool2d(input: &[usize], kernel: usize, stride: usize, padding: usize) -> Result<[usize; 3], ShapeError> {
     let [ch, h, w] = rank3(input)?;
-    if padding.checked_mul(2).map_or(true, |p| p > kernel) {
+    if padding.checked_mul(2).is_none_or(|p| p > kernel) {
         return Err(ShapeError::PoolPadding { padding, kernel });
     }
     let oh = window_out("height", h, kernel, stride, padding, 1)?;

@@ -14,12 +14,15 @@ use dfdx::tensor::{Gradients, Storage};
 /// Returns `(grads of a, grads of b, grad of out)`: two gradients to accumulate into and the
 /// output's gradient to read. The three lookups must name three distinct tensors.
 #[allow(dead_code)]
-pub(crate) fn two_mut_one_ref<'g, E, D: Storage<E>>(
-    grads: &'g mut Gradients<E, D>,
+// The return type is the point of the function (three borrows out of one map); a type alias
+// would hide which is mutable.
+#[allow(clippy::type_complexity)]
+pub(crate) fn two_mut_one_ref<E, D: Storage<E>>(
+    grads: &mut Gradients<E, D>,
     a: impl Fn(&mut Gradients<E, D>) -> Result<&mut D::Vec, D::Err>,
     b: impl Fn(&mut Gradients<E, D>) -> Result<&mut D::Vec, D::Err>,
     out: impl Fn(&mut Gradients<E, D>) -> Result<&mut D::Vec, D::Err>,
-) -> Result<(&'g mut D::Vec, &'g mut D::Vec, &'g D::Vec), D::Err> {
+) -> Result<(&mut D::Vec, &mut D::Vec, &D::Vec), D::Err> {
     // First pass allocates every entry; the second only looks them up.
     a(grads)?;
     b(grads)?;
@@ -34,11 +37,11 @@ pub(crate) fn two_mut_one_ref<'g, E, D: Storage<E>>(
 }
 
 /// Returns `(grad of a, grad of out)`: one gradient to accumulate into and the output's to read.
-pub(crate) fn one_mut_one_ref<'g, E, D: Storage<E>>(
-    grads: &'g mut Gradients<E, D>,
+pub(crate) fn one_mut_one_ref<E, D: Storage<E>>(
+    grads: &mut Gradients<E, D>,
     a: impl Fn(&mut Gradients<E, D>) -> Result<&mut D::Vec, D::Err>,
     out: impl Fn(&mut Gradients<E, D>) -> Result<&mut D::Vec, D::Err>,
-) -> Result<(&'g mut D::Vec, &'g D::Vec), D::Err> {
+) -> Result<(&mut D::Vec, &D::Vec), D::Err> {
     a(grads)?;
     out(grads)?;
     // SAFETY: as in `two_mut_one_ref`.

@@ -112,7 +112,7 @@ fn tape_gradients_match_central_differences() {
     let h = 1e-6;
     let mut checked = 0;
     for (which, (name, got)) in tape.iter().enumerate() {
-        for i in 0..got.len() {
+        for (i, &g) in got.iter().enumerate() {
             let at = |d: f64| {
                 let mut q = p.clone();
                 field(&mut q, which)[i] += d;
@@ -120,7 +120,7 @@ fn tape_gradients_match_central_differences() {
             };
             let fd = (at(h) - at(-h)) / (2.0 * h);
             let tol = 1e-6 * (1.0 + fd.abs());
-            assert!((got[i] - fd).abs() <= tol, "d loss / d {name}[{i}]: tape {} vs central difference {fd}", got[i]);
+            assert!((g - fd).abs() <= tol, "d loss / d {name}[{i}]: tape {g} vs central difference {fd}");
             checked += 1;
         }
     }

@@ -92,7 +92,7 @@ def read_safetensors(path):
     raw = path.read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_len])
-    dtypes = {"F32": "<f4", "F64": "<f8"}
+    dtypes = {"F32": "<f4", "F64": "<f8", "I64": "<i8"}  # I64: num_batches_tracked
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":

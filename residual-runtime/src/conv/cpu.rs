@@ -501,8 +501,8 @@ fn check_op(op: &Conv2dOp) -> Result<(), CpuError> {
         && op.stride > 0
         && op.kernel > 0
         && op.dilation > 0
-        && op.in_channels % op.groups == 0
-        && op.out_channels % op.groups == 0
+        && op.in_channels.is_multiple_of(op.groups)
+        && op.out_channels.is_multiple_of(op.groups)
         && op.in_channels > 0;
     if ok {
         Ok(())

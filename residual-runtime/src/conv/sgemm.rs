@@ -48,6 +48,9 @@ pub(crate) struct Mat {
 /// # Safety
 /// [`available`] must be true; every pointer must be valid for the elements the sizes and strides
 /// address; `c` must not overlap `a` or `b`.
+// BLAS's own argument list (sizes, C and its stride, the accumulate flag, A, B): grouping them in a
+// struct would only rename the same eight values at every call.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, accumulate: bool, a: Mat, b: Mat) {
     if m == 0 || n == 0 {
         return;
