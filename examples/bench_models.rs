@@ -1,7 +1,7 @@
 //! Whole-model CPU timings of the zoo, the rows of BENCHMARKS.md's model table: inference
-//! (`Module::forward` on a tape-free batch) and a training step (`forward_mut` on a traced batch
-//! + `cross_entropy_with_logits_loss` + `backward` + `Sgd::update` (momentum 0.9) + `zero_grads`),
-//! fp32, random weights and inputs.
+//! (`Module::forward` on a tape-free batch) and a training step (`forward_mut` on a traced batch,
+//! then `cross_entropy_with_logits_loss`, `backward`, `Sgd::update` with momentum 0.9 and
+//! `zero_grads`), fp32, random weights and inputs.
 //!
 //! `cargo run --release --example bench_models [-- --rows r50-b1,r50-b8 --reps 7 --cache]`
 //!

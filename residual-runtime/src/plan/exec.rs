@@ -525,7 +525,7 @@ impl Compiled {
                 out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
                     for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                         let s = a + b;
-                        *o = if relu && !(s > E::ZERO) { E::ZERO } else { s };
+                        *o = relu_if(relu, s);
                     }
                 });
             }
@@ -810,7 +810,7 @@ fn step_io(step: &Step) -> ([Option<usize>; 2], usize) {
 }
 
 fn conv_op(g: ConvGeom, [c, h, w]: [usize; 3]) -> Option<Conv2dOp> {
-    if g.groups == 0 || g.out_channels == 0 || c % g.groups != 0 || g.out_channels % g.groups != 0 {
+    if g.groups == 0 || g.out_channels == 0 || !c.is_multiple_of(g.groups) || !g.out_channels.is_multiple_of(g.groups) {
         return None;
     }
     let oh = conv_out_size(h, g.kernel, g.stride, g.padding, g.dilation)?;
@@ -1000,11 +1000,11 @@ fn epilogue<E: Real>(y: &mut [E], plane: usize, channels: usize, shift: Option<&
         match r {
             Some(r) => p.iter_mut().zip(r).for_each(|(v, &r)| {
                 let t = *v + s + r;
-                *v = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+                *v = relu_if(relu, t);
             }),
             None => p.iter_mut().for_each(|v| {
                 let t = *v + s;
-                *v = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+                *v = relu_if(relu, t);
             }),
         }
     });
@@ -1016,7 +1016,7 @@ fn affine<E: Real>(x: &[E], out: &mut [E], plane: usize, channels: usize, scale:
         let (k, s) = (scale[i % channels], shift[i % channels]);
         o.iter_mut().zip(x).for_each(|(o, &x)| {
             let t = x * k + s;
-            *o = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+            *o = relu_if(relu, t);
         });
     });
 }
@@ -1089,9 +1089,19 @@ fn normalize<E: Real>(
         let r = res.map(|r| &r[i * plane..(i + 1) * plane]);
         for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
             let t = (x - m) * k + b + r.map_or(E::ZERO, |r| r[j]);
-            *o = if relu && !(t > E::ZERO) { E::ZERO } else { t };
+            *o = relu_if(relu, t);
         }
     });
+}
+
+/// `max(t, 0)` when `relu`; NaN stays NaN (as PyTorch's relu).
+#[inline]
+fn relu_if<E: Real>(relu: bool, t: E) -> E {
+    if relu && t <= E::ZERO {
+        E::ZERO
+    } else {
+        t
+    }
 }
 
 /// `g = gy * (y > 0)` (no mask: a copy).
