@@ -184,7 +184,9 @@ where
     let y: Tensor<Rank2<B, K>, f32, Cpu> = dev.tensor(labels);
     let mut grads = model.alloc_grads();
     let mut step = || {
-        let logits = model.forward_mut(x.clone().traced(grads.clone()));
+        // The gradient buffers go round: traced in, returned by backward, zeroed in place.
+        let g = std::mem::replace(&mut grads, Gradients::leaky());
+        let logits = model.forward_mut(x.clone().traced(g));
         let loss = cross_entropy_with_logits_loss(logits, y.clone());
         grads = loss.backward();
         opt.update(&mut model, &grads).expect("every parameter has a gradient");

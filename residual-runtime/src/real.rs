@@ -53,6 +53,9 @@ pub struct Scratch<E> {
     pub(crate) col: Vec<E>,
     pub(crate) tmp: Vec<E>,
     pub(crate) dcol: Vec<E>,
+    /// The flipped, transposed weight and the input gradient of a stride-1 backward pass.
+    pub(crate) wt: Vec<E>,
+    pub(crate) dx: Vec<E>,
 }
 
 /// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers
@@ -73,7 +76,7 @@ pub struct BufPool<E> {
 }
 
 /// How many free buffers a pool keeps; beyond that the smallest is released.
-const POOL_MAX: usize = 256;
+const POOL_MAX: usize = 4096;
 
 impl<E: Real> BufPool<E> {
     /// A buffer of exactly `len` elements with unspecified contents (callers overwrite it).

@@ -242,6 +242,11 @@ fn f64_matches_naive_loop_on_more_shapes() {
         (2, 5, 5, 11, 8, Conv2dConfig::new(7).padding(3).groups(5)),
         // kernel covering the whole (padded) input: 1x1 output
         (3, 2, 3, 4, 4, Conv2dConfig::new(5).padding(1)),
+        // stride 1, one group: the input gradient runs as the transposed conv's forward pass,
+        // with padding K-1-p = 0 (output larger than the input), 3, and over many small images
+        (2, 3, 5, 6, 7, Conv2dConfig::new(3).padding(2)),
+        (2, 4, 3, 9, 8, Conv2dConfig::new(5)),
+        (9, 4, 3, 5, 6, Conv2dConfig::new(3).padding(1)),
     ];
     for (b, c, o, h, w, cfg) in cases {
         let case = Case { batched: true, b, c, o, h, w, cfg };
