@@ -130,6 +130,14 @@ struct Infer<'a> {
     kaiming: bool,
     zero_init: bool,
     taps: HashMap<(usize, String), Tap>,
+    /// Variables whose shape is a guess: after an error that loses the shape, inference goes on
+    /// with a best guess (a window that does not fit gives size 1, `linear` on an image gives
+    /// `[out]`, ...), kept only to give the fallback emitted after the error the output type the
+    /// user most likely meant. Shape errors about guessed values are not reported (they could be
+    /// follow-ons of the first); errors about known values still are.
+    guesses: std::collections::HashSet<Var>,
+    /// The op being checked reads a guessed value.
+    guessing: bool,
 }
 
 pub(crate) fn field_ident(path: &str) -> String {
@@ -142,13 +150,23 @@ pub(crate) fn field_ident(path: &str) -> String {
 
 /// Infers shapes of one model; errors go to `cx`. The program is complete only when no error
 /// was reported.
+#[allow(dead_code)] // the stable entry point; `expand` uses `infer_with_output`
 pub(crate) fn infer(model: &Model, cx: &mut Ctxt) -> Program {
+    infer_with_output(model, cx).0
+}
+
+/// [`infer`], plus the model's output shape when it is known, even after errors (a shortcut
+/// mismatch keeps the body's shape, a window that does not fit loses it): what the fallback
+/// emitted after an error declares as the model's output.
+pub(crate) fn infer_with_output(model: &Model, cx: &mut Ctxt) -> (Program, Option<Vec<usize>>) {
     let mut inf = Infer {
         cx,
         prog: Program::default(),
         kaiming: model.init == Init::KaimingNormal,
         zero_init: model.zero_init,
         taps: HashMap::new(),
+        guesses: Default::default(),
+        guessing: false,
     };
     inf.prog.vars.push(model.input.clone());
     let out = inf.walk(&model.body, Some(0));
@@ -156,7 +174,8 @@ pub(crate) fn infer(model: &Model, cx: &mut Ctxt) -> Program {
     crate::validate::check_fields(&inf.prog.fields, inf.cx);
     let mut prog = inf.prog;
     remove_unused_forks(&mut prog);
-    prog
+    let shape = out.and_then(|v| prog.vars.get(v).cloned());
+    (prog, shape)
 }
 
 /// Taps that are never read would be unused variables in the generated code.
@@ -187,7 +206,20 @@ fn remove_unused_forks(prog: &mut Program) {
 
 impl Infer<'_> {
     fn err(&mut self, node: &Node, sp: Sp, msg: impl Into<String>, help: Option<String>) {
+        if !self.guessing {
+            self.cx.push(sp, msg, help, node.origin.clone());
+        }
+    }
+
+    /// An error that does not depend on the shapes (a tap name): reported even while guessing.
+    fn name_err(&mut self, node: &Node, sp: Sp, msg: impl Into<String>, help: Option<String>) {
         self.cx.push(sp, msg, help, node.origin.clone());
+    }
+
+    /// After an error that loses the shape: switch to guessing and go on with `guess`.
+    fn lost(&mut self, guess: Option<Vec<usize>>) -> Option<Var> {
+        self.guessing = true;
+        guess.map(|g| self.new_var(g))
     }
 
     fn shape(&self, v: Var) -> Vec<usize> {
@@ -196,7 +228,15 @@ impl Infer<'_> {
 
     fn new_var(&mut self, shape: Vec<usize>) -> Var {
         self.prog.vars.push(shape);
-        self.prog.vars.len() - 1
+        let v = self.prog.vars.len() - 1;
+        if self.guessing {
+            self.guesses.insert(v);
+        }
+        v
+    }
+
+    fn is_guess(&self, v: Option<Var>) -> bool {
+        v.is_some_and(|v| self.guesses.contains(&v))
     }
 
     fn layer_op(&mut self, input: Var, shape: Vec<usize>, kind: OpKind) -> Var {
@@ -224,6 +264,7 @@ impl Infer<'_> {
     }
 
     fn node(&mut self, node: &Node, cur: Option<Var>) -> Option<Var> {
+        self.guessing = self.is_guess(cur);
         match &node.kind {
             Kind::Seq(children) => self.walk(children, cur),
             Kind::Layer { layer, path, named, .. } => {
@@ -345,6 +386,16 @@ impl Infer<'_> {
                             &input,
                             Some(c.out),
                         );
+                        let guess_axis = |size: usize| {
+                            shape::window_out("height", size, c.kernel, c.stride, c.padding, c.dilation).unwrap_or(1)
+                        };
+                        let guess = (input.len() == 3).then(|| {
+                            vec![
+                                c.out,
+                                guess_axis(input.get(1).copied().unwrap_or(1)),
+                                guess_axis(input.get(2).copied().unwrap_or(1)),
+                            ]
+                        });
                         if cont {
                             if let (Ok(oh), Ok(ow)) = (
                                 shape::window_out(
@@ -367,7 +418,7 @@ impl Infer<'_> {
                                 return Some(self.new_var(vec![c.out, oh, ow]));
                             }
                         }
-                        return None;
+                        return self.lost(guess);
                     }
                 };
                 let in_ch = input.first().copied().unwrap_or(0);
@@ -404,7 +455,7 @@ impl Infer<'_> {
             Layer::Bn => {
                 if let Err(e) = shape::rank3(&input) {
                     self.shape_error(node, "bn", e, &[], &input, None);
-                    return None;
+                    return self.lost(Some(input));
                 }
                 let c = input.first().copied().unwrap_or(0);
                 let f = self.add_field(node, path, field_ident(path), FieldTy::Bn { c, zero_gamma: false });
@@ -436,7 +487,15 @@ impl Infer<'_> {
                             &input,
                             None,
                         );
-                        None
+                        let guess = match input.as_slice() {
+                            [c, h, w] => Some(vec![
+                                *c,
+                                shape::window_out("height", *h, kernel.v, stride.v, 0, 1).unwrap_or(1),
+                                shape::window_out("width", *w, kernel.v, stride.v, 0, 1).unwrap_or(1),
+                            ]),
+                            _ => None,
+                        };
+                        self.lost(guess)
                     }
                 }
             }
@@ -448,7 +507,7 @@ impl Infer<'_> {
                 }
                 Err(e) => {
                     self.shape_error(node, "global_avgpool", e, &[], &input, None);
-                    None
+                    self.lost(input.first().map(|c| vec![*c]))
                 }
             },
             Layer::Flatten => match shape::flatten(&input) {
@@ -459,7 +518,7 @@ impl Infer<'_> {
                 }
                 Err(e) => {
                     self.shape_error(node, "flatten", e, &[], &input, None);
-                    None
+                    self.lost(None)
                 }
             },
             Layer::Linear { out, bias } => match shape::linear(&input, out.v) {
@@ -474,7 +533,8 @@ impl Infer<'_> {
                 }
                 Err(e) => {
                     self.shape_error(node, "linear", e, &[], &input, None);
-                    None
+                    // Most likely a missing `global_avgpool` / `flatten`: the user meant `[out]`.
+                    self.lost(Some(vec![out.v]))
                 }
             },
             Layer::LayerNorm => match shape::last_dim(&input) {
@@ -486,7 +546,7 @@ impl Infer<'_> {
                 }
                 Err(e) => {
                     self.shape_error(node, "layernorm", e, &[], &input, None);
-                    None
+                    self.lost(Some(input))
                 }
             },
             Layer::Dropout { p } => {
@@ -541,6 +601,7 @@ impl Infer<'_> {
         }
         let body_shape = body_out.map(|v| self.shape(v));
         let hint = body_stride(body);
+        self.guessing = self.is_guess(Some(input)) || self.is_guess(body_out);
         let sc_out: Option<Var> = match sc {
             Shortcut::Identity { explicit } => {
                 if let Some(bs) = &body_shape {
@@ -654,6 +715,7 @@ impl Infer<'_> {
             },
             Shortcut::Projection { body: proj } => {
                 let p_out = self.walk(proj, Some(fork));
+                self.guessing = self.is_guess(Some(input)) || self.is_guess(body_out) || self.is_guess(p_out);
                 if let (Some(po), Some(bs)) = (p_out, &body_shape) {
                     let ps = self.shape(po);
                     if ps != *bs {
@@ -679,6 +741,7 @@ impl Infer<'_> {
             }
         };
         let (a, b) = (body_out?, sc_out?);
+        self.guessing = self.is_guess(Some(a)) || self.is_guess(Some(b));
         let out_shape = self.shape(a);
         if self.shape(b) != out_shape {
             return Some(a);
@@ -703,7 +766,7 @@ impl Infer<'_> {
             TapKind::Tap => {
                 if let Some(prev) = self.taps.get(&key) {
                     let _ = prev.sp;
-                    self.err(
+                    self.name_err(
                         node,
                         name_sp,
                         format!("duplicate tap `{name}`"),
@@ -729,10 +792,11 @@ impl Infer<'_> {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => format!("bind it first with `tap({name})` earlier in the same block or model body"),
                     };
-                    self.err(node, name_sp, format!("unknown tap `{name}`"), Some(help));
+                    self.name_err(node, name_sp, format!("unknown tap `{name}`"), Some(help));
                     return cur;
                 };
                 let (cur, tv) = (cur?, tap.var?);
+                self.guessing = self.is_guess(Some(cur)) || self.is_guess(Some(tv));
                 let (cs, ts) = (self.shape(cur), self.shape(tv));
                 if kind == TapKind::Add {
                     if cs != ts {
@@ -768,7 +832,11 @@ impl Infer<'_> {
                                 ),
                                 Some(format!("tap at a point with spatial size {}", show(cs.get(1..).unwrap_or(&[])))),
                             );
-                            None
+                            let guess = match (cs.as_slice(), ts.first()) {
+                                ([c, h, w], Some(t)) => Some(vec![c.saturating_add(*t), *h, *w]),
+                                _ => None,
+                            };
+                            self.lost(guess)
                         }
                     }
                 }

@@ -165,7 +165,7 @@ const ALIASES: &[(&str, &str)] = &[
 
 /// The generic parameters of the generated struct and impls (dtype, device, batch, tape, and
 /// the tensor visitor of `TensorCollection`): a model of one of these names would shadow them.
-const GENERIC_PARAMS: &[&str] = &["E", "D", "B", "T", "V"];
+pub(crate) const GENERIC_PARAMS: &[&str] = &["E", "D", "B", "T", "V"];
 
 /// Names the language reserves (cannot be block names).
 const RESERVED: &[&str] = &["residual", "shortcut", "tap", "add", "cat", "block", "model", "auto", "pad", "x", "first"];

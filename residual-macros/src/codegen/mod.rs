@@ -4,8 +4,11 @@
 //! absolute through `::residual::__private`.
 
 mod collection;
+mod fallback;
 mod forward;
 mod info;
+
+pub(crate) use fallback::{fallback, Known};
 
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::quote;
@@ -138,17 +141,5 @@ pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
         #module
         #collection
         #info
-    }
-}
-
-/// What is emitted for a model when the expansion has errors: a type with the model's name,
-/// so the user's other code still resolves it and does not pile up secondary errors.
-pub(crate) fn stub(vis: &syn::Visibility, name: &syn::Ident) -> TokenStream {
-    let d = dfdx();
-    quote! {
-        #[allow(dead_code)]
-        #vis struct #name<E = f32, D = #d::tensor::Cpu> {
-            _marker: ::core::marker::PhantomData<(E, D)>,
-        }
     }
 }

@@ -238,3 +238,42 @@ fn zero_init_marks_the_last_bn_of_each_body() {
     assert!(out.contains("BatchNorm2d < 8 , E , D , true >"), "{out}");
     assert_eq!(out.matches(", true >").count(), 1);
 }
+
+/// The output shape the fallback declares after an error.
+fn fallback_output(src: &str) -> Option<Vec<usize>> {
+    let ts: proc_macro2::TokenStream = src.parse().ok()?;
+    let parsed: crate::parse::Input = syn::parse2(ts).ok()?;
+    let mut cx = crate::ctxt::Ctxt::new();
+    let models = crate::model::build(&parsed, &mut cx);
+    let out = models.first().and_then(|m| crate::infer::infer_with_output(m, &mut cx).1);
+    let _ = cx.check();
+    out
+}
+
+#[test]
+fn after_a_lost_shape_inference_guesses_on_and_reports_nothing_more() {
+    // The window does not fit: size 1 is guessed, global_avgpool and linear give [10].
+    let src = "model M[3, 8, 8] { conv(16, 9) -> bn -> relu -> global_avgpool -> linear(10) }";
+    assert!(one(src).contains("`conv` window does not fit"));
+    assert_eq!(fallback_output(src), Some(vec![10]));
+    // A missing global_avgpool: `linear` on an image is guessed to give [out]; the following
+    // layers' would-be errors are not reported.
+    let src = "model M[3, 8, 8] { conv(16, 3) -> linear(10) -> relu -> linear(5) }";
+    assert!(one(src).contains("`linear` expects a [D] or [S, D] input"));
+    assert_eq!(fallback_output(src), Some(vec![5]));
+    // A shortcut mismatch keeps the body's shape.
+    let src = "model M[3, 8, 8] { residual { conv(4, 1) } -> flatten }";
+    assert!(one(src).contains("residual body changes the shape"));
+    assert_eq!(fallback_output(src), Some(vec![256]));
+}
+
+#[test]
+fn errors_about_known_values_are_still_reported_after_a_lost_shape() {
+    // The body loses its shape; the projection reads the residual's (known) input, so its own
+    // mistake is an independent error.
+    let src = "model M[3, 8, 8] { residual { conv(8, 99) } shortcut { conv(8, 1) -> linear(3) } }";
+    let e = errors(src);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].contains("`conv` window does not fit"), "{e:#?}");
+    assert!(e[1].contains("`linear` expects"), "{e:#?}");
+}
