@@ -37,16 +37,21 @@ const KEYWORDS: &[&str] = &[
     "do", "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
 ];
 
-/// An identifier that cannot make `Ident::new` panic: invalid strings map to a fixed name
-/// (they cannot occur, since names are parsed as identifiers, but the macro must never panic).
+/// Whether `s` is an identifier Rust accepts (non-ASCII ones included, as in `日本` or `π`), not
+/// a keyword and not `_`: what every generated field and variable name must be.
+pub(crate) fn valid_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s != "_"
+        && !KEYWORDS.contains(&s)
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && syn::parse_str::<syn::Ident>(s).is_ok_and(|i| i == s)
+}
+
+/// An identifier that cannot make `Ident::new` panic: invalid strings map to a fixed name (names
+/// are parsed as identifiers and `validate::check_fields` rejects a field name that is not one,
+/// so this cannot reach generated code, but the macro must never panic).
 pub(crate) fn ident(s: &str) -> Ident {
-    let mut chars = s.chars();
-    let valid = match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => chars.all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        _ => false,
-    } && s != "_"
-        && !KEYWORDS.contains(&s);
-    if valid {
+    if valid_ident(s) {
         Ident::new(s, Span::call_site())
     } else {
         Ident::new("__residual_invalid_name", Span::call_site())
