@@ -101,7 +101,9 @@ pub(crate) enum Op {
         output: Var,
         b_is_tap: bool,
     },
-    /// `output = cat(a, b)` along channels.
+    /// `output = cat(a, b)` along channels, `a` first. `cat(t)` gives `a` = the tapped value
+    /// (only borrowed: a tap may be read again) and `b` = the current value (moved, its tape
+    /// carries on): torchvision's DenseNet order, `torch.cat([old, new], 1)`.
     Cat {
         a: Var,
         b: Var,
@@ -1109,7 +1111,7 @@ impl Infer<'_> {
                     self.row("", format!("add({name})"), &cs, 0, 0);
                     Some(output)
                 } else {
-                    match shape::cat_channels(&cs, &ts) {
+                    match shape::cat_channels(&ts, &cs) {
                         Some(o)
                             if self.too_big(node, name_sp, &format!("`cat({name})`'s output"), &o, "the channels") =>
                         {
@@ -1117,7 +1119,7 @@ impl Infer<'_> {
                         }
                         Some(o) => {
                             let output = self.new_var(o.to_vec());
-                            self.prog.ops.push(Op::Cat { a: cur, b: tv, output });
+                            self.prog.ops.push(Op::Cat { a: tv, b: cur, output });
                             self.row("", format!("cat({name})"), &o, 0, 0);
                             Some(output)
                         }

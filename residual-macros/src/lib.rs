@@ -38,8 +38,9 @@
 //!   `[C, H, W]` values; for `[S, D]` write `shortcut { linear(D2, bias = false) }`.
 //! - `shortcut pad` subsamples by the body's stride and zero-pads channels, half in front.
 //! - Taps are scoped to one block instance (or the model body): `tap(s)` binds the current
-//!   value, `add(s)` adds it (same shape), `cat(s)` concatenates `[current, tapped]` along
-//!   channels (same spatial size).
+//!   value, `add(s)` adds it (same shape), `cat(s)` concatenates `[tapped, current]` along
+//!   channels (same spatial size): torchvision's DenseNet order, `torch.cat([old, new], 1)`, so
+//!   its weights map channel for channel.
 //! - Parameter paths: a named step contributes its name, an unnamed one its index in the
 //!   sequence, `x N` copies `0..N`; an unnamed, unrepeated `residual` is transparent; a
 //!   projection shortcut is `downsample` unless named. Struct fields are the paths with `.`

@@ -364,3 +364,28 @@ fn pytorch_conv_order_is_named() {
     // Ours: out = 64 on 64 channels, a 3x3 with stride 2.
     assert!(errors("model M[64, 8, 8] { conv(64, 3, 2) }").is_empty());
 }
+
+#[test]
+fn cat_puts_the_tapped_value_first() {
+    use crate::infer::Op;
+    let src = "model M[3, 8, 8] { conv(8, 3, padding = 1) -> tap(s) -> conv(4, 1) -> cat(s) }";
+    let ts: proc_macro2::TokenStream = src.parse().unwrap();
+    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
+    let mut cx = crate::ctxt::Ctxt::new();
+    let models = crate::model::build(&parsed, &mut cx);
+    let (prog, out) = crate::infer::infer_with_output(&models[0], &mut cx);
+    assert!(cx.check().is_ok());
+    assert_eq!(out, Some(vec![12, 8, 8]));
+    let tap = prog.ops.iter().find_map(|op| match op {
+        Op::Fork { output, .. } => Some(*output),
+        _ => None,
+    });
+    let cat = prog.ops.iter().find_map(|op| match op {
+        Op::Cat { a, b, .. } => Some((*a, *b)),
+        _ => None,
+    });
+    let (a, b) = cat.unwrap();
+    assert_eq!(Some(a), tap, "the tapped value comes first");
+    assert_eq!(prog.vars[a], vec![8, 8, 8]);
+    assert_eq!(prog.vars[b], vec![4, 8, 8]);
+}
