@@ -70,7 +70,8 @@ mod validate;
 
 use proc_macro2::{TokenStream, TokenTree};
 
-/// Declares blocks and models; see the crate documentation for the grammar.
+// The grammar and the layer table, from the one file that holds them.
+#[doc = include_str!("../../docs/GRAMMAR.md")]
 #[proc_macro]
 pub fn residual(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand(input.into()).into()

@@ -211,6 +211,8 @@ pub(crate) struct Model {
     pub zero_init: bool,
     pub input: Vec<usize>,
     pub body: Vec<Node>,
+    /// The block templates the model instantiates, in first-use order, with their doc comments.
+    pub blocks: Vec<(String, Vec<Attribute>)>,
 }
 
 /// One node of an instantiated network.
@@ -344,6 +346,7 @@ struct Inst<'a> {
     exhausted: bool,
     stack: Vec<String>,
     next_scope: usize,
+    used: Vec<(String, Vec<Attribute>)>,
 }
 
 impl<'a> Inst<'a> {
@@ -1015,6 +1018,9 @@ impl<'a> Inst<'a> {
             };
             env.insert(p.name.to_string(), v);
         }
+        if !self.used.iter().any(|(n, _)| *n == bname) {
+            self.used.push((bname.clone(), block.docs.clone()));
+        }
         self.stack.push(bname);
         self.next_scope += 1;
         let scope = self.next_scope;
@@ -1155,9 +1161,18 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
             ok = false;
         }
         let name = m.name.to_string();
-        let mut inst =
-            Inst { cx, blocks: &blocks, model: name, nodes: 0, exhausted: false, stack: Vec::new(), next_scope: 0 };
+        let mut inst = Inst {
+            cx,
+            blocks: &blocks,
+            model: name,
+            nodes: 0,
+            exhausted: false,
+            stack: Vec::new(),
+            next_scope: 0,
+            used: Vec::new(),
+        };
         let body = inst.seq(&m.body, &Env::new(), "", &None, 0);
+        let used = inst.used;
         if !ok {
             continue;
         }
@@ -1169,6 +1184,7 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
             zero_init: m.attrs.zero_init.is_some(),
             input: input_dims,
             body,
+            blocks: used,
         });
     }
     out

@@ -4,6 +4,7 @@
 //! absolute through `::residual::__private`.
 
 mod collection;
+mod docs;
 mod fallback;
 mod forward;
 mod info;
@@ -122,6 +123,7 @@ pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
     let name = &m.name;
     let vis = &m.vis;
     let docs = &m.docs;
+    let shown = docs::model_docs(m, prog);
     let fields = prog.fields.iter().map(|f| {
         let id = ident(&f.ident);
         let ty = field_ty(&f.ty);
@@ -138,6 +140,7 @@ pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
     let info = info::info_impl(m, prog);
     quote! {
         #(#docs)*
+        #shown
         #[derive(Clone, Debug)]
         #vis struct #name<E: #d::shapes::Dtype = f32, D: #d::tensor_ops::Device<E> = #d::tensor::Cpu> {
             #(#fields,)*
