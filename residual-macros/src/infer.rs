@@ -14,7 +14,7 @@ use crate::parse::{Init, TapKind};
 use crate::shape::{self, show, Conv, ShapeError};
 
 /// Groups digits by thousands: 25557032 -> "25,557,032".
-fn thousands(n: u128) -> String {
+pub(crate) fn thousands(n: u128) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {

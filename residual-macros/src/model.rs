@@ -813,7 +813,12 @@ impl<'a> Inst<'a> {
                 return None;
             }
             Value::Int(n) if n > MAX_NODES as i128 => {
-                self.err(rep.count.sp(), format!("repetition count {n} is too large"), None, origin);
+                self.err(
+                    rep.count.sp(),
+                    format!("repetition count {n} is too large: a model has at most {MAX_NODES} layers"),
+                    None,
+                    origin,
+                );
                 return None;
             }
             Value::Int(n) => n as usize,
@@ -1141,7 +1146,7 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
                 m.dims_sp,
                 format!(
                     "the input holds {} values per sample, more than the 2^31 = 2,147,483,648 a tensor may hold",
-                    elements.unwrap_or(0)
+                    crate::infer::thousands(elements.unwrap_or(0))
                 ),
                 Some("every tensor (a value per sample, a layer's weight) is capped at 2^31 elements".into()),
                 None,

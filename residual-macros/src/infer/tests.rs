@@ -293,7 +293,7 @@ fn every_tensor_is_capped_at_2_pow_31_elements() {
     assert!(e.contains("the weight [100000, 30000] holds 3,000,000,000 values"), "{e}");
     // The input itself.
     let e = one("model M[1024, 1024, 4096] { relu }");
-    assert!(e.contains("the input holds 4294967296 values per sample"), "{e}");
+    assert!(e.contains("the input holds 4,294,967,296 values per sample"), "{e}");
     // `cat` doubling channels past the cap.
     let e = one("model M[1, 40000, 40000] { tap(a) -> cat(a) }");
     assert!(e.contains("`cat(a)`'s output [2, 40000, 40000] holds 3,200,000,000 values"), "{e}");
