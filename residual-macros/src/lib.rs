@@ -82,7 +82,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let parsed: parse::Input = match syn::parse2(input.clone()) {
         Ok(p) => p,
         Err(e) => {
-            let mut out = stubs_from_tokens(input);
+            let mut out = fallbacks_from_tokens(input);
             out.extend(e.to_compile_error());
             return out;
         }
@@ -125,7 +125,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
 /// After a parse error, still declare the models we can see (`model Name`, with the input shape
 /// when `[..]` follows and holds plain integers), so that the user's other code does not cascade
 /// into "cannot find type" errors.
-fn stubs_from_tokens(input: TokenStream) -> TokenStream {
+fn fallbacks_from_tokens(input: TokenStream) -> TokenStream {
     let tokens: Vec<TokenTree> = input.into_iter().collect();
     let mut out = TokenStream::new();
     let mut seen: Vec<String> = Vec::new();

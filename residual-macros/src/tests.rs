@@ -158,3 +158,22 @@ fn non_ascii_layer_names_are_fields_of_their_own() {
     assert!(out.contains("pub 日本 :") && out.contains("pub π :"), "{out}");
     assert!(out.contains("\"日本\"") && out.contains("\"π\""), "{out}");
 }
+
+/// After an error each model still gets a fallback that builds and runs forward with the declared
+/// types, so the user's code adds no errors of its own.
+#[test]
+fn failed_models_get_a_fallback_with_the_declared_types() {
+    // A shape error: the input and (guessed) output types are known.
+    let out = expand_str("model Net[3, 8, 8] { conv(16, 9) -> global_avgpool -> linear(10) }");
+    assert!(out.contains("compile_error"), "{out}");
+    for needle in ["BuildOnDevice", "TensorCollection", "ModelInfo", "Module <", "ModuleMut <", "Const < 10 >"] {
+        assert!(out.contains(needle), "missing {needle}: {out}");
+    }
+    assert!(!out.contains("Never"), "the output is known: {out}");
+    // A parse error: the input shape is read from the tokens, the output is unknown (`!`).
+    let out = expand_str("model Net[3, 8, 8] { conv(16, 3) bn }");
+    assert!(out.contains("compile_error") && out.contains("Const < 8 >") && out.contains("Never"), "{out}");
+    // No input shape at all: `Module` for any input.
+    let out = expand_str("model Net { relu }");
+    assert!(out.contains("compile_error") && out.contains("Module < X >"), "{out}");
+}
