@@ -47,6 +47,9 @@ const SEEDS: &[&str] = &[
     "model V[20] { linear(8, bias = false) -> sigmoid -> residual { linear(4) -> tanh } shortcut { linear(4) } -> identity }",
     "block P(c, s = 1) { bn -> relu -> residual { conv(c, 3, stride = s, padding = 1, groups = 2, dilation = 1) } shortcut pad }
      #[init(kaiming_normal)] model C[4, 8, 8] { P(8, s = 2) x 2 -> (relu -> bn) x 2 }",
+    // Non-ASCII names, long arithmetic, a residual that a conv without padding breaks.
+    "block D(w) { 日本: conv(w * 1 * 1 + 0 - 0, 3, padding = 1) -> π: bn -> tap(t) -> conv(w, 1) -> cat(t) }
+     model U[3, 8, 8] { D(4) x 2 -> residual { conv(12, 3) } shortcut auto -> global_avgpool -> linear(3) }",
 ];
 
 const IDENTS: &[&str] = &[
