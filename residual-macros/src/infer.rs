@@ -308,7 +308,7 @@ impl Infer<'_> {
     /// A residual body whose spatial size no striding explains: the error goes to the convs and
     /// pools in the body that changed the size (with the padding that keeps it), not to the
     /// shortcut, whose help would bake the bug in. `false` when there are none.
-    fn blame_shrinkers(&mut self, from: usize, in_shape: &[usize], body: &[usize]) -> bool {
+    fn blame_shrinkers(&mut self, from: usize) -> bool {
         let found: Vec<Shrinker> = self.shrinkers.drain(from.min(self.shrinkers.len())..).collect();
         if found.is_empty() || self.guessing {
             return false;
@@ -337,7 +337,6 @@ impl Infer<'_> {
             } else {
                 format!("from {}x{} to {}x{}", s.from[0], s.from[1], s.to[0], s.to[1])
             };
-            let _ = (in_shape, body);
             self.cx.push(
                 s.sp,
                 format!(
@@ -875,7 +874,7 @@ impl Infer<'_> {
                 && in_shape.len() == 3
                 && bs.get(1..) != in_shape.get(1..)
                 && shape::shortcut_stride(&in_shape, bs, hint).is_none();
-            if unexplained && self.blame_shrinkers(shrinkers_before, &in_shape, bs) {
+            if unexplained && self.blame_shrinkers(shrinkers_before) {
                 // Go on with the shape the body would have with the size kept, so that later
                 // checks do not report follow-ons of this mistake.
                 let fixed: Vec<usize> = match (bs.as_slice(), in_shape.as_slice()) {
