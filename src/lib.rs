@@ -1,6 +1,49 @@
-//! `residual`: declare residual networks in a few lines; get statically shaped dfdx modules.
+//! Declare residual networks in a few lines of the [`residual!`] macro; get statically shaped
+//! [dfdx](https://docs.rs/dfdx/0.13) modules that build, train and run on the CPU (and CUDA).
 //!
-//! See the README for the `residual!` language, and [`zoo`] for the classic models.
+//! Every tensor shape is known when the macro expands: a shortcut that does not fit its block, a
+//! window larger than the map or a `linear` on an image is a compile error at the token you
+//! wrote, with the fix. Each generated model's rustdoc shows its input and output shapes, its
+//! parameter and MAC counts and its layer table; [`ModelInfo`] gives the same facts as
+//! constants. The language, with the layer table, is the documentation of [`residual!`];
+//! [`zoo`] holds the classic models (ResNet-18 to -152, torchvision's parameter names).
+//!
+//! ```
+//! use residual::dfdx::prelude::*;
+//! use residual::{residual, ModelInfo};
+//!
+//! residual! {
+//!     /// The basic block of ResNet-18/34.
+//!     block Basic(planes, stride = 1) {
+//!         residual {
+//!             conv1: conv(planes, 3, stride = stride, padding = 1) -> bn1: bn -> relu
+//!             -> conv2: conv(planes, 3, padding = 1) -> bn2: bn
+//!         } shortcut auto
+//!         -> relu
+//!     }
+//!
+//!     /// A small ResNet for 32x32 images.
+//!     pub model Net[3, 32, 32] {
+//!         conv1: conv(16, 3, padding = 1) -> bn1: bn -> relu
+//!         -> layer1: Basic(16) x 2
+//!         -> layer2: Basic(32) x 2 (first: stride = 2)
+//!         -> global_avgpool -> fc: linear(10)
+//!     }
+//! }
+//!
+//! let dev: Cpu = Default::default();
+//! let mut net = dev.build_module::<Net, f32>();
+//! // Inference (batch norm on running statistics) ...
+//! let logits: Tensor<Rank2<4, 10>, f32, Cpu> = net.forward(dev.zeros::<Rank4<4, 3, 32, 32>>());
+//! // ... and a training step's forward pass (batch statistics, a gradient tape).
+//! let grads = net.alloc_grads();
+//! let train = net.forward_mut(dev.sample_normal::<Rank4<4, 3, 32, 32>>().traced(grads));
+//! let _grads = train.mean().backward();
+//! assert_eq!(Net::<f32>::OUTPUT_SHAPE, &[10]);
+//! assert_eq!(net.num_trainable_params(), Net::<f32>::NUM_PARAMS);
+//! println!("{}", Net::<f32>::SUMMARY);
+//! # let _ = logits;
+//! ```
 
 // Lets `residual!` (whose output names `::residual::__private`) be used inside this crate too.
 extern crate self as residual;

@@ -268,8 +268,9 @@ fn taps_add_and_cat() {
     let y: Tensor<Rank4<2, 4, 8, 8>, f32, Cpu> = m.forward(x.clone());
     let s = m.stem.forward(x).relu();
     let a = m.down.forward(s.clone()) + s.clone();
+    // `cat(s)` puts the tapped value first: `torch.cat([s, a], 1)`, torchvision's DenseNet order.
     let c =
-        (a.realize::<(Const<2>, usize, Const<8>, Const<8>)>(), s.realize::<(Const<2>, usize, Const<8>, Const<8>)>())
+        (s.realize::<(Const<2>, usize, Const<8>, Const<8>)>(), a.realize::<(Const<2>, usize, Const<8>, Const<8>)>())
             .concat_along(Axis::<1>)
             .realize::<Rank4<2, 16, 8, 8>>();
     close(&y.as_vec(), &m.head.forward(c).as_vec());

@@ -74,9 +74,22 @@ impl Origin {
     pub fn describe(&self) -> String {
         let shown = if self.path.is_empty() { "the model body".to_string() } else { format!("`{}`", self.path) };
         let mut s = format!("{} ({})", shown, self.call);
+        // At most three enclosing instances: deeper chains (up to the nesting limit of 32)
+        // would bury the message.
         let mut p = self.parent.as_ref();
+        let mut shown = 0;
         while let Some(o) = p {
+            if shown == 3 {
+                let mut rest = 0;
+                while let Some(o) = p {
+                    rest += 1;
+                    p = o.parent.as_ref();
+                }
+                s.push_str(&format!(" within {rest} more"));
+                break;
+            }
             s.push_str(&format!(" within `{}` ({})", o.path, o.call));
+            shown += 1;
             p = o.parent.as_ref();
         }
         s.push_str(&format!(" of model `{}`", self.model));

@@ -8,7 +8,8 @@
 //! new groups, recursing into groups; plus random token soup. The generator is a fixed-seed
 //! xorshift, so failures reproduce.
 //!
-//! Default: 3,000 cases (a few seconds in release). A longer run:
+//! Default: 3,000 cases (a few seconds, release or debug; CI runs it in both, since a user's dev
+//! build runs the macro with overflow checks on). A longer run:
 //! `RESIDUAL_FUZZ_CASES=200000 RESIDUAL_FUZZ_SEED=7 cargo test --release -p residual-macros never_panics -- --nocapture`
 
 use proc_macro2::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
@@ -46,6 +47,9 @@ const SEEDS: &[&str] = &[
     "model V[20] { linear(8, bias = false) -> sigmoid -> residual { linear(4) -> tanh } shortcut { linear(4) } -> identity }",
     "block P(c, s = 1) { bn -> relu -> residual { conv(c, 3, stride = s, padding = 1, groups = 2, dilation = 1) } shortcut pad }
      #[init(kaiming_normal)] model C[4, 8, 8] { P(8, s = 2) x 2 -> (relu -> bn) x 2 }",
+    // Non-ASCII names, long arithmetic, a residual that a conv without padding breaks.
+    "block D(w) { 日本: conv(w * 1 * 1 + 0 - 0, 3, padding = 1) -> π: bn -> tap(t) -> conv(w, 1) -> cat(t) }
+     model U[3, 8, 8] { D(4) x 2 -> residual { conv(12, 3) } shortcut auto -> global_avgpool -> linear(3) }",
 ];
 
 const IDENTS: &[&str] = &[

@@ -13,6 +13,19 @@ use crate::model::{did_you_mean, Kind, Layer, Model, Node, Shortcut, V};
 use crate::parse::{Init, TapKind};
 use crate::shape::{self, show, Conv, ShapeError};
 
+/// Groups digits by thousands: 25557032 -> "25,557,032".
+pub(crate) fn thousands(n: u128) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 pub(crate) type Var = usize;
 
 /// A parameter-bearing layer: one field of the generated struct.
@@ -88,7 +101,9 @@ pub(crate) enum Op {
         output: Var,
         b_is_tap: bool,
     },
-    /// `output = cat(a, b)` along channels.
+    /// `output = cat(a, b)` along channels, `a` first. `cat(t)` gives `a` = the tapped value
+    /// (only borrowed: a tap may be read again) and `b` = the current value (moved, its tape
+    /// carries on): torchvision's DenseNet order, `torch.cat([old, new], 1)`.
     Cat {
         a: Var,
         b: Var,
@@ -124,12 +139,41 @@ struct Tap {
     sp: Sp,
 }
 
+/// A conv or pool whose output is not `ceil(input / stride)` on some axis.
+struct Shrinker {
+    sp: Sp,
+    origin: Option<Rc<Origin>>,
+    op: &'static str,
+    from: [usize; 2],
+    to: [usize; 2],
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+}
+
 struct Infer<'a> {
     cx: &'a mut Ctxt,
     prog: Program,
     kaiming: bool,
     zero_init: bool,
     taps: HashMap<(usize, String), Tap>,
+    /// Variables whose shape is a guess: after an error that loses the shape, inference goes on
+    /// with a best guess (a window that does not fit gives size 1, `linear` on an image gives
+    /// `[out]`, ...), kept only to give the fallback emitted after the error the output type the
+    /// user most likely meant. Shape errors about guessed values are not reported (they could be
+    /// follow-ons of the first); errors about known values still are.
+    guesses: std::collections::HashSet<Var>,
+    /// The op being checked reads a guessed value.
+    guessing: bool,
+    /// The node being checked: where an overflow of the model's totals is reported.
+    at: Option<(Sp, Option<Rc<Origin>>)>,
+    /// The totals overflowed (reported once).
+    total_overflow: bool,
+    /// Convs and pools that changed the spatial size by more than their stride explains (a 3x3
+    /// without `padding = 1`), in order: when a residual body's output no longer lines up with
+    /// its input, the error goes to them, not to the shortcut.
+    shrinkers: Vec<Shrinker>,
 }
 
 pub(crate) fn field_ident(path: &str) -> String {
@@ -142,13 +186,26 @@ pub(crate) fn field_ident(path: &str) -> String {
 
 /// Infers shapes of one model; errors go to `cx`. The program is complete only when no error
 /// was reported.
+#[allow(dead_code)] // the stable entry point; `expand` uses `infer_with_output`
 pub(crate) fn infer(model: &Model, cx: &mut Ctxt) -> Program {
+    infer_with_output(model, cx).0
+}
+
+/// [`infer`], plus the model's output shape when it is known, even after errors (a shortcut
+/// mismatch keeps the body's shape, a window that does not fit loses it): what the fallback
+/// emitted after an error declares as the model's output.
+pub(crate) fn infer_with_output(model: &Model, cx: &mut Ctxt) -> (Program, Option<Vec<usize>>) {
     let mut inf = Infer {
         cx,
         prog: Program::default(),
         kaiming: model.init == Init::KaimingNormal,
         zero_init: model.zero_init,
         taps: HashMap::new(),
+        guesses: Default::default(),
+        guessing: false,
+        at: None,
+        total_overflow: false,
+        shrinkers: Vec::new(),
     };
     inf.prog.vars.push(model.input.clone());
     let out = inf.walk(&model.body, Some(0));
@@ -156,7 +213,8 @@ pub(crate) fn infer(model: &Model, cx: &mut Ctxt) -> Program {
     crate::validate::check_fields(&inf.prog.fields, inf.cx);
     let mut prog = inf.prog;
     remove_unused_forks(&mut prog);
-    prog
+    let shape = out.and_then(|v| prog.vars.get(v).cloned());
+    (prog, shape)
 }
 
 /// Taps that are never read would be unused variables in the generated code.
@@ -187,7 +245,20 @@ fn remove_unused_forks(prog: &mut Program) {
 
 impl Infer<'_> {
     fn err(&mut self, node: &Node, sp: Sp, msg: impl Into<String>, help: Option<String>) {
+        if !self.guessing {
+            self.cx.push(sp, msg, help, node.origin.clone());
+        }
+    }
+
+    /// An error that does not depend on the shapes (a tap name): reported even while guessing.
+    fn name_err(&mut self, node: &Node, sp: Sp, msg: impl Into<String>, help: Option<String>) {
         self.cx.push(sp, msg, help, node.origin.clone());
+    }
+
+    /// After an error that loses the shape: switch to guessing and go on with `guess`.
+    fn lost(&mut self, guess: Option<Vec<usize>>) -> Option<Var> {
+        self.guessing = true;
+        guess.map(|g| self.new_var(g))
     }
 
     fn shape(&self, v: Var) -> Vec<usize> {
@@ -196,7 +267,95 @@ impl Infer<'_> {
 
     fn new_var(&mut self, shape: Vec<usize>) -> Var {
         self.prog.vars.push(shape);
-        self.prog.vars.len() - 1
+        let v = self.prog.vars.len() - 1;
+        if self.guessing {
+            self.guesses.insert(v);
+        }
+        v
+    }
+
+    /// Records a conv or pool whose output is not `ceil(input / stride)` (see `shrinkers`).
+    #[allow(clippy::too_many_arguments)]
+    fn note_shrink(
+        &mut self,
+        node: &Node,
+        op: &'static str,
+        input: &[usize],
+        o: [usize; 3],
+        stride: usize,
+        kernel: usize,
+        padding: usize,
+        dilation: usize,
+    ) {
+        if let [_, h, w] = input {
+            let same = |n: usize| n.div_ceil(stride.max(1));
+            if same(*h) != o[1] || same(*w) != o[2] {
+                self.shrinkers.push(Shrinker {
+                    sp: node.sp,
+                    origin: node.origin.clone(),
+                    op,
+                    from: [*h, *w],
+                    to: [o[1], o[2]],
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                });
+            }
+        }
+    }
+
+    /// A residual body whose spatial size no striding explains: the error goes to the convs and
+    /// pools in the body that changed the size (with the padding that keeps it), not to the
+    /// shortcut, whose help would bake the bug in. `false` when there are none.
+    fn blame_shrinkers(&mut self, from: usize) -> bool {
+        let found: Vec<Shrinker> = self.shrinkers.drain(from.min(self.shrinkers.len())..).collect();
+        if found.is_empty() || self.guessing {
+            return false;
+        }
+        for s in found {
+            let keep = (s.kernel / 2).saturating_mul(s.dilation);
+            let verb = if s.to[0] < s.from[0] || s.to[1] < s.from[1] { "shrinks" } else { "grows" };
+            let kernel_text = if s.dilation > 1 {
+                format!("{0}x{0} kernel, dilation {1}", s.kernel, s.dilation)
+            } else {
+                format!("{0}x{0} kernel", s.kernel)
+            };
+            let help = if s.kernel % 2 == 1 {
+                format!(
+                    "`padding = {keep}` keeps the size (`kernel / 2 * dilation`){}",
+                    if self.shrink_is_strided(&s) { " up to the stride" } else { "" }
+                )
+            } else {
+                format!("an even kernel cannot keep the size; use an odd kernel with `padding = {keep}`")
+            };
+            // Without the sizes when the change is the same everywhere, so that the instances of
+            // a repeated block (each on a smaller map) give one error, not one each.
+            let (dh, dw) = (s.from[0].abs_diff(s.to[0]), s.from[1].abs_diff(s.to[1]));
+            let change = if s.stride == 1 && dh == dw {
+                format!("by {dh} in height and width")
+            } else {
+                format!("from {}x{} to {}x{}", s.from[0], s.from[1], s.to[0], s.to[1])
+            };
+            self.cx.push(
+                s.sp,
+                format!(
+                    "this `{}` {verb} the map {change} ({kernel_text}, padding {}), so the residual body's output no longer lines up with its input",
+                    s.op, s.padding,
+                ),
+                Some(help),
+                s.origin.clone(),
+            );
+        }
+        true
+    }
+
+    fn shrink_is_strided(&self, s: &Shrinker) -> bool {
+        s.from[0] != s.to[0] && s.from[0].div_ceil(2) == s.to[0]
+    }
+
+    fn is_guess(&self, v: Option<Var>) -> bool {
+        v.is_some_and(|v| self.guesses.contains(&v))
     }
 
     fn layer_op(&mut self, input: Var, shape: Vec<usize>, kind: OpKind) -> Var {
@@ -210,10 +369,55 @@ impl Infer<'_> {
         self.prog.fields.len() - 1
     }
 
+    /// One summary row; its counts go into the model's totals, which must not overflow (they
+    /// once saturated at `u64::MAX` silently): an overflow is an error at the layer that caused it.
     fn row(&mut self, path: &str, op: String, shape: &[usize], params: u64, macs: u64) {
-        self.prog.params = self.prog.params.saturating_add(params);
-        self.prog.macs = self.prog.macs.saturating_add(macs);
+        match (self.prog.params.checked_add(params), self.prog.macs.checked_add(macs)) {
+            (Some(p), Some(m)) => (self.prog.params, self.prog.macs) = (p, m),
+            (p, _) => {
+                if !self.total_overflow && !self.guessing {
+                    self.total_overflow = true;
+                    let what = if p.is_none() { "parameter count" } else { "MAC count" };
+                    if let Some((sp, origin)) = self.at.clone() {
+                        self.cx.push(
+                            sp,
+                            format!("the model's {what} overflows a 64-bit integer at this layer"),
+                            Some("the totals must fit `u64`; this model is far beyond any that can be built".into()),
+                            origin,
+                        );
+                    }
+                }
+            }
+        }
         self.prog.rows.push(Row { path: path.to_string(), op, shape: shape.to_vec(), params, macs });
+    }
+
+    /// A layer's own parameter or MAC count; `None` (it overflows `u64`) is an error at the layer.
+    fn count(&mut self, node: &Node, what: &str, n: Option<u64>) -> u64 {
+        n.unwrap_or_else(|| {
+            self.err(node, node.sp, format!("the {what} of this layer overflows a 64-bit integer"), None);
+            0
+        })
+    }
+
+    /// Every tensor, a value per sample or a layer's weight, holds at most `MAX_SIZE` (2^31)
+    /// elements, the cap on input dims: `conv(2000000000, 1)` once passed `cargo check`. An error
+    /// at `sp` (the argument that made it so) when `dims` exceed it.
+    fn too_big(&mut self, node: &Node, sp: Sp, what: &str, dims: &[usize], arg: &str) -> bool {
+        let n = dims.iter().try_fold(1u128, |a, &d| a.checked_mul(d as u128));
+        let cap = crate::model::MAX_SIZE as u128;
+        if n.is_some_and(|n| n <= cap) {
+            return false;
+        }
+        let shown =
+            n.map(|n| format!("{} values", thousands(n))).unwrap_or_else(|| "more values than a u128 counts".into());
+        self.err(
+            node,
+            sp,
+            format!("{what} {} holds {shown}, more than the 2^31 = 2,147,483,648 a tensor may hold", show(dims)),
+            Some(format!("every tensor (a value per sample, a layer's weight) is capped at 2^31 elements, like the input; check {arg}")),
+        );
+        true
     }
 
     fn walk(&mut self, nodes: &[Node], mut cur: Option<Var>) -> Option<Var> {
@@ -224,6 +428,10 @@ impl Infer<'_> {
     }
 
     fn node(&mut self, node: &Node, cur: Option<Var>) -> Option<Var> {
+        self.guessing = self.is_guess(cur);
+        if !matches!(node.kind, Kind::Seq(_)) {
+            self.at = Some((node.sp, node.origin.clone()));
+        }
         match &node.kind {
             Kind::Seq(children) => self.walk(children, cur),
             Kind::Layer { layer, path, named, .. } => {
@@ -233,6 +441,11 @@ impl Infer<'_> {
             }
             Kind::Residual { body, shortcut, shortcut_sp } => self.residual(node, body, shortcut, *shortcut_sp, cur),
             Kind::Tap { kind, name, name_sp, scope } => self.tap(node, *kind, name, *name_sp, *scope, cur),
+            // Already an error: guess that it keeps the shape, check nothing that depends on it.
+            Kind::Unknown => {
+                let guess = cur.map(|c| self.shape(c));
+                self.lost(guess)
+            }
         }
     }
 
@@ -332,8 +545,85 @@ impl Infer<'_> {
                     dilation: dilation.v,
                     groups: groups.v,
                 };
+                if let (true, [in_ch, ..]) = (out.v != 0, input.as_slice()) {
+                    // PyTorch's `Conv2d(in, out, kernel)`: `conv(3, 64, 3)` on 3 channels reads
+                    // as out = 3, kernel = 64. No real kernel is that large.
+                    // Only with a third argument: PyTorch's kernel size is required, ours is
+                    // the second, so `conv(1, 46000)` on one channel is left alone.
+                    let stride_given = stride.sp.start.start() != node.sp.start.start();
+                    if *in_ch == out.v && kernel.v > 11 && stride_given {
+                        let rest = stride.v;
+                        self.err(
+                            node,
+                            node.sp,
+                            format!(
+                                "this reads as `out = {}, kernel = {}`: it looks like PyTorch's `Conv2d(in_channels, out_channels, kernel_size, ..)`",
+                                out.v, kernel.v
+                            ),
+                            Some(format!(
+                                "`conv` infers its input channels ({in_ch} here) and takes `conv(out, kernel, stride, padding, ..)`: write `conv({}, {rest}, ..)` (drop the first argument)",
+                                kernel.v
+                            )),
+                        );
+                        return self.lost(None);
+                    }
+                }
+                if kernel.v == 1 && padding.v > 0 {
+                    // Always a slip: a 1x1 conv keeps the size with no padding, and with it the
+                    // map grows at every such conv (once an error repeated at each block).
+                    self.err(
+                        node,
+                        padding.sp,
+                        format!(
+                            "`padding = {}` on a 1x1 conv adds a border of zeros: the map grows by {} at each side",
+                            padding.v, padding.v
+                        ),
+                        Some("a 1x1 conv keeps the size with `padding = 0` (the default): remove the padding".into()),
+                    );
+                    // Go on as if it were fixed, so that later checks stay meaningful.
+                    return self.layer(
+                        node,
+                        &Layer::Conv {
+                            out: *out,
+                            kernel: *kernel,
+                            stride: *stride,
+                            padding: V { v: 0, sp: padding.sp },
+                            dilation: *dilation,
+                            groups: *groups,
+                            bias: *bias,
+                        },
+                        path,
+                        shown,
+                        cur,
+                    );
+                }
                 let o = match shape::conv2d(&input, c) {
                     Ok(o) => o,
+                    Err(ShapeError::Window { axis, input: size, padding: pd, window }) if c.dilation > 1 => {
+                        let padded = size.saturating_add(pd.saturating_mul(2));
+                        let max_d = padded.saturating_sub(1) / c.kernel.saturating_sub(1).max(1);
+                        let help = if max_d >= 1 {
+                            format!(
+                                "a kernel of {k} spans `dilation * (kernel - 1) + 1`; on {} use `dilation = {max_d}` or less, or `padding = {}`",
+                                show(&input),
+                                window.saturating_sub(size).div_ceil(2),
+                                k = c.kernel
+                            )
+                        } else {
+                            format!("the input is {}; use a smaller kernel", show(&input))
+                        };
+                        self.err(
+                            node,
+                            dilation.sp,
+                            format!(
+                                "`conv` window does not fit: with `dilation = {}` the {k}x{k} kernel spans {window}, but the input {axis} is {size} ({padded} with padding {pd}), so the output {axis} would be 0",
+                                c.dilation,
+                                k = c.kernel
+                            ),
+                            Some(help),
+                        );
+                        return self.lost((input.len() == 3).then(|| vec![c.out, 1, 1]));
+                    }
                     Err(e) => {
                         // A groups error still has a well-defined output: continue with it.
                         let cont = matches!(e, ShapeError::Groups { .. });
@@ -345,6 +635,16 @@ impl Infer<'_> {
                             &input,
                             Some(c.out),
                         );
+                        let guess_axis = |size: usize| {
+                            shape::window_out("height", size, c.kernel, c.stride, c.padding, c.dilation).unwrap_or(1)
+                        };
+                        let guess = (input.len() == 3).then(|| {
+                            vec![
+                                c.out,
+                                guess_axis(input.get(1).copied().unwrap_or(1)),
+                                guess_axis(input.get(2).copied().unwrap_or(1)),
+                            ]
+                        });
                         if cont {
                             if let (Ok(oh), Ok(ow)) = (
                                 shape::window_out(
@@ -367,11 +667,18 @@ impl Infer<'_> {
                                 return Some(self.new_var(vec![c.out, oh, ow]));
                             }
                         }
-                        return None;
+                        return self.lost(guess);
                     }
                 };
                 let in_ch = input.first().copied().unwrap_or(0);
                 let [_, o_h, o_w] = o;
+                self.note_shrink(node, "conv", &input, o, c.stride, c.kernel, c.padding, c.dilation);
+                let weight = [c.out, in_ch / c.groups.max(1), c.kernel, c.kernel];
+                if self.too_big(node, out.sp, "the output", &o, "`out`")
+                    || self.too_big(node, out.sp, "the weight", &weight, "`out` and `kernel`")
+                {
+                    return self.lost(Some(o.to_vec()));
+                }
                 let ident = field_ident(path);
                 let f = self.add_field(
                     node,
@@ -396,15 +703,17 @@ impl Infer<'_> {
                 if c.dilation != 1 {
                     op.push_str(&format!(" d{}", c.dilation));
                 }
-                let params = shape::conv_params(in_ch, c, *bias).unwrap_or(u64::MAX);
-                let macs = shape::conv_macs(in_ch, c, o).unwrap_or(u64::MAX);
+                let params = shape::conv_params(in_ch, c, *bias);
+                let params = self.count(node, "parameter count", params);
+                let macs = shape::conv_macs(in_ch, c, o);
+                let macs = self.count(node, "MAC count", macs);
                 self.row(shown, op, &o, params, macs);
                 Some(v)
             }
             Layer::Bn => {
                 if let Err(e) = shape::rank3(&input) {
                     self.shape_error(node, "bn", e, &[], &input, None);
-                    return None;
+                    return self.lost(Some(input));
                 }
                 let c = input.first().copied().unwrap_or(0);
                 let f = self.add_field(node, path, field_ident(path), FieldTy::Bn { c, zero_gamma: false });
@@ -418,6 +727,7 @@ impl Infer<'_> {
                 match shape::pool2d(&input, kernel.v, stride.v, padding.v) {
                     Ok(o) => {
                         let (kernel, stride, padding) = (kernel.v, stride.v, padding.v);
+                        self.note_shrink(node, name, &input, o, stride, kernel, padding, 1);
                         let kind = if max {
                             OpKind::MaxPool { kernel, stride, padding }
                         } else {
@@ -436,7 +746,15 @@ impl Infer<'_> {
                             &input,
                             None,
                         );
-                        None
+                        let guess = match input.as_slice() {
+                            [c, h, w] => Some(vec![
+                                *c,
+                                shape::window_out("height", *h, kernel.v, stride.v, 0, 1).unwrap_or(1),
+                                shape::window_out("width", *w, kernel.v, stride.v, 0, 1).unwrap_or(1),
+                            ]),
+                            _ => None,
+                        };
+                        self.lost(guess)
                     }
                 }
             }
@@ -448,7 +766,7 @@ impl Infer<'_> {
                 }
                 Err(e) => {
                     self.shape_error(node, "global_avgpool", e, &[], &input, None);
-                    None
+                    self.lost(input.first().map(|c| vec![*c]))
                 }
             },
             Layer::Flatten => match shape::flatten(&input) {
@@ -459,22 +777,30 @@ impl Infer<'_> {
                 }
                 Err(e) => {
                     self.shape_error(node, "flatten", e, &[], &input, None);
-                    None
+                    self.lost(None)
                 }
             },
             Layer::Linear { out, bias } => match shape::linear(&input, out.v) {
                 Ok(o) => {
                     let i = input.last().copied().unwrap_or(0);
+                    if self.too_big(node, out.sp, "the output", &o, "`out`")
+                        || self.too_big(node, out.sp, "the weight", &[out.v, i], "`out`")
+                    {
+                        return self.lost(Some(o));
+                    }
                     let f = self.add_field(node, path, field_ident(path), FieldTy::Linear { i, o: out.v, bias: *bias });
                     let v = self.layer_op(cur, o.clone(), OpKind::Field(f));
-                    let params = shape::linear_params(i, out.v, *bias).unwrap_or(u64::MAX);
-                    let macs = shape::linear_macs(&input, out.v).unwrap_or(u64::MAX);
+                    let params = shape::linear_params(i, out.v, *bias);
+                    let params = self.count(node, "parameter count", params);
+                    let macs = shape::linear_macs(&input, out.v);
+                    let macs = self.count(node, "MAC count", macs);
                     self.row(shown, format!("linear {i}->{}", out.v), &o, params, macs);
                     Some(v)
                 }
                 Err(e) => {
                     self.shape_error(node, "linear", e, &[], &input, None);
-                    None
+                    // Most likely a missing `global_avgpool` / `flatten`: the user meant `[out]`.
+                    self.lost(Some(vec![out.v]))
                 }
             },
             Layer::LayerNorm => match shape::last_dim(&input) {
@@ -486,7 +812,7 @@ impl Infer<'_> {
                 }
                 Err(e) => {
                     self.shape_error(node, "layernorm", e, &[], &input, None);
-                    None
+                    self.lost(Some(input))
                 }
             },
             Layer::Dropout { p } => {
@@ -531,6 +857,7 @@ impl Infer<'_> {
         let fork = self.new_var(in_shape.clone());
         self.prog.ops.push(Op::Fork { input, output: fork });
         let fields_before = self.prog.fields.len();
+        let shrinkers_before = self.shrinkers.len();
         let body_out = self.walk(body, Some(input));
         if self.zero_init {
             let last_bn =
@@ -541,6 +868,24 @@ impl Infer<'_> {
         }
         let body_shape = body_out.map(|v| self.shape(v));
         let hint = body_stride(body);
+        self.guessing = self.is_guess(Some(input)) || self.is_guess(body_out);
+        if let Some(bs) = &body_shape {
+            let unexplained = bs.len() == 3
+                && in_shape.len() == 3
+                && bs.get(1..) != in_shape.get(1..)
+                && shape::shortcut_stride(&in_shape, bs, hint).is_none();
+            if unexplained && self.blame_shrinkers(shrinkers_before) {
+                // Go on with the shape the body would have with the size kept, so that later
+                // checks do not report follow-ons of this mistake.
+                let fixed: Vec<usize> = match (bs.as_slice(), in_shape.as_slice()) {
+                    ([c, ..], [_, h, w]) => vec![*c, h.div_ceil(hint.max(1)), w.div_ceil(hint.max(1))],
+                    _ => bs.clone(),
+                };
+                return Some(self.new_var(fixed));
+            }
+        }
+        // The body's own shrinkers are settled: an outer residual must not blame them again.
+        self.shrinkers.truncate(shrinkers_before);
         let sc_out: Option<Var> = match sc {
             Shortcut::Identity { explicit } => {
                 if let Some(bs) = &body_shape {
@@ -570,6 +915,17 @@ impl Infer<'_> {
                 Some(bs) => {
                     let stride = shape::shortcut_stride(&in_shape, bs, hint);
                     match (stride, in_shape.as_slice(), bs.as_slice()) {
+                        (Some(_), [ic, _, _], [oc, _, _])
+                            if self.too_big(
+                                node,
+                                sc_sp,
+                                "the projection's weight",
+                                &[*oc, *ic],
+                                "the channel counts",
+                            ) =>
+                        {
+                            Some(fork)
+                        }
                         (Some(s), [ic, _, _], [oc, oh, ow]) => {
                             let c = Conv { out: *oc, kernel: 1, stride: s, padding: 0, dilation: 1, groups: 1 };
                             let cpath = format!("{path}.0");
@@ -582,8 +938,10 @@ impl Infer<'_> {
                             );
                             let o = vec![*oc, *oh, *ow];
                             let v1 = self.layer_op(fork, o.clone(), OpKind::Field(fc));
-                            let params = shape::conv_params(*ic, c, false).unwrap_or(u64::MAX);
-                            let macs = shape::conv_macs(*ic, c, [*oc, *oh, *ow]).unwrap_or(u64::MAX);
+                            let params = shape::conv_params(*ic, c, false);
+                            let params = self.count(node, "parameter count", params);
+                            let macs = shape::conv_macs(*ic, c, [*oc, *oh, *ow]);
+                            let macs = self.count(node, "MAC count", macs);
                             self.row(
                                 &cpath,
                                 format!("conv 1x1{} {ic}->{oc}", if s != 1 { format!("/{s}") } else { String::new() }),
@@ -654,6 +1012,7 @@ impl Infer<'_> {
             },
             Shortcut::Projection { body: proj } => {
                 let p_out = self.walk(proj, Some(fork));
+                self.guessing = self.is_guess(Some(input)) || self.is_guess(body_out) || self.is_guess(p_out);
                 if let (Some(po), Some(bs)) = (p_out, &body_shape) {
                     let ps = self.shape(po);
                     if ps != *bs {
@@ -679,6 +1038,7 @@ impl Infer<'_> {
             }
         };
         let (a, b) = (body_out?, sc_out?);
+        self.guessing = self.is_guess(Some(a)) || self.is_guess(Some(b));
         let out_shape = self.shape(a);
         if self.shape(b) != out_shape {
             return Some(a);
@@ -703,7 +1063,7 @@ impl Infer<'_> {
             TapKind::Tap => {
                 if let Some(prev) = self.taps.get(&key) {
                     let _ = prev.sp;
-                    self.err(
+                    self.name_err(
                         node,
                         name_sp,
                         format!("duplicate tap `{name}`"),
@@ -729,10 +1089,11 @@ impl Infer<'_> {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => format!("bind it first with `tap({name})` earlier in the same block or model body"),
                     };
-                    self.err(node, name_sp, format!("unknown tap `{name}`"), Some(help));
+                    self.name_err(node, name_sp, format!("unknown tap `{name}`"), Some(help));
                     return cur;
                 };
                 let (cur, tv) = (cur?, tap.var?);
+                self.guessing = self.is_guess(Some(cur)) || self.is_guess(Some(tv));
                 let (cs, ts) = (self.shape(cur), self.shape(tv));
                 if kind == TapKind::Add {
                     if cs != ts {
@@ -749,10 +1110,15 @@ impl Infer<'_> {
                     self.row("", format!("add({name})"), &cs, 0, 0);
                     Some(output)
                 } else {
-                    match shape::cat_channels(&cs, &ts) {
+                    match shape::cat_channels(&ts, &cs) {
+                        Some(o)
+                            if self.too_big(node, name_sp, &format!("`cat({name})`'s output"), &o, "the channels") =>
+                        {
+                            self.lost(Some(o.to_vec()))
+                        }
                         Some(o) => {
                             let output = self.new_var(o.to_vec());
-                            self.prog.ops.push(Op::Cat { a: cur, b: tv, output });
+                            self.prog.ops.push(Op::Cat { a: tv, b: cur, output });
                             self.row("", format!("cat({name})"), &o, 0, 0);
                             Some(output)
                         }
@@ -768,7 +1134,11 @@ impl Infer<'_> {
                                 ),
                                 Some(format!("tap at a point with spatial size {}", show(cs.get(1..).unwrap_or(&[])))),
                             );
-                            None
+                            let guess = match (cs.as_slice(), ts.first()) {
+                                ([c, h, w], Some(t)) => Some(vec![c.saturating_add(*t), *h, *w]),
+                                _ => None,
+                            };
+                            self.lost(guess)
                         }
                     }
                 }

@@ -38,8 +38,9 @@
 //!   `[C, H, W]` values; for `[S, D]` write `shortcut { linear(D2, bias = false) }`.
 //! - `shortcut pad` subsamples by the body's stride and zero-pads channels, half in front.
 //! - Taps are scoped to one block instance (or the model body): `tap(s)` binds the current
-//!   value, `add(s)` adds it (same shape), `cat(s)` concatenates `[current, tapped]` along
-//!   channels (same spatial size).
+//!   value, `add(s)` adds it (same shape), `cat(s)` concatenates `[tapped, current]` along
+//!   channels (same spatial size): torchvision's DenseNet order, `torch.cat([old, new], 1)`, so
+//!   its weights map channel for channel.
 //! - Parameter paths: a named step contributes its name, an unnamed one its index in the
 //!   sequence, `x N` copies `0..N`; an unnamed, unrepeated `residual` is transparent; a
 //!   projection shortcut is `downsample` unless named. Struct fields are the paths with `.`
@@ -55,7 +56,9 @@
 //!
 //! `parse/` (syn) -> `model.rs` (instantiate blocks, names, arguments) -> `infer.rs` (shapes,
 //! lowering) + `validate.rs` -> `codegen/`. Errors are collected in `ctxt::Ctxt`, sorted by
-//! position, and emitted after one stub struct per model.
+//! position, and emitted after one fallback per model (`codegen/fallback.rs`: a type of the
+//! model's name that builds, runs forward with the declared input and output types where they
+//! are known, and implements `TensorCollection` and `ModelInfo`, so user code adds no errors).
 
 mod codegen;
 mod ctxt;
@@ -66,9 +69,9 @@ mod shape;
 mod validate;
 
 use proc_macro2::{TokenStream, TokenTree};
-use quote::quote;
 
-/// Declares blocks and models; see the crate documentation for the grammar.
+// The grammar and the layer table, from the one file that holds them.
+#[doc = include_str!("../../docs/GRAMMAR.md")]
 #[proc_macro]
 pub fn residual(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand(input.into()).into()
@@ -79,26 +82,36 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let parsed: parse::Input = match syn::parse2(input.clone()) {
         Ok(p) => p,
         Err(e) => {
-            let mut out = stubs_from_tokens(input);
+            let mut out = fallbacks_from_tokens(input);
             out.extend(e.to_compile_error());
             return out;
         }
     };
     let mut cx = ctxt::Ctxt::new();
     let models = model::build(&parsed, &mut cx);
-    let programs: Vec<infer::Program> = models.iter().map(|m| infer::infer(m, &mut cx)).collect();
+    let inferred: Vec<(infer::Program, Option<Vec<usize>>)> =
+        models.iter().map(|m| infer::infer_with_output(m, &mut cx)).collect();
     match cx.check() {
-        Ok(()) => models.iter().zip(&programs).map(|(m, p)| codegen::model(m, p)).collect(),
+        Ok(()) => models.iter().zip(&inferred).map(|(m, (p, _))| codegen::model(m, p)).collect(),
         Err(errors) => {
             let mut out = TokenStream::new();
             let mut seen: Vec<String> = Vec::new();
             for item in &parsed.items {
                 if let parse::Item::Model(m) = item {
-                    // One stub per name: a duplicate model is already an error of its own.
-                    if !seen.contains(&m.name.to_string()) {
-                        seen.push(m.name.to_string());
-                        out.extend(codegen::stub(&m.vis, &m.name));
+                    // One fallback per name: a duplicate model is already an error of its own.
+                    let name = m.name.to_string();
+                    if seen.contains(&name) {
+                        continue;
                     }
+                    seen.push(name);
+                    let built = models.iter().zip(&inferred).find(|(b, _)| b.name == m.name);
+                    out.extend(codegen::fallback(&codegen::Known {
+                        vis: &m.vis,
+                        name: &m.name,
+                        docs: &m.attrs.docs,
+                        input: built.map(|(b, _)| b.input.as_slice()),
+                        output: built.and_then(|(_, (_, o))| o.as_deref()),
+                    }));
                 }
             }
             for e in errors {
@@ -109,24 +122,51 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     }
 }
 
-/// After a parse error, still declare the models we can see (`model Name`), so that the user's
-/// other code does not cascade into "cannot find type" errors.
-fn stubs_from_tokens(input: TokenStream) -> TokenStream {
+/// After a parse error, still declare the models we can see (`model Name`, with the input shape
+/// when `[..]` follows and holds plain integers), so that the user's other code does not cascade
+/// into "cannot find type" errors.
+fn fallbacks_from_tokens(input: TokenStream) -> TokenStream {
     let tokens: Vec<TokenTree> = input.into_iter().collect();
     let mut out = TokenStream::new();
     let mut seen: Vec<String> = Vec::new();
-    for pair in tokens.windows(2) {
+    let vis: syn::Visibility = syn::parse_quote!(pub);
+    for (i, pair) in tokens.windows(2).enumerate() {
         if let [TokenTree::Ident(kw), TokenTree::Ident(name)] = pair {
             let n = name.to_string();
             if kw == "model" && !n.starts_with("r#") && !seen.contains(&n) {
                 seen.push(n);
-                let vis: syn::Visibility = syn::parse_quote!(pub);
-                let _ = quote!();
-                out.extend(codegen::stub(&vis, name));
+                let dims = match tokens.get(i + 2) {
+                    Some(TokenTree::Group(g)) if g.delimiter() == proc_macro2::Delimiter::Bracket => {
+                        input_dims(g.stream())
+                    }
+                    _ => None,
+                };
+                out.extend(codegen::fallback(&codegen::Known {
+                    vis: &vis,
+                    name,
+                    docs: &[],
+                    input: dims.as_deref(),
+                    output: None,
+                }));
             }
         }
     }
     out
+}
+
+/// `3, 224, 224` as dims, when it is a valid input shape.
+fn input_dims(ts: TokenStream) -> Option<Vec<usize>> {
+    let list =
+        syn::parse::Parser::parse2(syn::punctuated::Punctuated::<syn::LitInt, syn::Token![,]>::parse_terminated, ts)
+            .ok()?;
+    let dims: Vec<usize> = list
+        .iter()
+        .map(|l| match l.base10_parse::<usize>() {
+            Ok(v) if v >= 1 && v as i128 <= model::MAX_SIZE && l.suffix().is_empty() => Some(v),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    (1..=3).contains(&dims.len()).then_some(dims)
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ const ALIASES: &[(&str, &str)] = &[
 
 /// The generic parameters of the generated struct and impls (dtype, device, batch, tape, and
 /// the tensor visitor of `TensorCollection`): a model of one of these names would shadow them.
-const GENERIC_PARAMS: &[&str] = &["E", "D", "B", "T", "V"];
+pub(crate) const GENERIC_PARAMS: &[&str] = &["E", "D", "B", "T", "V"];
 
 /// Names the language reserves (cannot be block names).
 const RESERVED: &[&str] = &["residual", "shortcut", "tap", "add", "cat", "block", "model", "auto", "pad", "x", "first"];
@@ -211,6 +211,8 @@ pub(crate) struct Model {
     pub zero_init: bool,
     pub input: Vec<usize>,
     pub body: Vec<Node>,
+    /// The block templates the model instantiates, in first-use order, with their doc comments.
+    pub blocks: Vec<(String, Vec<Attribute>)>,
 }
 
 /// One node of an instantiated network.
@@ -245,6 +247,10 @@ pub(crate) enum Kind {
         name_sp: Sp,
         scope: usize,
     },
+    /// A step that is already an error (unknown name, bad arguments, bad count): what it does
+    /// to the shape is unknown, so shape inference does not check what follows it (it would
+    /// report false follow-on errors).
+    Unknown,
 }
 
 #[cfg(test)]
@@ -340,6 +346,7 @@ struct Inst<'a> {
     exhausted: bool,
     stack: Vec<String>,
     next_scope: usize,
+    used: Vec<(String, Vec<Attribute>)>,
 }
 
 impl<'a> Inst<'a> {
@@ -679,6 +686,18 @@ impl<'a> Inst<'a> {
                 }
             }
             "linear" => {
+                let positional: Vec<&EArg> = args.iter().filter(|a| a.name.is_none()).collect();
+                if let [first, second, ..] = positional.as_slice() {
+                    if let (Value::Int(i), Value::Int(o)) = (first.value, second.value) {
+                        self.err(
+                            first.sp.to(second.sp),
+                            format!("`linear({i}, {o})` looks like PyTorch's `Linear(in_features, out_features)`; here the second argument is `bias`"),
+                            Some(format!("`linear` infers its input size from the value flowing in: write `linear({o})`")),
+                            origin,
+                        );
+                        return None;
+                    }
+                }
                 let out = self.size_arg(get("out")?, "out", 1, origin);
                 let bias = self.bool_arg(get("bias")?, "bias", origin);
                 Layer::Linear { out: out?, bias: bias? }
@@ -754,8 +773,9 @@ impl<'a> Inst<'a> {
             // a parameter-path collision.
             let dup_prefix = format!("{prefix}.__duplicate{i}");
             let named_prefix = if duplicate { dup_prefix.as_str() } else { prefix };
-            if let Some(node) = self.step(step, i, env, named_prefix, index_prefix, origin, scope) {
-                out.push(node);
+            match self.step(step, i, env, named_prefix, index_prefix, origin, scope) {
+                Some(node) => out.push(node),
+                None => out.push(Node { kind: Kind::Unknown, sp: step.sp(), origin: origin.clone() }),
             }
             if self.exhausted {
                 break;
@@ -796,7 +816,12 @@ impl<'a> Inst<'a> {
                 return None;
             }
             Value::Int(n) if n > MAX_NODES as i128 => {
-                self.err(rep.count.sp(), format!("repetition count {n} is too large"), None, origin);
+                self.err(
+                    rep.count.sp(),
+                    format!("repetition count {n} is too large: a model has at most {MAX_NODES} layers"),
+                    None,
+                    origin,
+                );
                 return None;
             }
             Value::Int(n) => n as usize,
@@ -824,8 +849,9 @@ impl<'a> Inst<'a> {
         for k in 0..count {
             let copy_path = join(&path, &k.to_string());
             let f = if k == 0 { first } else { None };
-            if let Some(n) = self.unit(&step.unit, None, copy_path.clone(), &copy_path, f, env, origin, scope) {
-                children.push(n);
+            match self.unit(&step.unit, None, copy_path.clone(), &copy_path, f, env, origin, scope) {
+                Some(n) => children.push(n),
+                None => children.push(Node { kind: Kind::Unknown, sp: step.sp(), origin: origin.clone() }),
             }
             if self.exhausted {
                 break;
@@ -885,6 +911,12 @@ impl<'a> Inst<'a> {
                     None => Sp::one(callee.span()),
                 };
                 let cname = callee.to_string();
+                if !self.blocks.contains_key(&cname) && layer_spec(&cname).is_none() {
+                    // Only the name: its arguments mean nothing without it (`mul(x)` is not an
+                    // "unknown parameter `x`").
+                    self.unknown_callee(callee, origin);
+                    return None;
+                }
                 let eargs = self.eval_args(args, env, origin);
                 let efirst = match first {
                     Some(f) => Some(self.eval_args(f, env, origin)?),
@@ -900,30 +932,35 @@ impl<'a> Inst<'a> {
                     let layer = self.layer(callee, call_sp, eargs, spec, origin)?;
                     return node(Kind::Layer { layer, path, named: name.is_some() }, call_sp);
                 }
-                let candidates: Vec<&str> =
-                    LAYERS.iter().map(|(n, _)| *n).chain(self.blocks.keys().map(String::as_str)).collect();
-                let help = match ALIASES
-                    .iter()
-                    .find(|(a, _)| a.eq_ignore_ascii_case(&cname))
-                    .map(|(_, l)| l.to_string())
-                    .or_else(|| did_you_mean(&cname, candidates.iter().copied()))
-                {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => {
-                        let mut blocks: Vec<&str> = self.blocks.keys().map(String::as_str).collect();
-                        blocks.sort();
-                        let layers: Vec<&str> = LAYERS.iter().map(|(n, _)| *n).collect();
-                        format!(
-                            "built-in layers: {}{}",
-                            layers.join(", "),
-                            if blocks.is_empty() { String::new() } else { format!("; blocks: {}", blocks.join(", ")) }
-                        )
-                    }
-                };
-                self.err(Sp::one(callee.span()), format!("unknown layer or block `{cname}`"), Some(help), origin);
+                self.unknown_callee(callee, origin);
                 None
             }
         }
+    }
+
+    fn unknown_callee(&mut self, callee: &Ident, origin: &Option<Rc<Origin>>) {
+        let cname = callee.to_string();
+        let candidates: Vec<&str> =
+            LAYERS.iter().map(|(n, _)| *n).chain(self.blocks.keys().map(String::as_str)).collect();
+        let help = match ALIASES
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(&cname))
+            .map(|(_, l)| l.to_string())
+            .or_else(|| did_you_mean(&cname, candidates.iter().copied()))
+        {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => {
+                let mut blocks: Vec<&str> = self.blocks.keys().map(String::as_str).collect();
+                blocks.sort();
+                let layers: Vec<&str> = LAYERS.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "built-in layers: {}{}",
+                    layers.join(", "),
+                    if blocks.is_empty() { String::new() } else { format!("; blocks: {}", blocks.join(", ")) }
+                )
+            }
+        };
+        self.err(Sp::one(callee.span()), format!("unknown layer or block `{cname}`"), Some(help), origin);
     }
 
     fn instantiate(
@@ -936,13 +973,26 @@ impl<'a> Inst<'a> {
         origin: &Option<Rc<Origin>>,
     ) -> Option<Vec<Node>> {
         let bname = block.name.to_string();
-        if self.stack.contains(&bname) || self.stack.len() >= MAX_BLOCK_DEPTH {
+        if self.stack.contains(&bname) {
             let mut chain = self.stack.clone();
             chain.push(bname.clone());
             self.err(
                 Sp::one(callee.span()),
                 format!("block `{bname}` instantiates itself: {}", chain.join(" -> ")),
                 Some("blocks cannot be recursive".into()),
+                origin,
+            );
+            return None;
+        }
+        if self.stack.len() >= MAX_BLOCK_DEPTH {
+            let shown = match self.stack.as_slice() {
+                [first, .., last] => format!("{first} -> .. -> {last} -> {bname}"),
+                _ => format!("{} -> {bname}", self.stack.join(" -> ")),
+            };
+            self.err(
+                Sp::one(callee.span()),
+                format!("blocks nested too deeply: `{bname}` would be level {} ({shown}), the limit is {MAX_BLOCK_DEPTH}", self.stack.len() + 1),
+                Some(format!("at most {MAX_BLOCK_DEPTH} block instantiations may be nested; inline some of the blocks into their callers")),
                 origin,
             );
             return None;
@@ -975,6 +1025,9 @@ impl<'a> Inst<'a> {
                 (None, None) => return None,
             };
             env.insert(p.name.to_string(), v);
+        }
+        if !self.used.iter().any(|(n, _)| *n == bname) {
+            self.used.push((bname.clone(), block.docs.clone()));
         }
         self.stack.push(bname);
         self.next_scope += 1;
@@ -1092,6 +1145,19 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
                 }
             }
         }
+        let elements = input_dims.iter().try_fold(1u128, |a, &d| a.checked_mul(d as u128));
+        if ok && elements.is_some_and(|n| n > MAX_SIZE as u128) {
+            cx.push(
+                m.dims_sp,
+                format!(
+                    "the input holds {} values per sample, more than the 2^31 = 2,147,483,648 a tensor may hold",
+                    crate::infer::thousands(elements.unwrap_or(0))
+                ),
+                Some("every tensor (a value per sample, a layer's weight) is capped at 2^31 elements".into()),
+                None,
+            );
+            ok = false;
+        }
         if m.dims.is_empty() || m.dims.len() > 3 {
             cx.push(
                 m.dims_sp,
@@ -1105,9 +1171,18 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
             ok = false;
         }
         let name = m.name.to_string();
-        let mut inst =
-            Inst { cx, blocks: &blocks, model: name, nodes: 0, exhausted: false, stack: Vec::new(), next_scope: 0 };
+        let mut inst = Inst {
+            cx,
+            blocks: &blocks,
+            model: name,
+            nodes: 0,
+            exhausted: false,
+            stack: Vec::new(),
+            next_scope: 0,
+            used: Vec::new(),
+        };
         let body = inst.seq(&m.body, &Env::new(), "", &None, 0);
+        let used = inst.used;
         if !ok {
             continue;
         }
@@ -1119,6 +1194,7 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
             zero_init: m.attrs.zero_init.is_some(),
             input: input_dims,
             body,
+            blocks: used,
         });
     }
     out

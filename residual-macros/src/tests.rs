@@ -123,3 +123,57 @@ fn expansion_time() {
     let _: crate::parse::Input = syn::parse2(ts).expect("parses");
     println!("  of which parsing: {:?}", t.elapsed());
 }
+
+/// 3,000-5,000-term expressions once overflowed rustc's stack inside the macro (a chain of `+`
+/// is a tree as deep as it is long). They are one error now, at the first operator too many,
+/// and this test runs them on a test thread's small stack, in debug builds too.
+#[test]
+fn very_long_expressions_are_one_error() {
+    for n in [300, 3_000, 5_000] {
+        let sum = format!("1{}", " + 0".repeat(n));
+        let product = format!("16{}", " * 1".repeat(n));
+        for src in [
+            format!("model M[3, 8, 8] {{ conv({product}, 1) }}"),
+            format!("block B(w) {{ conv(w, 1) }} model M[3, 8, 8] {{ B({sum}) }}"),
+            format!("model M[3, 8, 8] {{ relu x {sum} }}"),
+        ] {
+            let e = errors(&src);
+            assert_eq!(e.len(), 1, "{e:#?}");
+            assert!(e[0].contains("expression too long: more than 256 operators"), "{}", e[0]);
+        }
+    }
+    // 256 operators are fine.
+    let product = format!("16{}", " * 1".repeat(256));
+    let src = format!("model M[3, 8, 8] {{ conv({product}, 1) }}");
+    assert!(errors(&src).is_empty(), "{:?}", errors(&src));
+}
+
+/// Rust accepts non-ASCII identifiers, and so do layer names: each gets its own field (once, two
+/// of them shared the field `__residual_invalid_name`, which did not compile).
+#[test]
+fn non_ascii_layer_names_are_fields_of_their_own() {
+    let out = expand_str("model M[3, 8, 8] { 日本: conv(8, 3) -> π: bn }");
+    assert!(!out.contains("compile_error"), "{out}");
+    assert!(!out.contains("__residual_invalid_name"), "{out}");
+    assert!(out.contains("pub 日本 :") && out.contains("pub π :"), "{out}");
+    assert!(out.contains("\"日本\"") && out.contains("\"π\""), "{out}");
+}
+
+/// After an error each model still gets a fallback that builds and runs forward with the declared
+/// types, so the user's code adds no errors of its own.
+#[test]
+fn failed_models_get_a_fallback_with_the_declared_types() {
+    // A shape error: the input and (guessed) output types are known.
+    let out = expand_str("model Net[3, 8, 8] { conv(16, 9) -> global_avgpool -> linear(10) }");
+    assert!(out.contains("compile_error"), "{out}");
+    for needle in ["BuildOnDevice", "TensorCollection", "ModelInfo", "Module <", "ModuleMut <", "Const < 10 >"] {
+        assert!(out.contains(needle), "missing {needle}: {out}");
+    }
+    assert!(!out.contains("Never"), "the output is known: {out}");
+    // A parse error: the input shape is read from the tokens, the output is unknown (`!`).
+    let out = expand_str("model Net[3, 8, 8] { conv(16, 3) bn }");
+    assert!(out.contains("compile_error") && out.contains("Const < 8 >") && out.contains("Never"), "{out}");
+    // No input shape at all: `Module` for any input.
+    let out = expand_str("model Net { relu }");
+    assert!(out.contains("compile_error") && out.contains("Module < X >"), "{out}");
+}

@@ -25,6 +25,18 @@ pub(crate) fn check_fields(fields: &[Field], cx: &mut Ctxt) {
             }
             paths.insert(&f.path, f);
         }
+        if !crate::codegen::valid_ident(&f.ident) {
+            cx.push(
+                f.sp,
+                format!(
+                    "parameter path `{}` gives the struct field `{}`, which is not a Rust identifier",
+                    f.path, f.ident
+                ),
+                Some("rename the layer".into()),
+                f.origin.clone(),
+            );
+            continue;
+        }
         if let Some(prev) = idents.get(f.ident.as_str()) {
             cx.push(
                 f.sp,

@@ -8,6 +8,7 @@ mod cuda;
 pub mod error;
 pub mod init;
 pub mod layers;
+pub mod model;
 pub mod plan;
 pub mod pool;
 pub mod real;

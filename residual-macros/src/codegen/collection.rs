@@ -3,7 +3,7 @@
 //! nest tuples of tuples.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 
 use super::{dfdx, ident, private};
 use crate::infer::Program;
@@ -67,6 +67,7 @@ pub(crate) fn collection_impl(m: &Model, prog: &Program) -> TokenStream {
         None => quote!(_),
     });
     let idents = prog.fields.iter().map(|f| ident(&f.ident));
+    let build = build_impl(name);
     let visit = if prog.fields.is_empty() {
         quote!(visitor.visit_fields((), |_| #name { _marker: ::core::marker::PhantomData }))
     } else {
@@ -81,8 +82,25 @@ pub(crate) fn collection_impl(m: &Model, prog: &Program) -> TokenStream {
                 #visit
             }
         }
-        impl<E: #p::runtime::Element, D: #p::runtime::Backend<E>> #d::nn::BuildOnDevice<D, E> for #name<E, D> {
-            type Built = Self;
+        #build
+    }
+}
+
+/// `BuildOnDevice` for any dtype and device the model is asked to build on, on the condition
+/// `BuildsAs` (implemented for the model's own dtype and device only), so that a mismatch is
+/// reported with `BuildsAs`'s message instead of dfdx's list of `BuildOnDevice` implementors.
+pub(crate) fn build_impl(name: &syn::Ident) -> TokenStream {
+    let d = dfdx();
+    let p = private();
+    // At the model's name, so that rustc's note on a dtype mismatch points there.
+    quote_spanned! {name.span()=>
+        impl<E: #d::shapes::Dtype, D: #d::tensor_ops::Device<E>> #p::runtime::model::BuildsAs<E, D> for #name<E, D> {}
+        impl<E: #d::shapes::Dtype, D: #d::tensor_ops::Device<E>, E2: #p::runtime::Element, D2: #p::runtime::Backend<E2>>
+            #d::nn::BuildOnDevice<D2, E2> for #name<E, D>
+        where
+            Self: #p::runtime::model::BuildsAs<E2, D2>,
+        {
+            type Built = #name<E2, D2>;
         }
     }
 }

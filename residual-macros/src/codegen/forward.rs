@@ -63,13 +63,15 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
                     })
                     .collect();
                 let (a, b, y, ty) = (var(*a), var(*b), var(*output), tensor_ty(&so));
+                // `a` is the tap (first, a fresh handle: it may be read again), `b` the current
+                // value (moved: its tape carries on); see `Op::Cat`.
                 quote! {
                     let #y: #ty = {
-                        let batch = #d::shapes::HasShape::shape(&#a).0;
+                        let batch = #d::shapes::HasShape::shape(&#b).0;
                         // Const + Const has no stable `Add`, so concatenate with runtime channel dims.
-                        let lhs = #d::tensor_ops::ReshapeTo::try_reshape_like(#a, &(batch, #ca as usize, #(#rest,)*))?;
-                        let rhs = #d::tensor_ops::ReshapeTo::try_reshape_like(
-                            #d::tensor::WithEmptyTape::with_empty_tape(&#b), &(batch, #cb as usize, #(#rest,)*))?;
+                        let lhs = #d::tensor_ops::ReshapeTo::try_reshape_like(
+                            #d::tensor::WithEmptyTape::with_empty_tape(&#a), &(batch, #ca as usize, #(#rest,)*))?;
+                        let rhs = #d::tensor_ops::ReshapeTo::try_reshape_like(#b, &(batch, #cb as usize, #(#rest,)*))?;
                         let both = #d::tensor_ops::TryConcatAlong::try_concat_along((lhs, rhs), #d::shapes::Axis::<1>)?;
                         #d::tensor_ops::ReshapeTo::try_reshape_like(both, &(batch, #(#all,)*))?
                     };

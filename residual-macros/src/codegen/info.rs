@@ -19,11 +19,13 @@ pub(crate) fn info_impl(m: &Model, prog: &Program) -> TokenStream {
     let name_str = name.to_string();
     let input = dims(&m.input);
     let output = dims(&prog.vars.get(prog.output).cloned().unwrap_or_default());
-    let params = lit(usize::try_from(prog.params).unwrap_or(usize::MAX));
+    // As written: a count past the target's `usize` is rustc's `overflowing_literals` error, not
+    // a silent `usize::MAX` (the macro's own totals are checked, see `infer::Infer::row`).
+    let params = proc_macro2::Literal::u64_unsuffixed(prog.params);
     let macs = proc_macro2::Literal::u64_suffixed(prog.macs);
     let rows = prog.rows.iter().map(|r| {
         let (path, op, shape) = (&r.path, &r.op, dims(&r.shape));
-        let rp = lit(usize::try_from(r.params).unwrap_or(usize::MAX));
+        let rp = proc_macro2::Literal::u64_unsuffixed(r.params);
         let rm = proc_macro2::Literal::u64_suffixed(r.macs);
         quote!(#p::runtime::summary::LayerSummary { path: #path, op: #op, output_shape: #shape, params: #rp, macs: #rm })
     });

@@ -4,9 +4,13 @@
 //! absolute through `::residual::__private`.
 
 mod collection;
+mod docs;
+mod fallback;
 mod forward;
 mod info;
 mod plan;
+
+pub(crate) use fallback::{fallback, Known};
 
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::quote;
@@ -35,16 +39,21 @@ const KEYWORDS: &[&str] = &[
     "do", "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
 ];
 
-/// An identifier that cannot make `Ident::new` panic: invalid strings map to a fixed name
-/// (they cannot occur, since names are parsed as identifiers, but the macro must never panic).
+/// Whether `s` is an identifier Rust accepts (non-ASCII ones included, as in `日本` or `π`), not
+/// a keyword and not `_`: what every generated field and variable name must be.
+pub(crate) fn valid_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s != "_"
+        && !KEYWORDS.contains(&s)
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && syn::parse_str::<syn::Ident>(s).is_ok_and(|i| i == s)
+}
+
+/// An identifier that cannot make `Ident::new` panic: invalid strings map to a fixed name (names
+/// are parsed as identifiers and `validate::check_fields` rejects a field name that is not one,
+/// so this cannot reach generated code, but the macro must never panic).
 pub(crate) fn ident(s: &str) -> Ident {
-    let mut chars = s.chars();
-    let valid = match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => chars.all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        _ => false,
-    } && s != "_"
-        && !KEYWORDS.contains(&s);
-    if valid {
+    if valid_ident(s) {
         Ident::new(s, Span::call_site())
     } else {
         Ident::new("__residual_invalid_name", Span::call_site())
@@ -115,6 +124,7 @@ pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
     let name = &m.name;
     let vis = &m.vis;
     let docs = &m.docs;
+    let shown = docs::model_docs(m, prog);
     let fields = prog.fields.iter().map(|f| {
         let id = ident(&f.ident);
         let ty = field_ty(&f.ty);
@@ -131,6 +141,7 @@ pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
     let info = info::info_impl(m, prog);
     quote! {
         #(#docs)*
+        #shown
         #[derive(Clone, Debug)]
         #vis struct #name<E: #d::shapes::Dtype = f32, D: #d::tensor_ops::Device<E> = #d::tensor::Cpu> {
             #(#fields,)*
@@ -139,17 +150,5 @@ pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
         #module
         #collection
         #info
-    }
-}
-
-/// What is emitted for a model when the expansion has errors: a type with the model's name,
-/// so the user's other code still resolves it and does not pile up secondary errors.
-pub(crate) fn stub(vis: &syn::Visibility, name: &syn::Ident) -> TokenStream {
-    let d = dfdx();
-    quote! {
-        #[allow(dead_code)]
-        #vis struct #name<E = f32, D = #d::tensor::Cpu> {
-            _marker: ::core::marker::PhantomData<(E, D)>,
-        }
     }
 }

@@ -48,6 +48,11 @@ impl BinOp {
 
 /// Deepest nesting of parentheses / unary minus accepted (keeps recursion bounded).
 const MAX_DEPTH: usize = 64;
+/// Most binary operators in one expression. The tree of a long chain `1 + 0 + 0 + ..` is as deep
+/// as the chain is long, and evaluating, printing, cloning and dropping it recurse that deep:
+/// 3,000 terms overflowed rustc's stack. With this bound and `MAX_DEPTH` no tree is deeper than
+/// about 320 nodes.
+pub(crate) const MAX_OPS: usize = 256;
 
 impl Expr {
     /// The source range of the whole expression.
@@ -60,8 +65,20 @@ impl Expr {
         }
     }
 
-    fn parse_sum(input: ParseStream, depth: usize) -> syn::Result<Expr> {
-        let mut lhs = Expr::parse_term(input, depth)?;
+    /// Counts a binary operator against [`MAX_OPS`].
+    fn count_op(span: Span, ops: &mut usize) -> syn::Result<()> {
+        *ops += 1;
+        if *ops > MAX_OPS {
+            return Err(syn::Error::new(
+                span,
+                format!("expression too long: more than {MAX_OPS} operators (write the value, or name it as a block parameter)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn parse_sum(input: ParseStream, depth: usize, ops: &mut usize) -> syn::Result<Expr> {
+        let mut lhs = Expr::parse_term(input, depth, ops)?;
         loop {
             let op = if input.peek(Token![+]) {
                 BinOp::Add
@@ -71,13 +88,14 @@ impl Expr {
                 return Ok(lhs);
             };
             let span = input.parse::<proc_macro2::Punct>()?.span();
-            let rhs = Expr::parse_term(input, depth)?;
+            Expr::count_op(span, ops)?;
+            let rhs = Expr::parse_term(input, depth, ops)?;
             lhs = Expr::Bin(Box::new(lhs), op, span, Box::new(rhs));
         }
     }
 
-    fn parse_term(input: ParseStream, depth: usize) -> syn::Result<Expr> {
-        let mut lhs = Expr::parse_unary(input, depth)?;
+    fn parse_term(input: ParseStream, depth: usize, ops: &mut usize) -> syn::Result<Expr> {
+        let mut lhs = Expr::parse_unary(input, depth, ops)?;
         loop {
             let op = if input.peek(Token![*]) {
                 BinOp::Mul
@@ -89,24 +107,25 @@ impl Expr {
                 return Ok(lhs);
             };
             let span = input.parse::<proc_macro2::Punct>()?.span();
-            let rhs = Expr::parse_unary(input, depth)?;
+            Expr::count_op(span, ops)?;
+            let rhs = Expr::parse_unary(input, depth, ops)?;
             lhs = Expr::Bin(Box::new(lhs), op, span, Box::new(rhs));
         }
     }
 
-    fn parse_unary(input: ParseStream, depth: usize) -> syn::Result<Expr> {
+    fn parse_unary(input: ParseStream, depth: usize, ops: &mut usize) -> syn::Result<Expr> {
         if depth > MAX_DEPTH {
             return Err(input.error("expression nested too deeply"));
         }
         if input.peek(Token![-]) && !input.peek(Token![->]) {
             let minus: Token![-] = input.parse()?;
-            let inner = Expr::parse_unary(input, depth + 1)?;
+            let inner = Expr::parse_unary(input, depth + 1, ops)?;
             return Ok(Expr::Neg(minus.span, Box::new(inner)));
         }
-        Expr::parse_atom(input, depth)
+        Expr::parse_atom(input, depth, ops)
     }
 
-    fn parse_atom(input: ParseStream, depth: usize) -> syn::Result<Expr> {
+    fn parse_atom(input: ParseStream, depth: usize, ops: &mut usize) -> syn::Result<Expr> {
         let look = input.lookahead1();
         if look.peek(LitInt) {
             let lit: LitInt = input.parse()?;
@@ -127,7 +146,7 @@ impl Expr {
         } else if look.peek(syn::token::Paren) {
             let content;
             let paren = syn::parenthesized!(content in input);
-            let inner = Expr::parse_sum(&content, depth + 1)?;
+            let inner = Expr::parse_sum(&content, depth + 1, ops)?;
             if !content.is_empty() {
                 return Err(content.error("expected an operator or `)`"));
             }
@@ -141,7 +160,7 @@ impl Expr {
 
 impl Parse for Expr {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        Expr::parse_sum(input, 0)
+        Expr::parse_sum(input, 0, &mut 0)
     }
 }
 

@@ -42,8 +42,10 @@ impl Parse for Item {
             if let Some(sp) = attrs.init.as_ref().map(|i| i.1).or(attrs.zero_init) {
                 return Err(sp.error("`#[init(..)]` and `#[zero_init_residual]` apply to models, not to blocks"));
             }
-            let _ = (kw, attrs.docs);
-            return Ok(Item::Block(BlockDef::parse_rest(input)?));
+            let _ = kw;
+            let mut block = BlockDef::parse_rest(input)?;
+            block.docs = attrs.docs;
+            return Ok(Item::Block(block));
         }
         let vis: Visibility = input.parse()?;
         if input.peek(kw::model) {
@@ -153,6 +155,8 @@ impl Parse for Param {
 /// ```
 #[derive(Clone, Debug)]
 pub(crate) struct BlockDef {
+    /// The template's doc comment: shown in the docs of every model that instantiates it.
+    pub docs: Vec<Attribute>,
     pub name: Ident,
     pub params: Vec<Param>,
     pub body: Seq,
@@ -172,7 +176,7 @@ impl BlockDef {
             return Err(input.error("expected `{` and the block's body"));
         }
         let body = Seq::parse_delimited(input, 0)?;
-        Ok(BlockDef { name, params, body })
+        Ok(BlockDef { docs: Vec::new(), name, params, body })
     }
 }
 

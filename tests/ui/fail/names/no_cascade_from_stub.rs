@@ -6,7 +6,7 @@ residual! {
     }
 }
 
-// The model type still exists (as a stub), so this does not add a second error.
+// The model type still exists (as the fallback), so this does not add a second error.
 fn takes(_: Net) {}
 
 fn main() {}
