@@ -3,7 +3,12 @@
 //! then `cross_entropy_with_logits_loss`, `backward`, `Sgd::update` with momentum 0.9 and
 //! `zero_grads`), fp32, random weights and inputs.
 //!
-//! `cargo run --release --example bench_models [-- --rows r50-b1,r50-b8 --reps 7 --cache]`
+//! `cargo run --release --example bench_models [-- --rows r50-b1,r50-b8 --reps 7 --layers --cache]`
+//!
+//! `--layers` also times each row on the layer-by-layer path (one dfdx op per layer, what every
+//! model ran before compiled plans; `plan::with_plans_disabled`), in the same process.
+//! `--no-header` leaves out the header (the script runs one process per row, so that each row's
+//! peak RSS is its own: plans keep their buffers in a per-thread pool).
 //!
 //! Prints, per row: median / min / max ms, images/s, effective GFLOP/s (2 x MACs per image x
 //! batch / time; a training step counts 3x the forward's MACs, as forward + input gradient +
@@ -114,6 +119,7 @@ fn gemm_peak() -> f64 {
 
 struct Row {
     name: &'static str,
+    path: &'static str,
     mode: &'static str,
     batch: usize,
     stats: Stats,
@@ -126,9 +132,10 @@ fn report(r: &Row, peak: f64) {
     let flops = 2.0 * r.macs_per_image as f64 * r.batch as f64 * if r.mode == "train" { 3.0 } else { 1.0 };
     let gflops = flops / r.stats.median / 1e9;
     println!(
-        "{:<10} {:<6} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>6.1}% {:>9.0} {:>8} {:>10.1}",
+        "{:<10} {:<6} {:<6} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>6.1}% {:>9.0} {:>8} {:>10.1}",
         r.name,
         r.mode,
+        r.path,
         r.batch,
         r.stats.median * 1e3,
         r.stats.min * 1e3,
@@ -158,7 +165,7 @@ where
         let _ = model.forward(x.clone());
     });
     let (_, n, bytes) = allocations(|| model.forward(x.clone()));
-    Row { name, mode: "infer", batch: B, stats, macs_per_image: M::MACS, rss_mb: peak_rss_mb(), allocs: (n, bytes) }
+    Row { name, path: "", mode: "infer", batch: B, stats, macs_per_image: M::MACS, rss_mb: peak_rss_mb(), allocs: (n, bytes) }
 }
 
 fn train<M, const C: usize, const H: usize, const W: usize, const B: usize, const K: usize>(
@@ -194,7 +201,7 @@ where
     };
     let stats = time(1, reps, &mut step);
     let (_, n, bytes) = allocations(&mut step);
-    Row { name, mode: "train", batch: B, stats, macs_per_image: M::MACS, rss_mb: peak_rss_mb(), allocs: (n, bytes) }
+    Row { name, path: "", mode: "train", batch: B, stats, macs_per_image: M::MACS, rss_mb: peak_rss_mb(), allocs: (n, bytes) }
 }
 
 fn main() {
@@ -205,6 +212,8 @@ fn main() {
         .unwrap_or(None)
         .unwrap_or_else(|| "r50-b1,r50-b8,r152-b8,r50-b8-train,r56-b16-train,r56-b128-train".into());
     let cache = args.contains("--cache");
+    let layers = args.contains("--layers");
+    let header = !args.contains("--no-header");
 
     let dev = Cpu::default();
     if cache {
@@ -216,25 +225,39 @@ fn main() {
         rayon::current_num_threads(),
         if cache { "on" } else { "off" }
     );
-    println!(
-        "{:<10} {:<6} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>9} {:>8} {:>10}",
-        "model", "mode", "b", "median", "min", "max", "img/s", "GFLOP/s", "%peak", "RSS MB", "allocs", "alloc MB"
-    );
+    if header {
+        println!(
+            "{:<10} {:<6} {:<6} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>9} {:>8} {:>10}",
+            "model", "mode", "path", "b", "median", "min", "max", "img/s", "GFLOP/s", "%peak", "RSS MB", "allocs", "alloc MB"
+        );
+    }
     for row in rows.split(',') {
-        let r = match row.trim() {
-            "r50-b1" => infer::<zoo::ResNet50, 3, 224, 224, 1>("resnet50", &dev, reps),
-            "r50-b8" => infer::<zoo::ResNet50, 3, 224, 224, 8>("resnet50", &dev, reps),
-            "r152-b8" => infer::<zoo::ResNet152, 3, 224, 224, 8>("resnet152", &dev, reps),
-            "r18-b8" => infer::<zoo::ResNet18, 3, 224, 224, 8>("resnet18", &dev, reps),
-            "r56-b128" => infer::<zoo::ResNet56, 3, 32, 32, 128>("resnet56", &dev, reps),
-            "r50-b8-train" => train::<zoo::ResNet50, 3, 224, 224, 8, 1000>("resnet50", &dev, reps),
-            "r56-b16-train" => train::<zoo::ResNet56, 3, 32, 32, 16, 10>("resnet56", &dev, reps),
-            "r56-b128-train" => train::<zoo::ResNet56, 3, 32, 32, 128, 10>("resnet56", &dev, reps),
+        let mut r = run_row(row, &dev, reps);
+        r.path = "plan";
+        report(&r, peak);
+        if layers {
+            let mut r = residual::runtime::plan::with_plans_disabled(|| run_row(row, &dev, reps));
+            r.path = "layers";
+            report(&r, peak);
+        }
+    }
+}
+
+fn run_row(row: &str, dev: &Cpu, reps: usize) -> Row {
+    {
+        match row.trim() {
+            "r50-b1" => infer::<zoo::ResNet50, 3, 224, 224, 1>("resnet50", dev, reps),
+            "r50-b8" => infer::<zoo::ResNet50, 3, 224, 224, 8>("resnet50", dev, reps),
+            "r152-b8" => infer::<zoo::ResNet152, 3, 224, 224, 8>("resnet152", dev, reps),
+            "r18-b8" => infer::<zoo::ResNet18, 3, 224, 224, 8>("resnet18", dev, reps),
+            "r56-b128" => infer::<zoo::ResNet56, 3, 32, 32, 128>("resnet56", dev, reps),
+            "r50-b8-train" => train::<zoo::ResNet50, 3, 224, 224, 8, 1000>("resnet50", dev, reps),
+            "r56-b16-train" => train::<zoo::ResNet56, 3, 32, 32, 16, 10>("resnet56", dev, reps),
+            "r56-b128-train" => train::<zoo::ResNet56, 3, 32, 32, 128, 10>("resnet56", dev, reps),
             other => {
                 eprintln!("unknown row `{other}`");
                 std::process::exit(2);
             }
-        };
-        report(&r, peak);
+        }
     }
 }
