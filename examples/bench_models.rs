@@ -165,7 +165,16 @@ where
         let _ = model.forward(x.clone());
     });
     let (_, n, bytes) = allocations(|| model.forward(x.clone()));
-    Row { name, path: "", mode: "infer", batch: B, stats, macs_per_image: M::MACS, rss_mb: peak_rss_mb(), allocs: (n, bytes) }
+    Row {
+        name,
+        path: "",
+        mode: "infer",
+        batch: B,
+        stats,
+        macs_per_image: M::MACS,
+        rss_mb: peak_rss_mb(),
+        allocs: (n, bytes),
+    }
 }
 
 fn train<M, const C: usize, const H: usize, const W: usize, const B: usize, const K: usize>(
@@ -201,7 +210,16 @@ where
     };
     let stats = time(1, reps, &mut step);
     let (_, n, bytes) = allocations(&mut step);
-    Row { name, path: "", mode: "train", batch: B, stats, macs_per_image: M::MACS, rss_mb: peak_rss_mb(), allocs: (n, bytes) }
+    Row {
+        name,
+        path: "",
+        mode: "train",
+        batch: B,
+        stats,
+        macs_per_image: M::MACS,
+        rss_mb: peak_rss_mb(),
+        allocs: (n, bytes),
+    }
 }
 
 fn main() {
@@ -228,7 +246,19 @@ fn main() {
     if header {
         println!(
             "{:<10} {:<6} {:<6} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>9} {:>8} {:>10}",
-            "model", "mode", "path", "b", "median", "min", "max", "img/s", "GFLOP/s", "%peak", "RSS MB", "allocs", "alloc MB"
+            "model",
+            "mode",
+            "path",
+            "b",
+            "median",
+            "min",
+            "max",
+            "img/s",
+            "GFLOP/s",
+            "%peak",
+            "RSS MB",
+            "allocs",
+            "alloc MB"
         );
     }
     for row in rows.split(',') {

@@ -66,15 +66,34 @@ pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize
     let threads = rayon::current_num_threads().max(1);
     // Columns per thread, a multiple of NR; small problems stay on one thread.
     let per = n.div_ceil(threads).div_ceil(NR) * NR;
-    let work = m * n * k;
+    let work = m.saturating_mul(n).saturating_mul(k);
     let c_addr = c as usize;
-    if threads == 1 || per >= n || work < 1 << 21 {
+    if threads == 1 || work < 1 << 21 {
         block(m, 0, n, k, c, ldc, accumulate, a, b);
         return;
     }
     // Raw pointers are not Send: cross the thread boundary as addresses.
     let (a_ptr, a_rs, a_cs) = (a.ptr as usize, a.rs, a.cs);
     let (b_ptr, b_rs, b_cs) = (b.ptr as usize, b.rs, b.cs);
+    // Few columns (a 7x7 map at batch 1 is 49): give each thread rows instead, so every thread
+    // gets whole micro-tiles; each packs the (small) B itself.
+    let col_slivers = n.div_ceil(NR);
+    let rows_per = m.div_ceil(threads).div_ceil(MR) * MR;
+    if col_slivers < 2 * threads && rows_per < m {
+        (0..m.div_ceil(rows_per)).into_par_iter().for_each(|t| {
+            let i0 = t * rows_per;
+            let rows = rows_per.min(m - i0);
+            let a = Mat { ptr: (a_ptr as *const f32).wrapping_add(i0 * a_rs), rs: a_rs, cs: a_cs };
+            let b = Mat { ptr: b_ptr as *const f32, rs: b_rs, cs: b_cs };
+            // SAFETY: threads write disjoint row ranges of c; a's rows i0.. exist (i0 < m).
+            unsafe { block(rows, 0, n, k, (c_addr as *mut f32).add(i0 * ldc), ldc, accumulate, a, b) };
+        });
+        return;
+    }
+    if per >= n {
+        block(m, 0, n, k, c, ldc, accumulate, a, b);
+        return;
+    }
     (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
         let j0 = t * per;
         let j1 = (j0 + per).min(n);

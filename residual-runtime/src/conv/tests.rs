@@ -477,6 +477,9 @@ fn avx512_sgemm_matches_naive_products() {
         (70, 1000, 300, true, true, true),
         (150, 77, 600, true, false, true),
         (24, 4100, 64, false, true, false),
+        // few columns: the threads split rows (a 7x7 map at batch 1), plain and transposed A
+        (517, 49, 300, false, false, true),
+        (37, 20, 5000, true, false, false),
     ];
     for (m, n, k, at, bt, acc) in cases {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
