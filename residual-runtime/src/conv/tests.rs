@@ -480,6 +480,12 @@ fn avx512_sgemm_matches_naive_products() {
         // few columns: the threads split rows (a 7x7 map at batch 1), plain and transposed A
         (517, 49, 300, false, false, true),
         (37, 20, 5000, true, false, false),
+        // the 8 x 48 tile (at most 256 rows; columns a multiple of 48, or many): edge rows and
+        // columns, several K blocks, transposed operands, threads on rows and on columns
+        (16, 144, 2048, false, true, true),
+        (150, 96, 500, true, false, false),
+        (37, 2000, 70, false, false, true),
+        (256, 1537, 200, true, true, false),
     ];
     for (m, n, k, at, bt, acc) in cases {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
