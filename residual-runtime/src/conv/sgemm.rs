@@ -104,7 +104,7 @@ pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize
         }
         return;
     }
-    if m <= 256 && (n % Wide::NR == 0 || n >= 1536) {
+    if m <= 256 && (n.is_multiple_of(Wide::NR) || n >= 1536) {
         sgemm_with::<Wide>(m, n, k, c, ldc, accumulate, a, b)
     } else {
         sgemm_with::<Tall>(m, n, k, c, ldc, accumulate, a, b)
