@@ -229,3 +229,55 @@ fn zoo_models_compile_to_fused_plans() {
     let s = fusion(&Small::<f32, Cpu>::__RESIDUAL_PLAN).expect("valid plan");
     assert!(s.nodes < s.steps, "{s:?}");
 }
+
+#[test]
+fn an_empty_batch_gives_an_empty_output() {
+    let dev = Cpu::default();
+    let mut m = dev.build_module::<Small<f32, Cpu>, f32>();
+    let x: Tensor<(usize, Const<3>, Const<12>, Const<12>), f32, Cpu> =
+        dev.zeros_like(&(0usize, Const::<3>, Const::<12>, Const::<12>));
+    assert_eq!(m.forward(x.clone()).shape().0, 0);
+    assert_eq!(m.forward_mut(x).shape().0, 0);
+    // A usize batch runs the plan like a Const one.
+    let x: Tensor<(usize, Const<3>, Const<12>, Const<12>), f32, Cpu> =
+        dev.sample_normal_like(&(2usize, Const::<3>, Const::<12>, Const::<12>));
+    let a = m.forward(x.clone()).as_vec();
+    let b = with_plans_disabled(|| m.forward(x)).as_vec();
+    assert_close("usize batch", &a, &b, 2e-3);
+}
+
+#[test]
+fn hand_built_plans_are_checked_not_trusted() {
+    use residual::runtime::plan::{ConvGeom, ParamSpec, Plan, Step};
+    let geom = ConvGeom { out_channels: 4, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1 };
+    let conv = Step::Conv { input: 0, output: 1, weight: 0, geom };
+    let ok = Plan {
+        values: &[[2, 5, 5], [4, 5, 5]],
+        params: &[ParamSpec { len: 4 * 2 * 9, trainable: true }],
+        steps: &[conv],
+        output: 1,
+    };
+    assert!(fusion(&ok).is_ok());
+    let cases: [(Plan, &str); 5] = [
+        (Plan { values: &[[2, 5, 5], [4, 4, 4]], ..ok }, "conv output should be [4, 5, 5]"),
+        (Plan { params: &[ParamSpec { len: 7, trainable: true }], ..ok }, "parameter 0 has 7 elements"),
+        (Plan { output: 2, ..ok }, "output index is out of range"),
+        (Plan { steps: &[conv, conv], ..ok }, "already written"),
+        (
+            Plan { values: &[[2, 5, 5], [4, 5, 5], [4, 5, 5]], steps: &[Step::Relu { input: 2, output: 1 }], ..ok },
+            "before any step writes it",
+        ),
+    ];
+    for (plan, words) in cases {
+        let e = fusion(&plan).expect_err(words).to_string();
+        assert!(e.contains(words), "`{e}` should say `{words}`");
+    }
+    // Running one with parameters that do not fit is an error, not a read out of bounds.
+    let dev = Cpu::default();
+    let wrong: Tensor<Rank1<7>, f32, Cpu> = dev.zeros();
+    let mut params = residual::runtime::plan::Params::<f32, Cpu>::with_capacity(1);
+    params.push(&wrong, true);
+    let x: Tensor<Rank4<1, 2, 5, 5>, f32, Cpu> = dev.zeros();
+    let r = residual::runtime::plan::infer(&ok, &params, x, (Const::<1>, Const::<4>, Const::<5>, Const::<5>));
+    assert!(r.is_err());
+}

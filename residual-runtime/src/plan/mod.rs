@@ -293,6 +293,10 @@ where
     let x = x.try_contiguous()?;
     let (x, tape) = x.split_tape();
     let dev = x.device().clone();
+    if x.shape().num_elements() == 0 {
+        // An empty batch: nothing to compute (the kernels divide by the batch).
+        return Ok(dev.try_tensor_from_vec(Vec::new(), out_shape)?.put_tape(tape));
+    }
     let out = E::with_pool(|pool| -> Result<Vec<E>, PlanError> {
         let compiled = exec::Compiled::new(plan, &params.host)?;
         let batch = batch_of(x.shape().concrete().as_ref(), plan.values[0], "plan input")?;
@@ -327,6 +331,10 @@ where
     let x = x.try_contiguous()?;
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
+    if x.shape().num_elements() == 0 {
+        // An empty batch: no output, no statistics to update, no gradient to add.
+        return Ok(dev.try_tensor_from_vec(Vec::new(), out_shape)?.put_tape(tape));
+    }
     let (out, saved) = E::with_pool(|pool| -> Result<_, PlanError> {
         let compiled = exec::Compiled::new(plan, &params.host)?;
         let batch = batch_of(x.shape().concrete().as_ref(), plan.values[0], "plan input")?;
