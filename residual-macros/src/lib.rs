@@ -63,6 +63,7 @@
 mod codegen;
 mod ctxt;
 mod infer;
+mod ir;
 mod model;
 mod parse;
 mod shape;
@@ -89,8 +90,11 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     };
     let mut cx = ctxt::Ctxt::new();
     let models = model::build(&parsed, &mut cx);
-    let inferred: Vec<(infer::Program, Option<Vec<usize>>)> =
+    let inferred: Vec<(ir::Program, Option<Vec<usize>>)> =
         models.iter().map(|m| infer::infer_with_output(m, &mut cx)).collect();
+    for (prog, _) in &inferred {
+        validate::validate(prog, &mut cx);
+    }
     match cx.check() {
         Ok(()) => models.iter().zip(&inferred).map(|(m, (p, _))| codegen::model(m, p)).collect(),
         Err(errors) => {

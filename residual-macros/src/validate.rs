@@ -1,9 +1,15 @@
-//! Cross-cutting checks on the lowered program, one documented function per rule.
+//! Validation, its own stage after shape inference: cross-cutting checks on the lowered program,
+//! one documented `check_*` function per rule, every error collected in the context.
 
 use std::collections::HashMap;
 
 use crate::ctxt::Ctxt;
-use crate::infer::{Field, FieldTy};
+use crate::ir::{Field, FieldTy, Program};
+
+/// Runs every rule on one model's program.
+pub(crate) fn validate(prog: &Program, cx: &mut Ctxt) {
+    check_fields(&prog.fields, cx);
+}
 
 /// Every parameter-bearing layer becomes one struct field named after its path (`.` -> `_`),
 /// so two layers must not share a path (e.g. a body step named `downsample` beside an `auto`

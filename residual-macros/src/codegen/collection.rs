@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use super::{dfdx, ident, private};
-use crate::infer::Program;
+use crate::ir::Program;
 use crate::model::Model;
 
 /// A tuple tree with at most `MAX` children per node.

@@ -5,7 +5,7 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use crate::infer::Program;
+use crate::ir::Program;
 use crate::model::Model;
 use crate::shape::show;
 

@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{dfdx, ident, lit, private, tensor_ty};
-use crate::infer::{Op, OpKind, Program, Var};
+use crate::ir::{Op, OpKind, Program, Var};
 use crate::model::Model;
 
 #[derive(Clone, Copy, PartialEq, Eq)]

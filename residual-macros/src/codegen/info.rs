@@ -4,7 +4,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{dfdx, lit, private};
-use crate::infer::Program;
+use crate::ir::Program;
 use crate::model::Model;
 
 fn dims(d: &[usize]) -> TokenStream {

@@ -15,7 +15,7 @@ pub(crate) use fallback::{fallback, Known};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::quote;
 
-use crate::infer::{FieldTy, Program};
+use crate::ir::{FieldTy, Program};
 use crate::model::Model;
 
 /// `::residual::__private`

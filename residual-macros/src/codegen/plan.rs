@@ -8,7 +8,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{ident, lit, private};
-use crate::infer::{FieldTy, Op, OpKind, Program};
+use crate::ir::{FieldTy, Op, OpKind, Program};
 
 /// A lowered plan: its tokens and the parameter tensors, in plan order.
 pub(crate) struct Lowered {

@@ -367,7 +367,7 @@ fn pytorch_conv_order_is_named() {
 
 #[test]
 fn cat_puts_the_tapped_value_first() {
-    use crate::infer::Op;
+    use crate::ir::Op;
     let src = "model M[3, 8, 8] { conv(8, 3, padding = 1) -> tap(s) -> conv(4, 1) -> cat(s) }";
     let ts: proc_macro2::TokenStream = src.parse().unwrap();
     let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
