@@ -89,7 +89,7 @@ fn naive(x: &[f64], p: &[Vec<f64>], train: bool) -> (Vec<f64>, Vec<f64>, Vec<f64
     let proj = conv(&p[5], 1, 0);
     let (mut rm, mut rv) = (p[3].clone(), p[4].clone());
     let n = (B * H * H) as f64;
-    let mut pooled = vec![0.0; B * O];
+    let mut pooled = [0.0; B * O];
     for o in 0..O {
         let vals: Vec<f64> = (0..B).flat_map(|b| a[(b * O + o) * H * H..][..H * H].to_vec()).collect();
         let mean = vals.iter().sum::<f64>() / n;
