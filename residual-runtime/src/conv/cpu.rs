@@ -546,7 +546,8 @@ fn check_lens(lens: &[(usize, usize)]) -> Result<(), CpuError> {
     }
 }
 
-fn sizes(op: &Conv2dOp) -> (usize, usize, usize) {
+/// The input, weight and output lengths `op` implies.
+pub(crate) fn sizes(op: &Conv2dOp) -> (usize, usize, usize) {
     let x = op.batch * op.in_channels * op.in_h * op.in_w;
     let w = op.out_channels * op.in_per_group() * op.kernel * op.kernel;
     let y = op.batch * op.out_channels * op.out_h * op.out_w;

@@ -252,12 +252,8 @@ impl Compiled {
                         _ => Node::Add { a, b, y: output, relu: false },
                     }
                 }
-                Step::Bias { input, output, bias } => {
-                    // A bias not after a conv: a 1x1 "conv" would be wasteful; treat it as a norm-free
-                    // affine via a dedicated conv-less node is not needed by any model: reject.
-                    let _ = (input, output, bias);
-                    return err(format!("step {i}: a bias must follow a conv"));
-                }
+                // The macro emits a conv's bias right after it, where the conv absorbs it.
+                Step::Bias { .. } => return err(format!("step {i}: a bias must follow a conv")),
                 Step::Relu { input, output } => Node::Relu { x: input, y: output },
                 Step::MaxPool { input, output, geom } | Step::AvgPool { input, output, geom } => {
                     let kind = if matches!(step, Step::MaxPool { .. }) { PoolKind::Max } else { PoolKind::Avg };
@@ -318,6 +314,17 @@ impl Compiled {
             .ok_or_else(|| PlanError(format!("value {v} times batch {batch} overflows")))
     }
 
+    /// Gives back to the pool the inputs of node `n` that no later node reads.
+    fn release_dead<E: Real>(&self, pool: &mut BufPool<E>, n: usize, node: &Node, vals: &mut [Option<Vec<E>>]) {
+        for v in node.inputs().into_iter().flatten() {
+            if self.last_read[v] == n && v != self.output {
+                if let Some(b) = vals[v].take() {
+                    pool.give(b);
+                }
+            }
+        }
+    }
+
     /// Inference: returns the output buffer.
     pub(crate) fn infer<E: Real>(
         &self,
@@ -337,13 +344,7 @@ impl Compiled {
                 let mut out = pool.take(self.len(y, batch)?);
                 self.forward_eval(pool, node, batch, &vals, &mut out, params)?;
                 vals[y] = Some(out);
-                for v in node.inputs().into_iter().flatten() {
-                    if self.last_read[v] == n && v != self.output {
-                        if let Some(b) = vals[v].take() {
-                            pool.give(b);
-                        }
-                    }
-                }
+                self.release_dead(pool, n, node, &mut vals);
             }
             vals[self.output].take().ok_or_else(|| PlanError("the output was never written".into()))
         })();
@@ -377,13 +378,7 @@ impl Compiled {
                     if let Some(a) = aux[n].take() {
                         a.give(pool);
                     }
-                    for v in node.inputs().into_iter().flatten() {
-                        if self.last_read[v] == n && v != self.output {
-                            if let Some(b) = vals[v].take() {
-                                pool.give(b);
-                            }
-                        }
-                    }
+                    self.release_dead(pool, n, node, &mut vals);
                 }
             }
             let out = vals[self.output].as_ref().ok_or_else(|| PlanError("the output was never written".into()))?;
@@ -410,7 +405,7 @@ impl Compiled {
         out: &mut [E],
         params: &[Vec<E>],
     ) -> Result<(), PlanError> {
-        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} is not live")));
+        let val = |v: usize| live(vals, v);
         match *node {
             Node::Conv { x, op, weight, bias, bn, res, relu, .. } => {
                 let op = Conv2dOp { batch, ..op };
@@ -455,7 +450,7 @@ impl Compiled {
         out: &mut [E],
         params: &mut [Vec<E>],
     ) -> Result<Option<Aux<E>>, PlanError> {
-        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} is not live")));
+        let val = |v: usize| live(vals, v);
         match *node {
             Node::Conv { x, op, weight, bias, bn, res, relu, .. } => {
                 let op = Conv2dOp { batch, ..op };
@@ -513,7 +508,7 @@ impl Compiled {
         out: &mut [E],
         params: &[Vec<E>],
     ) -> Result<(), PlanError> {
-        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} is not live")));
+        let val = |v: usize| live(vals, v);
         match *node {
             Node::Relu { x, .. } => {
                 out.par_chunks_mut(CHUNK).zip(val(x)?.par_chunks(CHUNK)).for_each(|(o, i)| {
@@ -644,6 +639,11 @@ impl<E: Real> Saved<E> {
     }
 }
 
+/// The buffer of value `v`, which the node order guarantees is live (or saved, in backward).
+fn live<E>(vals: &[Option<Vec<E>>], v: usize) -> Result<&[E], PlanError> {
+    vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} is not live")))
+}
+
 fn zeroed<E: Real>(pool: &mut BufPool<E>, len: usize) -> Vec<E> {
     let mut v = pool.take(len);
     v.fill(E::ZERO);
@@ -674,7 +674,7 @@ impl Compiled {
         pgrads: &mut [Vec<E>],
         params: &[Vec<E>],
     ) -> Result<(), PlanError> {
-        let val = |v: usize| vals[v].as_deref().ok_or_else(|| PlanError(format!("value {v} was not saved")));
+        let val = |v: usize| live(vals, v);
         let len = |v: usize| self.len(v, batch);
         match *node {
             Node::Conv { x, y, op, weight, bias, bn, res, relu } => {
@@ -948,15 +948,8 @@ fn check_len(have: usize, want: usize) -> Result<(), PlanError> {
 
 // ---------------------------------------------------------------- kernels on buffers
 
-fn conv_lens(op: &Conv2dOp) -> (usize, usize, usize) {
-    let x = op.batch * op.in_channels * op.in_h * op.in_w;
-    let w = op.out_channels * (op.in_channels / op.groups) * op.kernel * op.kernel;
-    let y = op.batch * op.out_channels * op.out_h * op.out_w;
-    (x, w, y)
-}
-
 fn conv_fwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(), PlanError> {
-    let (xl, wl, yl) = conv_lens(op);
+    let (xl, wl, yl) = crate::conv::cpu::sizes(op);
     check_len(x.len(), xl)?;
     check_len(w.len(), wl)?;
     check_len(y.len(), yl)?;
@@ -965,7 +958,7 @@ fn conv_fwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(),
 }
 
 fn conv_bwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gy: &[E]) -> Result<(), PlanError> {
-    let (xl, wl, yl) = conv_lens(op);
+    let (xl, wl, yl) = crate::conv::cpu::sizes(op);
     check_len(x.len(), xl)?;
     check_len(gx.len(), xl)?;
     check_len(w.len(), wl)?;

@@ -276,6 +276,26 @@ fn batch_of(dims: &[usize], per_image: [usize; 3], what: &str) -> Result<usize, 
     Ok(batch)
 }
 
+/// What `infer` and `train` begin with: the plan checked and fused against the parameters, the
+/// batch size (the same for input and output), and the input copied into a pooled buffer.
+fn start<S: Shape, O: Shape, E: Element, D: Device<E>>(
+    plan: &Plan,
+    host: &[Vec<E>],
+    x: &Tensor<S, E, D>,
+    out_shape: &O,
+    pool: &mut crate::real::BufPool<E>,
+) -> Result<(exec::Compiled, usize, Vec<E>), PlanError> {
+    let compiled = exec::Compiled::new(plan, host)?;
+    let batch = batch_of(x.shape().concrete().as_ref(), plan.values[0], "plan input")?;
+    let out_batch = batch_of(out_shape.concrete().as_ref(), plan.values[plan.output], "plan output")?;
+    if out_batch != batch {
+        return Err(PlanError(format!("output batch {out_batch} differs from input batch {batch}")));
+    }
+    let mut input = pool.take(x.shape().num_elements());
+    x.copy_into(&mut input);
+    Ok((compiled, batch, input))
+}
+
 /// Inference (`Module::forward` without a tape): batch norm with running statistics.
 pub fn infer<S, O, E, D, T>(
     plan: &Plan,
@@ -298,14 +318,7 @@ where
         return Ok(dev.try_tensor_from_vec(Vec::new(), out_shape)?.put_tape(tape));
     }
     let out = E::with_pool(|pool| -> Result<Vec<E>, PlanError> {
-        let compiled = exec::Compiled::new(plan, &params.host)?;
-        let batch = batch_of(x.shape().concrete().as_ref(), plan.values[0], "plan input")?;
-        let out_batch = batch_of(out_shape.concrete().as_ref(), plan.values[plan.output], "plan output")?;
-        if out_batch != batch {
-            return Err(PlanError(format!("output batch {out_batch} differs from input batch {batch}")));
-        }
-        let mut input = pool.take(x.shape().num_elements());
-        x.copy_into(&mut input);
+        let (compiled, batch, input) = start(plan, &params.host, &x, &out_shape, pool)?;
         compiled.infer(pool, batch, input, &params.host)
     })
     .map_err(D::plan_error)?;
@@ -336,14 +349,7 @@ where
         return Ok(dev.try_tensor_from_vec(Vec::new(), out_shape)?.put_tape(tape));
     }
     let (out, saved) = E::with_pool(|pool| -> Result<_, PlanError> {
-        let compiled = exec::Compiled::new(plan, &params.host)?;
-        let batch = batch_of(x.shape().concrete().as_ref(), plan.values[0], "plan input")?;
-        let out_batch = batch_of(out_shape.concrete().as_ref(), plan.values[plan.output], "plan output")?;
-        if out_batch != batch {
-            return Err(PlanError(format!("output batch {out_batch} differs from input batch {batch}")));
-        }
-        let mut input = pool.take(x.shape().num_elements());
-        x.copy_into(&mut input);
+        let (compiled, batch, input) = start(plan, &params.host, &x, &out_shape, pool)?;
         compiled.train(pool, batch, input, &mut params.host, T::OWNS_TAPE)
     })
     .map_err(D::plan_error)?;
