@@ -95,6 +95,13 @@ impl Origin {
         s.push_str(&format!(" of model `{}`", self.model));
         s
     }
+
+    /// `instantiated at line 14, column 45`: where the call is (columns 1-based, as rustc shows
+    /// them).
+    pub fn called_at(&self) -> String {
+        let (line, column) = self.call_sp.pos();
+        format!("instantiated at line {line}, column {}", column + 1)
+    }
 }
 
 /// Errors are merged when they have the same position, message and help.
@@ -129,7 +136,7 @@ impl Ctxt {
 
     /// Consumes the context: `Ok(())` when no error was recorded, else every error, sorted by
     /// position, with errors raised identically by several instantiations of one template
-    /// merged into one (listing the instances), plus one note at each such call site.
+    /// merged into one (listing the instances and where the first is called).
     pub fn check(self) -> Result<(), Vec<syn::Error>> {
         if self.diags.is_empty() {
             return Ok(());
@@ -144,11 +151,12 @@ impl Ctxt {
             }
         }
         let mut out: Vec<((usize, usize), usize, syn::Error)> = Vec::new();
-        let mut notes_done: Vec<(usize, usize)> = Vec::new();
         for ((pos, msg, help), (sp, origins, seq)) in groups {
             let mut text = msg.clone();
             if let Some(first) = origins.first() {
-                text.push_str(&format!("\n  note: in {}", first.describe()));
+                // The instance and where it is called, in the note: one mistake is one error
+                // (a second `compile_error!` at the call site once doubled every template error).
+                text.push_str(&format!("\n  note: in {}, {}", first.describe(), first.called_at()));
                 if origins.len() > 1 {
                     let others: Vec<String> = origins.iter().skip(1).take(3).map(|o| format!("`{}`", o.path)).collect();
                     let more = origins.len().saturating_sub(4);
@@ -163,19 +171,6 @@ impl Ctxt {
                 text.push_str(&format!("\n  help: {help}"));
             }
             out.push((pos, seq, sp.error(text)));
-            // A second error at the call site, so the instantiation is underlined too.
-            if let Some(first) = origins.first() {
-                let call_pos = first.call_sp.pos();
-                if !notes_done.contains(&call_pos) {
-                    notes_done.push(call_pos);
-                    let note = format!(
-                        "error in this instantiation: {} (see the error in the block template)\n  note: first error: {}",
-                        first.describe(),
-                        msg.lines().next().unwrap_or("")
-                    );
-                    out.push((call_pos, usize::MAX, first.call_sp.error(note)));
-                }
-            }
         }
         out.sort_by_key(|e| (e.0, e.1));
         Err(out.into_iter().map(|(_, _, e)| e).collect())

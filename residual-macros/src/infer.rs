@@ -9,10 +9,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::ctxt::{Ctxt, Origin, Sp};
-use crate::ir::{Field, FieldTy, Op, OpKind, Program, Row, Var};
-use crate::model::{did_you_mean, Kind, Layer, Model, Node, Shortcut, V};
+use crate::ir::{Field, FieldType, Op, OpCode, Program, Row, Var};
+use crate::layers::shortcut::SubsamplePad;
+use crate::layers::{BatchNorm, ConvLayer, Layer};
+use crate::model::{Kind, Model, Node, Shortcut, V};
 use crate::parse::{Init, TapKind};
-use crate::shape::{self, show, Conv, ShapeError};
+use crate::shape::{self, show, ShapeError};
+use crate::suggest::did_you_mean;
 
 /// Groups digits by thousands: 25557032 -> "25,557,032".
 pub(crate) fn thousands(n: u128) -> String {
@@ -45,10 +48,13 @@ struct Shrinker {
     dilation: usize,
 }
 
-struct Infer<'a> {
+/// Shape inference of one model: the program being built and what the walk needs to know. The
+/// layer families (`layers/`) record their fields, ops and rows through its methods.
+pub(crate) struct Infer<'a> {
     cx: &'a mut Ctxt,
     prog: Program,
-    kaiming: bool,
+    /// `#[init(kaiming_normal)]`: convs get torchvision's fan-out Kaiming init.
+    pub kaiming: bool,
     zero_init: bool,
     taps: HashMap<(usize, String), Tap>,
     /// Variables whose shape is a guess: after an error that loses the shape, inference goes on
@@ -67,6 +73,15 @@ struct Infer<'a> {
     /// without `padding = 1`), in order: when a residual body's output no longer lines up with
     /// its input, the error goes to them, not to the shortcut.
     shrinkers: Vec<Shrinker>,
+}
+
+/// Where a layer is inferred: its node, its parameter path, the path its summary row shows
+/// (empty for an unnamed parameter-free layer) and the value flowing in.
+pub(crate) struct LayerAt<'a> {
+    pub node: &'a Node,
+    pub path: &'a str,
+    pub shown: &'a str,
+    pub input: Var,
 }
 
 pub(crate) fn field_ident(path: &str) -> String {
@@ -114,7 +129,7 @@ fn remove_unused_forks(prog: &mut Program) {
     let mut used = vec![false; prog.vars.len()];
     for op in &prog.ops {
         match op {
-            Op::Layer { input, .. } | Op::Fork { input, .. } => {
+            Op::Layer { input, .. } | Op::Field { input, .. } | Op::Fork { input, .. } => {
                 if let Some(u) = used.get_mut(*input) {
                     *u = true;
                 }
@@ -136,7 +151,7 @@ fn remove_unused_forks(prog: &mut Program) {
 }
 
 impl Infer<'_> {
-    fn err(&mut self, node: &Node, sp: Sp, msg: impl Into<String>, help: Option<String>) {
+    pub(crate) fn err(&mut self, node: &Node, sp: Sp, msg: impl Into<String>, help: Option<String>) {
         if !self.guessing {
             self.cx.push(sp, msg, help, node.origin.clone());
         }
@@ -148,16 +163,16 @@ impl Infer<'_> {
     }
 
     /// After an error that loses the shape: switch to guessing and go on with `guess`.
-    fn lost(&mut self, guess: Option<Vec<usize>>) -> Option<Var> {
+    pub(crate) fn lost(&mut self, guess: Option<Vec<usize>>) -> Option<Var> {
         self.guessing = true;
         guess.map(|g| self.new_var(g))
     }
 
-    fn shape(&self, v: Var) -> Vec<usize> {
+    pub(crate) fn shape(&self, v: Var) -> Vec<usize> {
         self.prog.vars.get(v).cloned().unwrap_or_default()
     }
 
-    fn new_var(&mut self, shape: Vec<usize>) -> Var {
+    pub(crate) fn new_var(&mut self, shape: Vec<usize>) -> Var {
         self.prog.vars.push(shape);
         let v = self.prog.vars.len() - 1;
         if self.guessing {
@@ -168,7 +183,7 @@ impl Infer<'_> {
 
     /// Records a conv or pool whose output is not `ceil(input / stride)` (see `shrinkers`).
     #[allow(clippy::too_many_arguments)]
-    fn note_shrink(
+    pub(crate) fn note_shrink(
         &mut self,
         node: &Node,
         op: &'static str,
@@ -250,20 +265,29 @@ impl Infer<'_> {
         v.is_some_and(|v| self.guesses.contains(&v))
     }
 
-    fn layer_op(&mut self, input: Var, shape: Vec<usize>, kind: OpKind) -> Var {
+    /// A parameter-free op from `input` to a new value of `shape`.
+    pub(crate) fn layer_op(&mut self, input: Var, shape: Vec<usize>, code: Rc<dyn OpCode>, sp: Sp) -> Var {
         let output = self.new_var(shape);
-        self.prog.ops.push(Op::Layer { input, output, kind });
+        self.prog.ops.push(Op::Layer { input, output, code, sp });
         output
     }
 
-    fn add_field(&mut self, node: &Node, path: &str, ident: String, ty: FieldTy) -> usize {
+    /// A forward through struct field `field` from `input` to a new value of `shape`.
+    pub(crate) fn field_op(&mut self, input: Var, shape: Vec<usize>, field: usize, sp: Sp) -> Var {
+        let output = self.new_var(shape);
+        self.prog.ops.push(Op::Field { input, output, field, sp });
+        output
+    }
+
+    /// A struct field for a parameter-bearing layer; its index.
+    pub(crate) fn add_field(&mut self, node: &Node, path: &str, ident: String, ty: Box<dyn FieldType>) -> usize {
         self.prog.fields.push(Field { path: path.to_string(), ident, ty, sp: node.sp, origin: node.origin.clone() });
         self.prog.fields.len() - 1
     }
 
     /// One summary row; its counts go into the model's totals, which must not overflow (they
     /// once saturated at `u64::MAX` silently): an overflow is an error at the layer that caused it.
-    fn row(&mut self, path: &str, op: String, shape: &[usize], params: u64, macs: u64) {
+    pub(crate) fn row(&mut self, path: &str, op: String, shape: &[usize], params: u64, macs: u64) {
         match (self.prog.params.checked_add(params), self.prog.macs.checked_add(macs)) {
             (Some(p), Some(m)) => (self.prog.params, self.prog.macs) = (p, m),
             (p, _) => {
@@ -285,7 +309,7 @@ impl Infer<'_> {
     }
 
     /// A layer's own parameter or MAC count; `None` (it overflows `u64`) is an error at the layer.
-    fn count(&mut self, node: &Node, what: &str, n: Option<u64>) -> u64 {
+    pub(crate) fn count(&mut self, node: &Node, what: &str, n: Option<u64>) -> u64 {
         n.unwrap_or_else(|| {
             self.err(node, node.sp, format!("the {what} of this layer overflows a 64-bit integer"), None);
             0
@@ -295,7 +319,7 @@ impl Infer<'_> {
     /// Every tensor, a value per sample or a layer's weight, holds at most `MAX_SIZE` (2^31)
     /// elements, the cap on input dims: `conv(2000000000, 1)` once passed `cargo check`. An error
     /// at `sp` (the argument that made it so) when `dims` exceed it.
-    fn too_big(&mut self, node: &Node, sp: Sp, what: &str, dims: &[usize], arg: &str) -> bool {
+    pub(crate) fn too_big(&mut self, node: &Node, sp: Sp, what: &str, dims: &[usize], arg: &str) -> bool {
         let n = dims.iter().try_fold(1u128, |a, &d| a.checked_mul(d as u128));
         let cap = crate::model::MAX_SIZE as u128;
         if n.is_some_and(|n| n <= cap) {
@@ -327,9 +351,9 @@ impl Infer<'_> {
         match &node.kind {
             Kind::Seq(children) => self.walk(children, cur),
             Kind::Layer { layer, path, named, .. } => {
-                let cur = cur?;
-                let shown_path = if *named || layer.has_params() { path.clone() } else { String::new() };
-                self.layer(node, layer, path, &shown_path, cur)
+                let input = cur?;
+                let shown = if *named || layer.has_params() { path.as_str() } else { "" };
+                layer.infer(self, &LayerAt { node, path, shown, input })
             }
             Kind::Residual { body, shortcut, shortcut_sp } => self.residual(node, body, shortcut, *shortcut_sp, cur),
             Kind::Tap { kind, name, name_sp, scope } => self.tap(node, *kind, name, *name_sp, *scope, cur),
@@ -343,7 +367,7 @@ impl Infer<'_> {
 
     /// Reports a shape-rule violation of `op` with the span that best explains it.
     #[allow(clippy::too_many_arguments)]
-    fn shape_error(
+    pub(crate) fn shape_error(
         &mut self,
         node: &Node,
         op: &str,
@@ -424,318 +448,6 @@ impl Infer<'_> {
         }
     }
 
-    fn layer(&mut self, node: &Node, layer: &Layer, path: &str, shown: &str, cur: Var) -> Option<Var> {
-        let input = self.shape(cur);
-        let k = |v: &V<usize>| Some(v.sp);
-        match layer {
-            Layer::Conv { out, kernel, stride, padding, dilation, groups, bias } => {
-                let c = Conv {
-                    out: out.v,
-                    kernel: kernel.v,
-                    stride: stride.v,
-                    padding: padding.v,
-                    dilation: dilation.v,
-                    groups: groups.v,
-                };
-                if let (true, [in_ch, ..]) = (out.v != 0, input.as_slice()) {
-                    // PyTorch's `Conv2d(in, out, kernel)`: `conv(3, 64, 3)` on 3 channels reads
-                    // as out = 3, kernel = 64. No real kernel is that large.
-                    // Only with a third argument: PyTorch's kernel size is required, ours is
-                    // the second, so `conv(1, 46000)` on one channel is left alone.
-                    let stride_given = stride.sp.start.start() != node.sp.start.start();
-                    if *in_ch == out.v && kernel.v > 11 && stride_given {
-                        let rest = stride.v;
-                        self.err(
-                            node,
-                            node.sp,
-                            format!(
-                                "this reads as `out = {}, kernel = {}`: it looks like PyTorch's `Conv2d(in_channels, out_channels, kernel_size, ..)`",
-                                out.v, kernel.v
-                            ),
-                            Some(format!(
-                                "`conv` infers its input channels ({in_ch} here) and takes `conv(out, kernel, stride, padding, ..)`: write `conv({}, {rest}, ..)` (drop the first argument)",
-                                kernel.v
-                            )),
-                        );
-                        return self.lost(None);
-                    }
-                }
-                if kernel.v == 1 && padding.v > 0 {
-                    // Always a slip: a 1x1 conv keeps the size with no padding, and with it the
-                    // map grows at every such conv (once an error repeated at each block).
-                    self.err(
-                        node,
-                        padding.sp,
-                        format!(
-                            "`padding = {}` on a 1x1 conv adds a border of zeros: the map grows by {} at each side",
-                            padding.v, padding.v
-                        ),
-                        Some("a 1x1 conv keeps the size with `padding = 0` (the default): remove the padding".into()),
-                    );
-                    // Go on as if it were fixed, so that later checks stay meaningful.
-                    return self.layer(
-                        node,
-                        &Layer::Conv {
-                            out: *out,
-                            kernel: *kernel,
-                            stride: *stride,
-                            padding: V { v: 0, sp: padding.sp },
-                            dilation: *dilation,
-                            groups: *groups,
-                            bias: *bias,
-                        },
-                        path,
-                        shown,
-                        cur,
-                    );
-                }
-                let o = match shape::conv2d(&input, c) {
-                    Ok(o) => o,
-                    Err(ShapeError::Window { axis, input: size, padding: pd, window }) if c.dilation > 1 => {
-                        let padded = size.saturating_add(pd.saturating_mul(2));
-                        let max_d = padded.saturating_sub(1) / c.kernel.saturating_sub(1).max(1);
-                        let help = if max_d >= 1 {
-                            format!(
-                                "a kernel of {k} spans `dilation * (kernel - 1) + 1`; on {} use `dilation = {max_d}` or less, or `padding = {}`",
-                                show(&input),
-                                window.saturating_sub(size).div_ceil(2),
-                                k = c.kernel
-                            )
-                        } else {
-                            format!("the input is {}; use a smaller kernel", show(&input))
-                        };
-                        self.err(
-                            node,
-                            dilation.sp,
-                            format!(
-                                "`conv` window does not fit: with `dilation = {}` the {k}x{k} kernel spans {window}, but the input {axis} is {size} ({padded} with padding {pd}), so the output {axis} would be 0",
-                                c.dilation,
-                                k = c.kernel
-                            ),
-                            Some(help),
-                        );
-                        return self.lost((input.len() == 3).then(|| vec![c.out, 1, 1]));
-                    }
-                    Err(e) => {
-                        // A groups error still has a well-defined output: continue with it.
-                        let cont = matches!(e, ShapeError::Groups { .. });
-                        self.shape_error(
-                            node,
-                            "conv",
-                            e,
-                            &[("kernel", k(kernel)), ("groups", k(groups)), ("padding", k(padding))],
-                            &input,
-                            Some(c.out),
-                        );
-                        let guess_axis = |size: usize| {
-                            shape::window_out("height", size, c.kernel, c.stride, c.padding, c.dilation).unwrap_or(1)
-                        };
-                        let guess = (input.len() == 3).then(|| {
-                            vec![
-                                c.out,
-                                guess_axis(input.get(1).copied().unwrap_or(1)),
-                                guess_axis(input.get(2).copied().unwrap_or(1)),
-                            ]
-                        });
-                        if cont {
-                            if let (Ok(oh), Ok(ow)) = (
-                                shape::window_out(
-                                    "height",
-                                    input.get(1).copied().unwrap_or(0),
-                                    c.kernel,
-                                    c.stride,
-                                    c.padding,
-                                    c.dilation,
-                                ),
-                                shape::window_out(
-                                    "width",
-                                    input.get(2).copied().unwrap_or(0),
-                                    c.kernel,
-                                    c.stride,
-                                    c.padding,
-                                    c.dilation,
-                                ),
-                            ) {
-                                return Some(self.new_var(vec![c.out, oh, ow]));
-                            }
-                        }
-                        return self.lost(guess);
-                    }
-                };
-                let in_ch = input.first().copied().unwrap_or(0);
-                let [_, o_h, o_w] = o;
-                self.note_shrink(node, "conv", &input, o, c.stride, c.kernel, c.padding, c.dilation);
-                let weight = [c.out, in_ch / c.groups.max(1), c.kernel, c.kernel];
-                if self.too_big(node, out.sp, "the output", &o, "`out`")
-                    || self.too_big(node, out.sp, "the weight", &weight, "`out` and `kernel`")
-                {
-                    return self.lost(Some(o.to_vec()));
-                }
-                let ident = field_ident(path);
-                let f = self.add_field(
-                    node,
-                    path,
-                    ident.clone(),
-                    FieldTy::Conv { in_ch, conv: c, oh: o_h, ow: o_w, kaiming: self.kaiming },
-                );
-                let mut v = self.layer_op(cur, o.to_vec(), OpKind::Field(f));
-                if *bias {
-                    let fan_in = (in_ch / c.groups.max(1)).saturating_mul(c.kernel).saturating_mul(c.kernel);
-                    let fb = self.add_field(node, path, format!("{ident}_bias"), FieldTy::Bias2d { c: c.out, fan_in });
-                    v = self.layer_op(v, o.to_vec(), OpKind::Field(fb));
-                }
-                let mut op = format!("conv {0}x{0}", c.kernel);
-                if c.stride != 1 {
-                    op.push_str(&format!("/{}", c.stride));
-                }
-                op.push_str(&format!(" {in_ch}->{}", c.out));
-                if c.groups != 1 {
-                    op.push_str(&format!(" g{}", c.groups));
-                }
-                if c.dilation != 1 {
-                    op.push_str(&format!(" d{}", c.dilation));
-                }
-                let params = shape::conv_params(in_ch, c, *bias);
-                let params = self.count(node, "parameter count", params);
-                let macs = shape::conv_macs(in_ch, c, o);
-                let macs = self.count(node, "MAC count", macs);
-                self.row(shown, op, &o, params, macs);
-                Some(v)
-            }
-            Layer::Bn => {
-                if let Err(e) = shape::rank3(&input) {
-                    self.shape_error(node, "bn", e, &[], &input, None);
-                    return self.lost(Some(input));
-                }
-                let c = input.first().copied().unwrap_or(0);
-                let f = self.add_field(node, path, field_ident(path), FieldTy::Bn { c, zero_gamma: false });
-                let v = self.layer_op(cur, input.clone(), OpKind::Field(f));
-                self.row(shown, format!("bn {c}"), &input, 2 * c as u64, 0);
-                Some(v)
-            }
-            Layer::MaxPool { kernel, stride, padding } | Layer::AvgPool { kernel, stride, padding } => {
-                let max = matches!(layer, Layer::MaxPool { .. });
-                let name = if max { "maxpool" } else { "avgpool" };
-                match shape::pool2d(&input, kernel.v, stride.v, padding.v) {
-                    Ok(o) => {
-                        let (kernel, stride, padding) = (kernel.v, stride.v, padding.v);
-                        self.note_shrink(node, name, &input, o, stride, kernel, padding, 1);
-                        let kind = if max {
-                            OpKind::MaxPool { kernel, stride, padding }
-                        } else {
-                            OpKind::AvgPool { kernel, stride, padding }
-                        };
-                        let v = self.layer_op(cur, o.to_vec(), kind);
-                        self.row(shown, format!("{name} {kernel}x{kernel}/{stride}"), &o, 0, 0);
-                        Some(v)
-                    }
-                    Err(e) => {
-                        self.shape_error(
-                            node,
-                            name,
-                            e,
-                            &[("kernel", k(kernel)), ("padding", k(padding))],
-                            &input,
-                            None,
-                        );
-                        let guess = match input.as_slice() {
-                            [c, h, w] => Some(vec![
-                                *c,
-                                shape::window_out("height", *h, kernel.v, stride.v, 0, 1).unwrap_or(1),
-                                shape::window_out("width", *w, kernel.v, stride.v, 0, 1).unwrap_or(1),
-                            ]),
-                            _ => None,
-                        };
-                        self.lost(guess)
-                    }
-                }
-            }
-            Layer::GlobalAvgPool => match shape::global_avgpool(&input) {
-                Ok(o) => {
-                    let v = self.layer_op(cur, o.to_vec(), OpKind::GlobalAvgPool);
-                    self.row(shown, "global_avgpool".into(), &o, 0, 0);
-                    Some(v)
-                }
-                Err(e) => {
-                    self.shape_error(node, "global_avgpool", e, &[], &input, None);
-                    self.lost(input.first().map(|c| vec![*c]))
-                }
-            },
-            Layer::Flatten => match shape::flatten(&input) {
-                Ok(o) => {
-                    let v = self.layer_op(cur, o.to_vec(), OpKind::Flatten);
-                    self.row(shown, "flatten".into(), &o, 0, 0);
-                    Some(v)
-                }
-                Err(e) => {
-                    self.shape_error(node, "flatten", e, &[], &input, None);
-                    self.lost(None)
-                }
-            },
-            Layer::Linear { out, bias } => match shape::linear(&input, out.v) {
-                Ok(o) => {
-                    let i = input.last().copied().unwrap_or(0);
-                    if self.too_big(node, out.sp, "the output", &o, "`out`")
-                        || self.too_big(node, out.sp, "the weight", &[out.v, i], "`out`")
-                    {
-                        return self.lost(Some(o));
-                    }
-                    let f = self.add_field(node, path, field_ident(path), FieldTy::Linear { i, o: out.v, bias: *bias });
-                    let v = self.layer_op(cur, o.clone(), OpKind::Field(f));
-                    let params = shape::linear_params(i, out.v, *bias);
-                    let params = self.count(node, "parameter count", params);
-                    let macs = shape::linear_macs(&input, out.v);
-                    let macs = self.count(node, "MAC count", macs);
-                    self.row(shown, format!("linear {i}->{}", out.v), &o, params, macs);
-                    Some(v)
-                }
-                Err(e) => {
-                    self.shape_error(node, "linear", e, &[], &input, None);
-                    // Most likely a missing `global_avgpool` / `flatten`: the user meant `[out]`.
-                    self.lost(Some(vec![out.v]))
-                }
-            },
-            Layer::LayerNorm => match shape::last_dim(&input) {
-                Ok(m) => {
-                    let f = self.add_field(node, path, field_ident(path), FieldTy::LayerNorm { m });
-                    let v = self.layer_op(cur, input.clone(), OpKind::Field(f));
-                    self.row(shown, format!("layernorm {m}"), &input, 2 * m as u64, 0);
-                    Some(v)
-                }
-                Err(e) => {
-                    self.shape_error(node, "layernorm", e, &[], &input, None);
-                    self.lost(Some(input))
-                }
-            },
-            Layer::Dropout { p } => {
-                let per_million = (p * 1e6).round().clamp(0.0, 999_999.0) as usize;
-                let v = self.layer_op(cur, input.clone(), OpKind::Dropout { per_million });
-                self.row(shown, format!("dropout {p}"), &input, 0, 0);
-                Some(v)
-            }
-            Layer::Relu
-            | Layer::Gelu
-            | Layer::Sigmoid
-            | Layer::Tanh
-            | Layer::Silu
-            | Layer::LeakyRelu { .. }
-            | Layer::Identity => {
-                let (kind, name) = match layer {
-                    Layer::Relu => (OpKind::Relu, "relu".to_string()),
-                    Layer::Gelu => (OpKind::Gelu, "gelu".to_string()),
-                    Layer::Sigmoid => (OpKind::Sigmoid, "sigmoid".to_string()),
-                    Layer::Tanh => (OpKind::Tanh, "tanh".to_string()),
-                    Layer::Silu => (OpKind::Silu, "silu".to_string()),
-                    Layer::LeakyRelu { slope } => (OpKind::LeakyRelu(*slope), format!("leaky_relu {slope}")),
-                    _ => (OpKind::Identity, "identity".to_string()),
-                };
-                let v = self.layer_op(cur, input.clone(), kind);
-                self.row(shown, name, &input, 0, 0);
-                Some(v)
-            }
-        }
-    }
-
     fn residual(&mut self, node: &Node, body: &[Node], sc: &Shortcut, sc_sp: Sp, cur: Option<Var>) -> Option<Var> {
         let Some(input) = cur else {
             // Unknown input: still look inside for errors that do not depend on it.
@@ -752,11 +464,8 @@ impl Infer<'_> {
         let shrinkers_before = self.shrinkers.len();
         let body_out = self.walk(body, Some(input));
         if self.zero_init {
-            let last_bn =
-                self.prog.fields.iter_mut().skip(fields_before).rev().find(|f| matches!(f.ty, FieldTy::Bn { .. }));
-            if let Some(Field { ty: FieldTy::Bn { zero_gamma, .. }, .. }) = last_bn {
-                *zero_gamma = true;
-            }
+            // The last batch norm of the body (`any` stops at the first that takes it).
+            let _ = self.prog.fields.iter_mut().skip(fields_before).rev().any(|f| f.ty.set_zero_gamma());
         }
         let body_shape = body_out.map(|v| self.shape(v));
         let hint = body_stride(body);
@@ -818,38 +527,22 @@ impl Infer<'_> {
                         {
                             Some(fork)
                         }
-                        (Some(s), [ic, _, _], [oc, oh, ow]) => {
-                            let c = Conv { out: *oc, kernel: 1, stride: s, padding: 0, dilation: 1, groups: 1 };
-                            let cpath = format!("{path}.0");
-                            let bpath = format!("{path}.1");
-                            let fc = self.add_field(
-                                node,
-                                &cpath,
-                                field_ident(&cpath),
-                                FieldTy::Conv { in_ch: *ic, conv: c, oh: *oh, ow: *ow, kaiming: self.kaiming },
-                            );
-                            let o = vec![*oc, *oh, *ow];
-                            let v1 = self.layer_op(fork, o.clone(), OpKind::Field(fc));
-                            let params = shape::conv_params(*ic, c, false);
-                            let params = self.count(node, "parameter count", params);
-                            let macs = shape::conv_macs(*ic, c, [*oc, *oh, *ow]);
-                            let macs = self.count(node, "MAC count", macs);
-                            self.row(
-                                &cpath,
-                                format!("conv 1x1{} {ic}->{oc}", if s != 1 { format!("/{s}") } else { String::new() }),
-                                &o,
-                                params,
-                                macs,
-                            );
-                            let fb = self.add_field(
-                                node,
-                                &bpath,
-                                field_ident(&bpath),
-                                FieldTy::Bn { c: *oc, zero_gamma: false },
-                            );
-                            let v2 = self.layer_op(v1, o.clone(), OpKind::Field(fb));
-                            self.row(&bpath, format!("bn {oc}"), &o, 2 * *oc as u64, 0);
-                            Some(v2)
+                        (Some(s), [_, _, _], [oc, _, _]) => {
+                            // torchvision's `downsample`: exactly `conv(oc, 1, stride = s) -> bn`,
+                            // at `<path>.0` and `<path>.1`, blamed on the `shortcut` token.
+                            let at = |v| V { v, sp: sc_sp };
+                            let conv = ConvLayer {
+                                out: at(*oc),
+                                kernel: at(1),
+                                stride: at(s),
+                                padding: at(0),
+                                dilation: at(1),
+                                groups: at(1),
+                                bias: false,
+                            };
+                            let (cpath, bpath) = (format!("{path}.0"), format!("{path}.1"));
+                            let v1 = conv.infer(self, &LayerAt { node, path: &cpath, shown: &cpath, input: fork })?;
+                            BatchNorm.infer(self, &LayerAt { node, path: &bpath, shown: &bpath, input: v1 })
                         }
                         _ => {
                             self.err(
@@ -877,7 +570,7 @@ impl Infer<'_> {
                     let stride = shape::shortcut_stride(&in_shape, bs, hint);
                     match (stride, in_shape.as_slice(), bs.as_slice()) {
                         (Some(s), [ic, _, _], [oc, _, _]) if oc >= ic => {
-                            let v = self.layer_op(fork, bs.clone(), OpKind::SubsamplePad { stride: s });
+                            let v = self.layer_op(fork, bs.clone(), Rc::new(SubsamplePad { stride: s }), sc_sp);
                             self.row("", format!("subsample_pad /{s} {ic}->{oc}"), bs, 0, 0);
                             Some(v)
                         }
@@ -936,7 +629,7 @@ impl Infer<'_> {
             return Some(a);
         }
         let output = self.new_var(out_shape.clone());
-        self.prog.ops.push(Op::Add { a, b, output, b_is_tap: false });
+        self.prog.ops.push(Op::Add { a, b, output, b_is_tap: false, sp: node.sp });
         self.row("", "+ shortcut".into(), &out_shape, 0, 0);
         Some(output)
     }
@@ -998,7 +691,7 @@ impl Infer<'_> {
                         return Some(cur);
                     }
                     let output = self.new_var(cs.clone());
-                    self.prog.ops.push(Op::Add { a: cur, b: tv, output, b_is_tap: true });
+                    self.prog.ops.push(Op::Add { a: cur, b: tv, output, b_is_tap: true, sp: name_sp });
                     self.row("", format!("add({name})"), &cs, 0, 0);
                     Some(output)
                 } else {
@@ -1010,7 +703,7 @@ impl Infer<'_> {
                         }
                         Some(o) => {
                             let output = self.new_var(o.to_vec());
-                            self.prog.ops.push(Op::Cat { a: tv, b: cur, output });
+                            self.prog.ops.push(Op::Cat { a: tv, b: cur, output, sp: name_sp });
                             self.row("", format!("cat({name})"), &o, 0, 0);
                             Some(output)
                         }
@@ -1045,8 +738,7 @@ fn body_stride(nodes: &[Node]) -> usize {
     let mut s: usize = 1;
     for n in nodes {
         let k = match &n.kind {
-            Kind::Layer { layer: Layer::Conv { stride, .. }, .. } => stride.v,
-            Kind::Layer { layer: Layer::MaxPool { stride, .. } | Layer::AvgPool { stride, .. }, .. } => stride.v,
+            Kind::Layer { layer, .. } => layer.stride(),
             Kind::Seq(c) => body_stride(c),
             Kind::Residual { body, .. } => body_stride(body),
             _ => 1,

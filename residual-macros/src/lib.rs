@@ -1,72 +1,27 @@
 //! The `residual!` macro: declare residual networks, get statically shaped dfdx modules.
 //!
-//! # Grammar
-//!
-//! ```text
-//! file      := item*
-//! item      := attr* 'block' Ident ('(' params? ')')? '{' seq '}'
-//!            | attr* vis? 'model' Ident '[' int (',' int)* ']' '{' seq '}'
-//! attr      := '#[' 'init' '(' ('torch_default' | 'kaiming_normal') ')' ']'
-//!            | '#[' 'zero_init_residual' ']'               (models only)
-//!            | doc comment                                  (copied onto the struct)
-//! params    := param (',' param)* ','?         param := Ident ('=' expr)?
-//! seq       := step ('->' step)*
-//! step      := (Ident ':')? unit ('x' expr ('(' 'first' ':' args ')')?)?
-//! unit      := Ident ('(' args? ')')?                       a built-in layer or a user block
-//!            | '(' seq ')'                                  a sub-sequence
-//!            | 'residual' '{' seq '}' shortcut?
-//!            | 'tap' '(' Ident ')' | 'add' '(' Ident ')' | 'cat' '(' Ident ')'
-//! shortcut  := 'shortcut' (Ident ':')? ('identity' | 'auto' | 'pad' | '{' seq '}')
-//! args      := arg (',' arg)* ','?             arg := expr | Ident '=' expr
-//! expr      := integer arithmetic (+ - * / % parentheses) on literals and block parameters;
-//!              `true` / `false`; float literals (dropout `p`, leaky_relu `slope`)
-//! ```
-//!
-//! Ops after a residual's addition are simply the following steps: `residual { .. } -> relu`.
-//!
-//! ## Semantics decided here
-//!
-//! - Arguments bind by position, then by name; block parameter defaults may use earlier
-//!   parameters (`block B(w, out = 4 * w)`).
-//! - `x N (first: k = v, ..)` overrides named arguments of copy 0 of a block or layer call.
-//! - `linear(out)` infers its input size from the last dim of the value flowing in, so it takes
-//!   `[D]` or `[S, D]`; on `[C, H, W]` it is an error whose help says to add `global_avgpool ->`
-//!   or `flatten ->` first. `layernorm` likewise normalises the last dim of `[D]` / `[S, D]`.
-//! - `flatten` turns any rank into `[N]`. `global_avgpool` is `[C, H, W] -> [C]`.
-//! - `shortcut auto` on a body that keeps the shape is the identity; otherwise a 1x1 conv (with
-//!   the body's stride) and a batch norm at `downsample.0` / `downsample.1`. It needs
-//!   `[C, H, W]` values; for `[S, D]` write `shortcut { linear(D2, bias = false) }`.
-//! - `shortcut pad` subsamples by the body's stride and zero-pads channels, half in front.
-//! - Taps are scoped to one block instance (or the model body): `tap(s)` binds the current
-//!   value, `add(s)` adds it (same shape), `cat(s)` concatenates `[tapped, current]` along
-//!   channels (same spatial size): torchvision's DenseNet order, `torch.cat([old, new], 1)`, so
-//!   its weights map channel for channel.
-//! - Parameter paths: a named step contributes its name, an unnamed one its index in the
-//!   sequence, `x N` copies `0..N`; an unnamed, unrepeated `residual` is transparent; a
-//!   projection shortcut is `downsample` unless named. Struct fields are the paths with `.`
-//!   replaced by `_` (`_`-prefixed when they start with a digit); a conv's bias is a second
-//!   field `<conv>_bias` saved under the conv's own path (`conv1.bias`).
-//! - `#[zero_init_residual]` sets `ZERO_GAMMA` on the last batch norm of every residual body;
-//!   `#[init(kaiming_normal)]` gives every conv torchvision's fan-out Kaiming normal init.
-//! - Errors inside a block template are reported at the template's token, with the instance
-//!   (`in `layer2.0` (Bottleneck(128, stride = 2))`) in the message, plus one error at the call
-//!   site. Identical errors from several instances are merged.
+//! The language (grammar, layers, shortcuts, taps, parameter paths, errors) is
+//! `docs/GRAMMAR.md`, which is also the rustdoc of the `residual!` macro itself.
 //!
 //! # Pipeline
 //!
-//! `parse/` (syn) -> `model.rs` (instantiate blocks, names, arguments) -> `infer.rs` (shapes,
-//! lowering) + `validate.rs` -> `codegen/`. Errors are collected in `ctxt::Ctxt`, sorted by
-//! position, and emitted after one fallback per model (`codegen/fallback.rs`: a type of the
-//! model's name that builds, runs forward with the declared input and output types where they
-//! are known, and implements `TensorCollection` and `ModelInfo`, so user code adds no errors).
+//! `parse/` (syn) -> `model/` (evaluate, bind, expand blocks: names, arguments, paths) ->
+//! `infer.rs` (shapes, lowering to `ir.rs`) -> `validate.rs` -> `codegen/`. Each built-in layer
+//! lives in its family's file under `layers/` (arguments, shape rule, counts, summary text,
+//! generated code). Errors are collected in `ctxt::Ctxt`, sorted by position, and emitted after
+//! one fallback per model (`codegen/fallback.rs`: a type of the model's name that builds, runs
+//! forward with the declared input and output types where they are known, and implements
+//! `TensorCollection` and `ModelInfo`, so user code adds no errors).
 
 mod codegen;
 mod ctxt;
 mod infer;
 mod ir;
+mod layers;
 mod model;
 mod parse;
 mod shape;
+mod suggest;
 mod validate;
 
 use proc_macro2::{TokenStream, TokenTree};

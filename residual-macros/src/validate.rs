@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::ctxt::Ctxt;
-use crate::ir::{Field, FieldTy, Program};
+use crate::ir::{Field, Program};
 
 /// Runs every rule on one model's program.
 pub(crate) fn validate(prog: &Program, cx: &mut Ctxt) {
@@ -19,7 +19,7 @@ pub(crate) fn check_fields(fields: &[Field], cx: &mut Ctxt) {
     let mut idents: HashMap<&str, &Field> = HashMap::new();
     let mut paths: HashMap<&str, &Field> = HashMap::new();
     for f in fields {
-        if !matches!(f.ty, FieldTy::Bias2d { .. }) {
+        if !f.ty.shares_layer_path() {
             if paths.contains_key(f.path.as_str()) {
                 cx.push(
                     f.sp,

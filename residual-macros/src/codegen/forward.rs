@@ -5,8 +5,8 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{dfdx, ident, lit, private, tensor_ty};
-use crate::ir::{Op, OpKind, Program, Var};
+use super::{at_user, dfdx, ident, lit, private, tensor_ty};
+use crate::ir::{ForwardCx, Op, Program, Var};
 use crate::model::Model;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -21,18 +21,18 @@ fn var(v: Var) -> proc_macro2::Ident {
 
 fn body(prog: &Program, mode: Mode) -> TokenStream {
     let d = dfdx();
-    let p = private();
     let shape_of = |v: Var| prog.vars.get(v).cloned().unwrap_or_default();
     let mut out = TokenStream::new();
     for op in &prog.ops {
-        let stmt = match op {
+        let (stmt, sp) = match op {
             Op::Fork { input, output } => {
                 let (x, y, ty) = (var(*input), var(*output), tensor_ty(&shape_of(*output)));
-                quote!(let #y: #ty = #d::tensor::WithEmptyTape::with_empty_tape(&#x);)
+                out.extend(quote!(let #y: #ty = #d::tensor::WithEmptyTape::with_empty_tape(&#x);));
+                continue;
             }
-            Op::Add { a, b, output, b_is_tap } => {
+            Op::Add { a, b, output, b_is_tap, sp } => {
                 let (a, b, y, ty) = (var(*a), var(*b), var(*output), tensor_ty(&shape_of(*output)));
-                if *b_is_tap {
+                let stmt = if *b_is_tap {
                     // Taps may be read more than once: add a fresh handle, never the tap itself.
                     // The tap is a fork with no ops of its own, so its gradient reaches the
                     // tapped value through the shared tensor id.
@@ -42,30 +42,25 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
                     // ops (a projection's conv and bn, option A's subsampling) merges into the
                     // sum and its backward runs. A fresh handle here would drop that tape.
                     quote!(let #y: #ty = #d::tensor_ops::TryAdd::try_add(#a, #b)?;)
-                }
+                };
+                (stmt, *sp)
             }
-            Op::Cat { a, b, output } => {
+            Op::Cat { a, b, output, sp } => {
                 let (sa, sb, so) = (shape_of(*a), shape_of(*b), shape_of(*output));
                 let (ca, cb) = (lit(sa.first().copied().unwrap_or(0)), lit(sb.first().copied().unwrap_or(0)));
-                let rest: Vec<TokenStream> = so
-                    .iter()
-                    .skip(1)
-                    .map(|n| {
-                        let n = lit(*n);
-                        quote!(#d::shapes::Const::<#n>)
-                    })
-                    .collect();
-                let all: Vec<TokenStream> = so
-                    .iter()
-                    .map(|n| {
-                        let n = lit(*n);
-                        quote!(#d::shapes::Const::<#n>)
-                    })
-                    .collect();
+                let consts = |dims: &[usize]| -> Vec<TokenStream> {
+                    dims.iter()
+                        .map(|n| {
+                            let n = lit(*n);
+                            quote!(#d::shapes::Const::<#n>)
+                        })
+                        .collect()
+                };
+                let (rest, all) = (consts(so.get(1..).unwrap_or(&[])), consts(&so));
                 let (a, b, y, ty) = (var(*a), var(*b), var(*output), tensor_ty(&so));
                 // `a` is the tap (first, a fresh handle: it may be read again), `b` the current
                 // value (moved: its tape carries on); see `Op::Cat`.
-                quote! {
+                let stmt = quote! {
                     let #y: #ty = {
                         let batch = #d::shapes::HasShape::shape(&#b).0;
                         // Const + Const has no stable `Add`, so concatenate with runtime channel dims.
@@ -75,74 +70,27 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
                         let both = #d::tensor_ops::TryConcatAlong::try_concat_along((lhs, rhs), #d::shapes::Axis::<1>)?;
                         #d::tensor_ops::ReshapeTo::try_reshape_like(both, &(batch, #(#all,)*))?
                     };
-                }
+                };
+                (stmt, *sp)
             }
-            Op::Layer { input, output, kind } => {
+            Op::Field { input, output, field, sp } => {
+                let (x, y, ty) = (var(*input), var(*output), tensor_ty(&shape_of(*output)));
+                let f = ident(&prog.fields.get(*field).map(|f| f.ident.clone()).unwrap_or_default());
+                let expr = match mode {
+                    Mode::Eval => quote!(#d::nn::Module::try_forward(&self.#f, #x)?),
+                    Mode::Train => quote!(#d::nn::ModuleMut::try_forward_mut(&mut self.#f, #x)?),
+                };
+                (quote!(let #y: #ty = #expr;), *sp)
+            }
+            Op::Layer { input, output, code, sp } => {
                 let (x, y) = (var(*input), var(*output));
                 let (si, so) = (shape_of(*input), shape_of(*output));
                 let ty = tensor_ty(&so);
-                let module = quote!(#d::nn::Module::try_forward);
-                let expr = match kind {
-                    OpKind::Field(f) => {
-                        let fid = ident(&prog.fields.get(*f).map(|f| f.ident.clone()).unwrap_or_default());
-                        match mode {
-                            Mode::Eval => quote!(#module(&self.#fid, #x)?),
-                            Mode::Train => quote!(#d::nn::ModuleMut::try_forward_mut(&mut self.#fid, #x)?),
-                        }
-                    }
-                    OpKind::MaxPool { kernel, stride, padding } | OpKind::AvgPool { kernel, stride, padding } => {
-                        let (k, s, pd) = (lit(*kernel), lit(*stride), lit(*padding));
-                        let (oh, ow) = (lit(so.get(1).copied().unwrap_or(0)), lit(so.get(2).copied().unwrap_or(0)));
-                        let ty = if matches!(kind, OpKind::MaxPool { .. }) {
-                            quote!(#p::layers::MaxPool2d<#k, #s, #pd, #oh, #ow>)
-                        } else {
-                            quote!(#p::layers::AvgPool2d<#k, #s, #pd, #oh, #ow>)
-                        };
-                        quote!(#module(&<#ty as ::core::default::Default>::default(), #x)?)
-                    }
-                    OpKind::GlobalAvgPool => quote!(#module(&#d::nn::modules::AvgPoolGlobal, #x)?),
-                    OpKind::Flatten => match si.len() {
-                        1 => quote!(#x),
-                        _ => {
-                            let n = lit(so.first().copied().unwrap_or(0));
-                            quote!(#module(&<#p::layers::Flatten<#n> as ::core::default::Default>::default(), #x)?)
-                        }
-                    },
-                    OpKind::Dropout { per_million } => match mode {
-                        Mode::Eval => quote!(#x),
-                        Mode::Train => {
-                            let pm = lit(*per_million);
-                            quote!(#d::nn::ModuleMut::try_forward_mut(
-                                &mut <#p::layers::Dropout<#pm> as ::core::default::Default>::default(), #x)?)
-                        }
-                    },
-                    OpKind::Relu => quote!(#x.try_relu()?),
-                    // The tanh approximation (PyTorch's `GELU(approximate='tanh')`): dfdx 0.13's exact
-                    // `accurate_gelu` has a wrong backward (its Gaussian term lacks a 1/sqrt(2)),
-                    // which tests/macro_gradients.rs catches against finite differences.
-                    OpKind::Gelu => quote!(#x.try_fast_gelu()?),
-                    OpKind::Sigmoid => quote!(#x.try_sigmoid()?),
-                    OpKind::Tanh => quote!(#x.try_tanh()?),
-                    OpKind::Silu => quote!({
-                        let gate = #d::tensor::WithEmptyTape::with_empty_tape(&#x).try_sigmoid()?;
-                        #d::tensor_ops::TryMul::try_mul(#x, gate)?
-                    }),
-                    OpKind::LeakyRelu(slope) => {
-                        let s = proc_macro2::Literal::f64_suffixed(if slope.is_finite() { *slope } else { 0.0 });
-                        quote!(#d::tensor_ops::TryPReLU::try_prelu(#x, E::from_f64(#s).unwrap_or_default())?)
-                    }
-                    OpKind::Identity => quote!(#x),
-                    OpKind::SubsamplePad { stride } => {
-                        let (ic, oc) = (lit(si.first().copied().unwrap_or(0)), lit(so.first().copied().unwrap_or(0)));
-                        let (oh, ow) = (lit(so.get(1).copied().unwrap_or(0)), lit(so.get(2).copied().unwrap_or(0)));
-                        let s = lit(*stride);
-                        quote!(#module(&<#p::layers::SubsamplePad<#ic, #oc, #s, #oh, #ow> as ::core::default::Default>::default(), #x)?)
-                    }
-                };
-                quote!(let #y: #ty = #expr;)
+                let expr = code.forward(&ForwardCx { x: &x, train: mode == Mode::Train, input: &si, output: &so });
+                (quote!(let #y: #ty = #expr;), *sp)
             }
         };
-        out.extend(stmt);
+        out.extend(at_user(sp, stmt));
     }
     let y = var(prog.output);
     out.extend(quote!(::core::result::Result::Ok(#y)));
@@ -225,6 +173,47 @@ pub(crate) fn module_impls(m: &Model, prog: &Program) -> TokenStream {
                 #train_plan
                 #train
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::{TokenStream, TokenTree};
+
+    /// `(variable, line)` of every `let xN` the layer-by-layer bodies bind, in order.
+    fn lets(ts: TokenStream, out: &mut Vec<(String, usize)>) {
+        let tokens: Vec<TokenTree> = ts.into_iter().collect();
+        for (i, t) in tokens.iter().enumerate() {
+            match t {
+                TokenTree::Group(g) => lets(g.stream(), out),
+                TokenTree::Ident(id) if id == "let" => {
+                    if let Some(TokenTree::Ident(v)) = tokens.get(i + 1) {
+                        if v.to_string().starts_with('x') {
+                            out.push((v.to_string(), id.span().start().line));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every generated statement sits at the token of the layer that made it (each on its own
+    /// line here), so that a failing check of rustc's underlines the user's layer.
+    #[test]
+    fn statements_sit_at_the_users_tokens() {
+        let src = "model M[3, 8, 8] {\n conv(4, 3, padding = 1)\n -> bn\n -> residual { relu }\n -> tap(t)\n -> add(t)\n -> global_avgpool\n -> linear(10)\n}";
+        let out = crate::expand(src.parse().unwrap_or_default());
+        let mut found = Vec::new();
+        lets(out, &mut found);
+        // Forks (a residual's or a tap's second handle) are the macro's own and stay at the
+        // call site; every op the user wrote is on its line.
+        let expected = [("x1", 2), ("x2", 3), ("x4", 4), ("x5", 4), ("x7", 6), ("x8", 7), ("x9", 8)];
+        for (var, line) in expected {
+            let lines: Vec<usize> = found.iter().filter(|(v, _)| v == var).map(|(_, l)| *l).collect();
+            // Once in `Module`, once in `ModuleMut`.
+            assert_eq!(lines, vec![line, line], "`let {var}` in {found:?}");
         }
     }
 }

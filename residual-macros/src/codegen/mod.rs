@@ -12,10 +12,11 @@ mod plan;
 
 pub(crate) use fallback::{fallback, Known};
 
-use proc_macro2::{Ident, Literal, Span, TokenStream};
+use proc_macro2::{Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::quote;
 
-use crate::ir::{FieldTy, Program};
+use crate::ctxt::Sp;
+use crate::ir::Program;
 use crate::model::Model;
 
 /// `::residual::__private`
@@ -26,6 +27,29 @@ pub(crate) fn private() -> TokenStream {
 pub(crate) fn dfdx() -> TokenStream {
     let p = private();
     quote!(#p::dfdx)
+}
+
+/// `tokens` with every span located at the user's token `sp` (name resolution stays the
+/// macro's call site): when rustc's own check of a generated statement fails (a tensor type
+/// that does not match), it underlines the layer the user wrote, not the macro invocation.
+pub(crate) fn at_user(sp: Sp, tokens: TokenStream) -> TokenStream {
+    respan(tokens, Span::call_site().located_at(sp.start))
+}
+
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let TokenTree::Group(g) = &tt {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                tt = TokenTree::Group(group);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 pub(crate) fn lit(n: usize) -> Literal {
@@ -70,54 +94,6 @@ pub(crate) fn tensor_ty(shape: &[usize]) -> TokenStream {
     quote!(#d::tensor::Tensor<(B, #(#dims,)*), E, D, T>)
 }
 
-/// The type of a field.
-pub(crate) fn field_ty(ty: &FieldTy) -> TokenStream {
-    let p = private();
-    let d = dfdx();
-    match ty {
-        FieldTy::Conv { in_ch, conv, oh, ow, kaiming } => {
-            let per_group = lit(in_ch / conv.groups.max(1));
-            let (i, o, k, s, pd, dl, g, oh, ow) = (
-                lit(*in_ch),
-                lit(conv.out),
-                lit(conv.kernel),
-                lit(conv.stride),
-                lit(conv.padding),
-                lit(conv.dilation),
-                lit(conv.groups),
-                lit(*oh),
-                lit(*ow),
-            );
-            let init = if *kaiming {
-                quote!(#p::runtime::init::KaimingNormalFanOut)
-            } else {
-                quote!(#p::runtime::init::TorchDefaultInit)
-            };
-            quote!(#p::layers::Conv2d<#i, #o, #k, #s, #pd, #dl, #g, #per_group, #oh, #ow, E, D, #init>)
-        }
-        FieldTy::Bias2d { c, fan_in } => {
-            let (c, f) = (lit(*c), lit(*fan_in));
-            quote!(#p::layers::Bias2d<#c, #f, E, D>)
-        }
-        FieldTy::Bn { c, zero_gamma } => {
-            let c = lit(*c);
-            quote!(#p::layers::BatchNorm2d<#c, E, D, #zero_gamma>)
-        }
-        FieldTy::Linear { i, o, bias } => {
-            let (i, o) = (lit(*i), lit(*o));
-            if *bias {
-                quote!(#d::nn::modules::Linear<#i, #o, E, D>)
-            } else {
-                quote!(#d::nn::modules::UnbiasedLinear<#i, #o, E, D>)
-            }
-        }
-        FieldTy::LayerNorm { m } => {
-            let m = lit(*m);
-            quote!(#p::layers::LayerNorm<#m, E, D>)
-        }
-    }
-}
-
 /// Everything generated for one model.
 pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
     let d = dfdx();
@@ -127,7 +103,7 @@ pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
     let shown = docs::model_docs(m, prog);
     let fields = prog.fields.iter().map(|f| {
         let id = ident(&f.ident);
-        let ty = field_ty(&f.ty);
+        let ty = f.ty.rust_type();
         let doc = format!(" `{}`", f.path);
         quote!(#[doc = #doc] pub #id: #ty)
     });

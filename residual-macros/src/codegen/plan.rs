@@ -8,7 +8,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{ident, lit, private};
-use crate::ir::{FieldTy, Op, OpKind, Program};
+use crate::ir::{Op, PlanCx, Program};
 
 /// A lowered plan: its tokens and the parameter tensors, in plan order.
 pub(crate) struct Lowered {
@@ -29,7 +29,8 @@ fn dims3(shape: &[usize]) -> Option<[usize; 3]> {
     }
 }
 
-/// Lowers `prog`, or `None` when it holds an op plans do not have.
+/// Lowers `prog`, or `None` when it holds an op plans do not have (each layer family says which
+/// of its layers have plan kernels: `ir::FieldType::plan_step`, `ir::OpCode::plan_step`).
 pub(crate) fn lower(prog: &Program) -> Option<Lowered> {
     let p = private();
     let plan = quote!(#p::runtime::plan);
@@ -40,34 +41,15 @@ pub(crate) fn lower(prog: &Program) -> Option<Lowered> {
     let mut running = Vec::new();
     let mut specs = Vec::new();
     for f in &prog.fields {
-        let tensors: &[(&'static str, bool)] = match f.ty {
-            FieldTy::Conv { .. } => &[("weight", true)],
-            FieldTy::Bias2d { .. } => &[("bias", true)],
-            FieldTy::Bn { .. } => &[("weight", true), ("bias", true), ("running_mean", false), ("running_var", false)],
-            FieldTy::Linear { bias: true, .. } => &[("weight", true), ("bias", true)],
-            FieldTy::Linear { bias: false, .. } => &[("weight", true)],
-            FieldTy::LayerNorm { .. } => return None,
-        };
-        let len = |t: &str| -> Option<usize> {
-            match (&f.ty, t) {
-                (FieldTy::Conv { in_ch, conv, .. }, _) => {
-                    conv.out.checked_mul(in_ch / conv.groups.max(1))?.checked_mul(conv.kernel)?.checked_mul(conv.kernel)
-                }
-                (FieldTy::Bias2d { c, .. }, _) | (FieldTy::Bn { c, .. }, _) => Some(*c),
-                (FieldTy::Linear { i, o, .. }, "weight") => o.checked_mul(*i),
-                (FieldTy::Linear { o, .. }, _) => Some(*o),
-                _ => None,
-            }
-        };
         let mut idx = Vec::new();
-        for &(t, trainable) in tensors {
-            let n = lit(len(t)?);
+        for t in f.ty.plan_tensors()? {
+            let (n, trainable) = (lit(t.len), t.trainable);
             specs.push(quote!(#plan::ParamSpec { len: #n, trainable: #trainable }));
             if !trainable {
-                running.push((params.len(), f.ident.clone(), t));
+                running.push((params.len(), f.ident.clone(), t.name));
             }
             idx.push(params.len());
-            params.push((f.ident.clone(), t, trainable));
+            params.push((f.ident.clone(), t.name, trainable));
         }
         field_params.push(idx);
     }
@@ -92,89 +74,17 @@ pub(crate) fn lower(prog: &Program) -> Option<Lowered> {
                 steps.push(quote!(#plan::Step::Add { a: #a, b: #b, output: #y }));
             }
             Op::Cat { .. } => return None,
-            Op::Layer { input, output, kind } => {
+            Op::Layer { input, output, code, .. } if code.is_view() => {
+                *value_of.get_mut(*output)? = *value_of.get(*input)?;
+            }
+            Op::Layer { input, output, .. } | Op::Field { input, output, .. } => {
                 let x = (*value_of.get(*input)?)?;
+                let y = new_value(*output, &mut value_of)?;
                 let in_shape = prog.vars.get(*input)?;
-                if matches!(kind, OpKind::Flatten | OpKind::Identity) {
-                    *value_of.get_mut(*output)? = Some(x);
-                    continue;
-                }
-                let xl = lit(x);
-                let y = lit(new_value(*output, &mut value_of)?);
-                let step = match kind {
-                    OpKind::Field(fi) => {
-                        let f = prog.fields.get(*fi)?;
-                        let ps = field_params.get(*fi)?;
-                        match &f.ty {
-                            FieldTy::Conv { conv, .. } => {
-                                if in_shape.len() != 3 {
-                                    return None;
-                                }
-                                let w = lit(ps[0]);
-                                let (o, k, s, pd, dl, g) = (
-                                    lit(conv.out),
-                                    lit(conv.kernel),
-                                    lit(conv.stride),
-                                    lit(conv.padding),
-                                    lit(conv.dilation),
-                                    lit(conv.groups),
-                                );
-                                quote!(#plan::Step::Conv { input: #xl, output: #y, weight: #w, geom: #plan::ConvGeom {
-                                    out_channels: #o, kernel: #k, stride: #s, padding: #pd, dilation: #dl, groups: #g } })
-                            }
-                            FieldTy::Bias2d { .. } => {
-                                let b = lit(ps[0]);
-                                quote!(#plan::Step::Bias { input: #xl, output: #y, bias: #b })
-                            }
-                            FieldTy::Bn { .. } => {
-                                if in_shape.len() != 3 {
-                                    return None;
-                                }
-                                let (w, b, m, v) = (lit(ps[0]), lit(ps[1]), lit(ps[2]), lit(ps[3]));
-                                quote!(#plan::Step::BatchNorm { input: #xl, output: #y, weight: #w, bias: #b,
-                                    running_mean: #m, running_var: #v })
-                            }
-                            FieldTy::Linear { bias, .. } => {
-                                if in_shape.len() != 1 {
-                                    return None;
-                                }
-                                let w = lit(ps[0]);
-                                let b = if *bias {
-                                    let b = lit(ps[1]);
-                                    quote!(::core::option::Option::Some(#b))
-                                } else {
-                                    quote!(::core::option::Option::None)
-                                };
-                                quote!(#plan::Step::Linear { input: #xl, output: #y, weight: #w, bias: #b })
-                            }
-                            FieldTy::LayerNorm { .. } => return None,
-                        }
-                    }
-                    OpKind::MaxPool { kernel, stride, padding } | OpKind::AvgPool { kernel, stride, padding } => {
-                        if in_shape.len() != 3 {
-                            return None;
-                        }
-                        let (k, s, pd) = (lit(*kernel), lit(*stride), lit(*padding));
-                        let geom = quote!(#plan::PoolGeom { kernel: #k, stride: #s, padding: #pd });
-                        if matches!(kind, OpKind::MaxPool { .. }) {
-                            quote!(#plan::Step::MaxPool { input: #xl, output: #y, geom: #geom })
-                        } else {
-                            quote!(#plan::Step::AvgPool { input: #xl, output: #y, geom: #geom })
-                        }
-                    }
-                    OpKind::GlobalAvgPool => {
-                        if in_shape.len() != 3 {
-                            return None;
-                        }
-                        quote!(#plan::Step::GlobalAvgPool { input: #xl, output: #y })
-                    }
-                    OpKind::Relu => quote!(#plan::Step::Relu { input: #xl, output: #y }),
-                    OpKind::SubsamplePad { stride } => {
-                        let s = lit(*stride);
-                        quote!(#plan::Step::SubsamplePad { input: #xl, output: #y, stride: #s })
-                    }
-                    // Dropout (random masks on the tape), the smooth activations and layer norm
-                    // have no plan kernels yet: such models run layer by layer.
+                let cx = |params| PlanCx { plan: &plan, input: x, output: y, in_shape, params };
+                let step = match op {
+                    Op::Field { field, .. } => prog.fields.get(*field)?.ty.plan_step(&cx(field_params.get(*field)?))?,
+                    Op::Layer { code, .. } => code.plan_step(&cx(&[]))?,
                     _ => return None,
                 };
                 steps.push(step);

@@ -9,12 +9,12 @@ fn one(src: &str) -> String {
     e.into_iter().next().unwrap_or_default()
 }
 
-/// The first of two errors: one in a template, one at its call site.
+/// The one error of a mistake in a block template: at the template's token, naming the
+/// instance and where it is called.
 fn first(src: &str) -> String {
-    let e = errors(src);
-    assert_eq!(e.len(), 2, "expected a template error and a call-site error for {src}, got {e:#?}");
-    assert!(e[1].contains("error in this instantiation"), "{e:#?}");
-    e.into_iter().next().unwrap_or_default()
+    let e = one(src);
+    assert!(e.contains(", instantiated at line "), "{e}");
+    e
 }
 
 const BASIC: &str = "block Basic(planes, stride = 1) {
@@ -36,14 +36,18 @@ fn valid_models_have_no_errors() {
 fn identity_shortcut_changing_channels_and_size() {
     let src = format!("{BASIC} model M[3, 32, 32] {{ conv(16, 3, padding = 1) -> layer2: Basic(32, stride = 2) }}");
     let e = errors(&src);
-    assert_eq!(e.len(), 2, "{e:#?}"); // the error in the template + the call-site error
+    assert_eq!(e.len(), 1, "{e:#?}"); // at the template's token; the call site is in the note
     assert!(e[0].contains("residual body changes the shape, but the shortcut is the identity"), "{}", e[0]);
     assert!(e[0].contains("expected the body to output [16, 32, 32], found [32, 16, 16]"));
     assert!(e[0].contains("in `layer2` (Basic(32, stride = 2)) of model `M`"));
     assert!(e[0].contains("help: add `shortcut auto`"));
     assert!(e[0].contains("`shortcut { conv(32, 1, stride = 2) -> bn }`"));
     assert!(e[0].contains("`shortcut pad`"));
-    assert!(e[1].contains("error in this instantiation: `layer2` (Basic(32, stride = 2))"));
+    assert!(
+        e[0].contains("note: in `layer2` (Basic(32, stride = 2)) of model `M`, instantiated at line 5, column "),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
@@ -51,7 +55,7 @@ fn identity_errors_merge_across_instances() {
     let src = format!("{BASIC} model M[3, 32, 32] {{ conv(16, 3, padding = 1) -> layer1: Basic(32) x 3 }}");
     let e = errors(&src);
     // layer1.0 changes channels; layer1.1 and .2 are fine.
-    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].contains("[16, 32, 32], found [32, 32, 32]"));
     assert!(e[0].contains("`shortcut { conv(32, 1) -> bn }`"));
 }

@@ -1,8 +1,9 @@
 use residual::residual;
 
+// A size given a boolean (`conv(out, kernel, ..)`).
 residual! {
     model Net[3, 32, 32] {
-        conv(16, 3, bias = 1) -> conv(16, true) -> dropout(2)
+        conv(16, true) -> relu
     }
 }
 

@@ -1,12 +1,10 @@
 use residual::residual;
 
+// Names in a sequence become parameter paths: the second `conv1` is the error.
 residual! {
-    block B(w, w) { relu }
-    block B { relu }
     model Net[3, 32, 32] {
         conv1: conv(16, 3) -> conv1: conv(16, 3)
     }
-    model Net[3, 32, 32] { relu }
 }
 
 fn main() {}
