@@ -7,6 +7,9 @@
 //! This is the test that catches a join which drops the shortcut's tape: the projection's
 //! parameters would then get no gradient and the input's gradient would miss the shortcut.
 //!
+//! `GateNet` covers `gate { .. }` (per-channel and elementwise factors), `relu6`, `hardswish`,
+//! `hardsigmoid`, `adaptive_avgpool` and `global_maxpool`.
+//!
 //! `GradNet` has ops compiled plans do not run (silu, gelu, cat), so it exercises the
 //! layer-by-layer code. `PlanNet` holds only plan ops (conv with and without bias, batch norm in
 //! a conv chain and on its own, relu, residual and tap adds, auto and pad shortcuts, both pools,
@@ -42,6 +45,21 @@ residual! {
         -> residual { b4: bn -> relu -> c4: conv(10, 1) } shortcut pad
         -> avgpool(3, stride = 1, padding = 1)
         -> maxpool(2, stride = 1) -> global_avgpool -> fc: linear(3)
+    }
+}
+
+residual! {
+    /// Gates (a squeeze-and-excitation `[C, 1, 1]` factor, an elementwise one inside a residual,
+    /// a `[C]` one), the hard activations and the adaptive and global max pools: all on the
+    /// layer-by-layer path (plans have no gate kernel).
+    model GateNet[2, 6, 6] {
+        stem: conv(4, 3, padding = 1) -> bn0: bn -> relu6
+        -> se: gate { adaptive_avgpool(1) -> fc1: conv(2, 1, bias = true) -> relu -> fc2: conv(4, 1, bias = true) -> hardsigmoid }
+        -> hardswish
+        -> residual { c1: conv(4, 3, padding = 1) -> gate { c2: conv(4, 1) -> sigmoid } }
+        -> adaptive_avgpool(3)
+        -> gate { global_maxpool -> g: linear(4) -> sigmoid }
+        -> global_maxpool -> fc: linear(3)
     }
 }
 
@@ -224,6 +242,7 @@ gradient_checks!(layer_by_layer, GradNet<f64, Cpu>, 11, 1500, eval, train);
 // input within the difference step of a relu's kink (the central difference then averages two
 // slopes), not of a wrong tape.
 gradient_checks!(fused_plan, PlanNet<f64, Cpu>, 12, 800, train, eval);
+gradient_checks!(gates, GateNet<f64, Cpu>, 13, 250, eval, train);
 
 #[test]
 fn plan_net_runs_as_a_fused_plan_and_grad_net_has_none() {

@@ -134,7 +134,7 @@ fn remove_unused_forks(prog: &mut Program) {
                     *u = true;
                 }
             }
-            Op::Add { a, b, .. } | Op::Cat { a, b, .. } => {
+            Op::Add { a, b, .. } | Op::Cat { a, b, .. } | Op::Mul { a, b, .. } => {
                 for v in [a, b] {
                     if let Some(u) = used.get_mut(*v) {
                         *u = true;
@@ -356,6 +356,7 @@ impl Infer<'_> {
                 layer.infer(self, &LayerAt { node, path, shown, input })
             }
             Kind::Residual { body, shortcut, shortcut_sp } => self.residual(node, body, shortcut, *shortcut_sp, cur),
+            Kind::Gate { body } => self.gate(node, body, cur),
             Kind::Tap { kind, name, name_sp, scope } => self.tap(node, *kind, name, *name_sp, *scope, cur),
             // Already an error: guess that it keeps the shape, check nothing that depends on it.
             Kind::Unknown => {
@@ -634,6 +635,58 @@ impl Infer<'_> {
         Some(output)
     }
 
+    /// `gate { body }`: the body reads a second handle of the value, and the value is multiplied
+    /// by what it makes: one factor per channel (`[C]` or `[C, 1, 1]`, squeeze-and-excitation) or
+    /// one per element (the value's shape). The output has the value's shape.
+    fn gate(&mut self, node: &Node, body: &[Node], cur: Option<Var>) -> Option<Var> {
+        let Some(input) = cur else {
+            // Unknown input: still look inside for errors that do not depend on it.
+            let _ = self.walk(body, None);
+            return None;
+        };
+        let in_shape = self.shape(input);
+        let fork = self.new_var(in_shape.clone());
+        self.prog.ops.push(Op::Fork { input, output: fork });
+        // A body whose shape is lost was already reported; the product keeps the value's shape.
+        let factor = self.walk(body, Some(fork))?;
+        self.guessing = self.is_guess(Some(input)) || self.is_guess(Some(factor));
+        let fs = self.shape(factor);
+        let per_channel = match (in_shape.as_slice(), fs.as_slice()) {
+            ([c, _, _], [f]) | ([c, _, _], [f, 1, 1]) => c == f,
+            _ => false,
+        };
+        if !per_channel && fs != in_shape {
+            let (msg, help) = match in_shape.as_slice() {
+                [c, _, _] => (
+                    format!(
+                        "`gate` multiplies the value {} by its body's output, which must be one factor per channel ([{c}] or [{c}, 1, 1]) or one per element ({}): found {}",
+                        show(&in_shape),
+                        show(&in_shape),
+                        show(&fs)
+                    ),
+                    format!(
+                        "end the body with {c} channels, e.g. squeeze-and-excitation: `gate {{ adaptive_avgpool(1) -> conv({}, 1, bias = true) -> relu -> conv({c}, 1, bias = true) -> sigmoid }}`",
+                        (c / 4).max(1)
+                    ),
+                ),
+                _ => (
+                    format!(
+                        "`gate` multiplies the value {} by its body's output, which must have the same shape: found {}",
+                        show(&in_shape),
+                        show(&fs)
+                    ),
+                    format!("end the body with a layer that outputs {}", show(&in_shape)),
+                ),
+            };
+            self.err(node, node.sp, msg, Some(help));
+            return Some(input);
+        }
+        let output = self.new_var(in_shape.clone());
+        self.prog.ops.push(Op::Mul { a: input, b: factor, output, sp: node.sp });
+        self.row("", "* gate".into(), &in_shape, 0, 0);
+        Some(output)
+    }
+
     fn tap(
         &mut self,
         node: &Node,
@@ -741,6 +794,8 @@ fn body_stride(nodes: &[Node]) -> usize {
             Kind::Layer { layer, .. } => layer.stride(),
             Kind::Seq(c) => body_stride(c),
             Kind::Residual { body, .. } => body_stride(body),
+            // A gate's body makes the factor; the value it scales keeps its size.
+            Kind::Gate { .. } => 1,
             _ => 1,
         };
         s = s.saturating_mul(k);

@@ -107,6 +107,10 @@ pub(crate) enum Op {
     /// `output = a + b`. A residual join moves `b` so the shortcut's tape (its projection's
     /// backward ops) merges into the result; a tap is only borrowed, since it may be read again.
     Add { a: Var, b: Var, output: Var, b_is_tap: bool, sp: Sp },
+    /// `output = a * b`, `b` the output of a gate on `a`: `[C]` or `[C, 1, 1]` scales the channels
+    /// of an `a` of `[C, H, W]`, a `b` of `a`'s shape multiplies elementwise. `b` is moved (its
+    /// tape, the gate's backward, merges into the product).
+    Mul { a: Var, b: Var, output: Var, sp: Sp },
     /// `output = cat(a, b)` along channels, `a` first. `cat(t)` gives `a` = the tapped value
     /// (only borrowed: a tap may be read again) and `b` = the current value (moved, its tape
     /// carries on): torchvision's DenseNet order, `torch.cat([old, new], 1)`.

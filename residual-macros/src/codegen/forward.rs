@@ -73,6 +73,24 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
                 };
                 (stmt, *sp)
             }
+            Op::Mul { a, b, output, sp } => {
+                let (sa, sb) = (shape_of(*a), shape_of(*b));
+                let (a, b, y, ty) = (var(*a), var(*b), var(*output), tensor_ty(&sa));
+                let stmt = if sa == sb {
+                    quote!(let #y: #ty = #d::tensor_ops::TryMul::try_mul(#a, #b)?;)
+                } else {
+                    // One factor per channel, `[B, C]` (a `[C, 1, 1]` gate reshaped), broadcast
+                    // over the map: the axes are named, since `C` may equal `H` or `W`.
+                    let c = lit(sa.first().copied().unwrap_or(0));
+                    quote!(let #y: #ty = {
+                        let shape = *#d::shapes::HasShape::shape(&#a);
+                        let factor = #d::tensor_ops::ReshapeTo::try_reshape_like(#b, &(shape.0, #d::shapes::Const::<#c>))?;
+                        let factor = #d::tensor_ops::BroadcastTo::try_broadcast_like::<_, #d::shapes::Axes2<2, 3>>(factor, &shape)?;
+                        #d::tensor_ops::TryMul::try_mul(#a, factor)?
+                    };)
+                };
+                (stmt, *sp)
+            }
             Op::Field { input, output, field, sp } => {
                 let (x, y, ty) = (var(*input), var(*output), tensor_ty(&shape_of(*output)));
                 let f = ident(&prog.fields.get(*field).map(|f| f.ident.clone()).unwrap_or_default());

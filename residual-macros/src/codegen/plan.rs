@@ -73,7 +73,8 @@ pub(crate) fn lower(prog: &Program) -> Option<Lowered> {
                 let y = lit(new_value(*output, &mut value_of)?);
                 steps.push(quote!(#plan::Step::Add { a: #a, b: #b, output: #y }));
             }
-            Op::Cat { .. } => return None,
+            // Concatenation and gates have no plan kernels: such models run layer by layer.
+            Op::Cat { .. } | Op::Mul { .. } => return None,
             Op::Layer { input, output, code, .. } if code.is_view() => {
                 *value_of.get_mut(*output)? = *value_of.get(*input)?;
             }

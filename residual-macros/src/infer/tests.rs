@@ -393,3 +393,55 @@ fn cat_puts_the_tapped_value_first() {
     assert_eq!(prog.vars[a], vec![8, 8, 8]);
     assert_eq!(prog.vars[b], vec![4, 8, 8]);
 }
+
+#[test]
+fn gates_scale_channels_or_elements() {
+    // Squeeze-and-excitation: a [C, 1, 1] factor.
+    let se = "gate { adaptive_avgpool(1) -> fc1: conv(4, 1, bias = true) -> relu -> fc2: conv(16, 1, bias = true) -> hardsigmoid }";
+    assert!(errors(&format!("model M[16, 8, 8] {{ {se} }}")).is_empty());
+    // A [C] factor and an elementwise one.
+    assert!(errors("model M[16, 8, 8] { gate { global_avgpool -> linear(16) -> sigmoid } }").is_empty());
+    assert!(errors("model M[16, 8, 8] { gate { conv(16, 3, padding = 1) -> sigmoid } }").is_empty());
+    assert!(errors("model M[4, 8] { gate { linear(8) -> sigmoid } }").is_empty());
+    // A factor of the wrong channel count.
+    let e = one("model M[16, 8, 8] { gate { adaptive_avgpool(1) -> conv(8, 1) -> sigmoid } }");
+    assert!(e.contains("`gate` multiplies the value [16, 8, 8] by its body's output, which must be one factor per channel ([16] or [16, 1, 1]) or one per element ([16, 8, 8]): found [8, 1, 1]"), "{e}");
+    assert!(e.contains("conv(4, 1, bias = true)"), "{e}");
+    let e = one("model M[4, 8] { gate { linear(3) } }");
+    assert!(e.contains("which must have the same shape: found [4, 3]"), "{e}");
+    // A mistake inside the body is its own error, not also a gate error.
+    let e = one("model M[16, 8, 8] { gate { adaptive_avgpool(3) -> conv(16, 1) } }");
+    assert!(e.contains("does not split into 3x3 equal square bins"), "{e}");
+}
+
+#[test]
+fn a_gate_is_a_module_of_its_own() {
+    use crate::ir::Op;
+    let src = "model M[16, 8, 8] { conv(16, 3, padding = 1) -> se: gate { adaptive_avgpool(1) -> fc1: conv(4, 1, bias = true) -> relu -> fc2: conv(16, 1, bias = true) -> sigmoid } -> gate { conv(16, 1) } }";
+    let ts: proc_macro2::TokenStream = src.parse().unwrap();
+    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
+    let mut cx = crate::ctxt::Ctxt::new();
+    let models = crate::model::build(&parsed, &mut cx);
+    let (prog, out) = crate::infer::infer_with_output(&models[0], &mut cx);
+    assert!(cx.check().is_ok());
+    assert_eq!(out, Some(vec![16, 8, 8]));
+    let paths: Vec<&str> = prog.fields.iter().map(|f| f.path.as_str()).collect();
+    // Named: its layers under its name (torchvision's `SqueezeExcitation` keys); unnamed: under
+    // its index.
+    assert_eq!(paths, ["0", "se.fc1", "se.fc1", "se.fc2", "se.fc2", "2.0"]);
+    assert_eq!(prog.ops.iter().filter(|op| matches!(op, Op::Mul { .. })).count(), 2);
+}
+
+#[test]
+fn adaptive_pools_and_hard_activations() {
+    assert_eq!(fallback_output("model M[8, 7, 9] { adaptive_avgpool(1) }"), Some(vec![8, 1, 1]));
+    assert!(errors("model M[8, 7, 9] { adaptive_avgpool(1) -> relu6 -> hardswish -> hardsigmoid }").is_empty());
+    assert!(errors("model M[8, 14, 14] { adaptive_avgpool(7) -> global_maxpool -> linear(2) }").is_empty());
+    let e = one("model M[8, 7, 9] { adaptive_avgpool(7) }");
+    assert!(
+        e.contains("`adaptive_avgpool(7)` on [8, 7, 9]: the 7x9 map does not split into 7x7 equal square bins"),
+        "{e}"
+    );
+    let e = one("model M[8] { global_maxpool }");
+    assert!(e.contains("`global_maxpool` expects a [C, H, W] input"), "{e}");
+}

@@ -1,5 +1,6 @@
-//! Elementwise activations on any shape: `relu`, `gelu` (the tanh approximation), `sigmoid`,
-//! `tanh`, `silu`, `leaky_relu(slope)`. Plans have a kernel for `relu` (fused into the conv or
+//! Elementwise activations on any shape: `relu`, `relu6`, `gelu` (the tanh approximation),
+//! `sigmoid`, `tanh`, `silu`, `hardsigmoid`, `hardswish` (PyTorch's `Hardsigmoid`: `relu6(x + 3) /
+//! 6`, and `Hardswish`: `x * hardsigmoid(x)`), `leaky_relu(slope)`. Plans have a kernel for `relu` (fused into the conv or
 //! add before it); a model with another activation runs layer by layer.
 
 use std::rc::Rc;
@@ -14,10 +15,23 @@ use crate::ir::{ForwardCx, OpCode, PlanCx, Var};
 
 pub(super) const SPECS: &[Spec] = &[
     Spec { name: "relu", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Relu)) },
+    Spec { name: "relu6", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Relu6)) },
     Spec { name: "gelu", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Gelu)) },
     Spec { name: "sigmoid", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Sigmoid)) },
     Spec { name: "tanh", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Tanh)) },
     Spec { name: "silu", params: &[], aliases: &["swish"], build: |_| Some(Rc::new(Activation::Silu)) },
+    Spec {
+        name: "hardsigmoid",
+        params: &[],
+        aliases: &["hard_sigmoid"],
+        build: |_| Some(Rc::new(Activation::Hardsigmoid)),
+    },
+    Spec {
+        name: "hardswish",
+        params: &[],
+        aliases: &["hard_swish", "h_swish"],
+        build: |_| Some(Rc::new(Activation::Hardswish)),
+    },
     Spec {
         name: "leaky_relu",
         params: &[p("slope", Dflt::Float(0.01))],
@@ -29,10 +43,13 @@ pub(super) const SPECS: &[Spec] = &[
 #[derive(Clone, Copy, Debug)]
 enum Activation {
     Relu,
+    Relu6,
     Gelu,
     Sigmoid,
     Tanh,
     Silu,
+    Hardsigmoid,
+    Hardswish,
     LeakyRelu(f64),
 }
 
@@ -41,6 +58,9 @@ impl Layer for Activation {
         let input = inf.shape(at.input);
         let name = match self {
             Activation::Relu => "relu".to_string(),
+            Activation::Relu6 => "relu6".to_string(),
+            Activation::Hardsigmoid => "hardsigmoid".to_string(),
+            Activation::Hardswish => "hardswish".to_string(),
             Activation::Gelu => "gelu".to_string(),
             Activation::Sigmoid => "sigmoid".to_string(),
             Activation::Tanh => "tanh".to_string(),
@@ -56,8 +76,26 @@ impl Layer for Activation {
 impl OpCode for Activation {
     fn forward(&self, cx: &ForwardCx<'_>) -> TokenStream {
         let (d, x) = (dfdx(), cx.x);
+        // `relu6(x + 3) / 6` on `$t`, PyTorch's `Hardsigmoid` (its slope 1/6 inside [-3, 3]).
+        let hardsigmoid = |t: TokenStream| {
+            quote!(#d::tensor_ops::TryMul::try_mul(
+                #d::tensor_ops::TryAdd::try_add(#t, E::from_f64(3.0).unwrap_or_default())?.try_clamp(0.0, 6.0)?,
+                E::from_f64(1.0 / 6.0).unwrap_or_default(),
+            )?)
+        };
         match self {
             Activation::Relu => quote!(#x.try_relu()?),
+            Activation::Relu6 => quote!(#x.try_clamp(0.0, 6.0)?),
+            Activation::Hardsigmoid => hardsigmoid(quote!(#x)),
+            Activation::Hardswish => {
+                // The gate reads a second handle of `x` (same tensor id): both tapes merge in the
+                // product, so the gradient is `hardsigmoid(x) + x * hardsigmoid'(x)`, as silu's.
+                let gate = hardsigmoid(quote!(#d::tensor::WithEmptyTape::with_empty_tape(&#x)));
+                quote!({
+                    let gate = #gate;
+                    #d::tensor_ops::TryMul::try_mul(#x, gate)?
+                })
+            }
             // The tanh approximation (PyTorch's `GELU(approximate='tanh')`): dfdx 0.13's exact
             // `accurate_gelu` has a wrong backward (its Gaussian term lacks a 1/sqrt(2)), which
             // tests/macro_gradients.rs catches against finite differences.

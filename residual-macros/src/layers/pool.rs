@@ -1,5 +1,8 @@
 //! Pooling: `maxpool` and `avgpool` (square window, stride defaulting to the kernel, padding at
-//! most half the kernel as in PyTorch) on `[C, H, W]`, and `global_avgpool` (`[C, H, W] -> [C]`).
+//! most half the kernel as in PyTorch) on `[C, H, W]`; `global_avgpool` and `global_maxpool`
+//! (`[C, H, W] -> [C]`); `adaptive_avgpool(out)` (`[C, H, W] -> [C, out, out]`, PyTorch's
+//! `AdaptiveAvgPool2d(out)`, for any map when `out` is 1 and for maps that `out` splits into
+//! equal square bins otherwise).
 
 use std::rc::Rc;
 
@@ -22,8 +25,20 @@ pub(super) const SPECS: &[Spec] = &[
     Spec {
         name: "global_avgpool",
         params: &[],
-        aliases: &["adaptive_avgpool", "avgpool_global", "gap"],
-        build: |_| Some(Rc::new(GlobalAvgPool)),
+        aliases: &["avgpool_global", "gap"],
+        build: |_| Some(Rc::new(GlobalPool { max: false })),
+    },
+    Spec {
+        name: "global_maxpool",
+        params: &[],
+        aliases: &["maxpool_global", "gmp"],
+        build: |_| Some(Rc::new(GlobalPool { max: true })),
+    },
+    Spec {
+        name: "adaptive_avgpool",
+        params: &[p("out", Dflt::Required)],
+        aliases: &["adaptive_avg_pool", "adaptiveavgpool2d"],
+        build: |a| Some(Rc::new(AdaptiveAvgPool { out: a.size("out", 1)? })),
     },
 ];
 
@@ -120,21 +135,24 @@ impl OpCode for Pool2dCode {
     }
 }
 
-/// `global_avgpool`: the mean of each channel.
+/// `global_avgpool` (the mean of each channel) or `global_maxpool` (its maximum).
 #[derive(Debug)]
-struct GlobalAvgPool;
+struct GlobalPool {
+    max: bool,
+}
 
-impl Layer for GlobalAvgPool {
+impl Layer for GlobalPool {
     fn infer(&self, inf: &mut Infer<'_>, at: &LayerAt<'_>) -> Option<Var> {
         let input = inf.shape(at.input);
+        let name = if self.max { "global_maxpool" } else { "global_avgpool" };
         match shape::global_avgpool(&input) {
             Ok(o) => {
-                let v = inf.layer_op(at.input, o.to_vec(), Rc::new(GlobalAvgPoolCode), at.node.sp);
-                inf.row(at.shown, "global_avgpool".into(), &o, 0, 0);
+                let v = inf.layer_op(at.input, o.to_vec(), Rc::new(GlobalPoolCode { max: self.max }), at.node.sp);
+                inf.row(at.shown, name.into(), &o, 0, 0);
                 Some(v)
             }
             Err(e) => {
-                inf.shape_error(at.node, "global_avgpool", e, &[], &input, None);
+                inf.shape_error(at.node, name, e, &[], &input, None);
                 inf.lost(input.first().map(|c| vec![*c]))
             }
         }
@@ -142,20 +160,115 @@ impl Layer for GlobalAvgPool {
 }
 
 #[derive(Debug)]
-struct GlobalAvgPoolCode;
+struct GlobalPoolCode {
+    max: bool,
+}
 
-impl OpCode for GlobalAvgPoolCode {
+impl OpCode for GlobalPoolCode {
     fn forward(&self, cx: &ForwardCx<'_>) -> TokenStream {
         let (d, x) = (dfdx(), cx.x);
-        quote!(#d::nn::Module::try_forward(&#d::nn::modules::AvgPoolGlobal, #x)?)
+        if self.max {
+            quote!(#d::nn::Module::try_forward(&#d::nn::modules::MaxPoolGlobal, #x)?)
+        } else {
+            quote!(#d::nn::Module::try_forward(&#d::nn::modules::AvgPoolGlobal, #x)?)
+        }
     }
 
+    /// Plans have a global average pool; a global max pool runs layer by layer.
     fn plan_step(&self, cx: &PlanCx<'_>) -> Option<TokenStream> {
-        if cx.in_shape.len() != 3 {
+        if cx.in_shape.len() != 3 || self.max {
             return None;
         }
         let plan = cx.plan;
         let (x, y) = (lit(cx.input), lit(cx.output));
         Some(quote!(#plan::Step::GlobalAvgPool { input: #x, output: #y }))
+    }
+}
+
+/// `adaptive_avgpool(out)`: `out x out` bins.
+#[derive(Debug)]
+struct AdaptiveAvgPool {
+    out: V<usize>,
+}
+
+impl Layer for AdaptiveAvgPool {
+    fn infer(&self, inf: &mut Infer<'_>, at: &LayerAt<'_>) -> Option<Var> {
+        let input = inf.shape(at.input);
+        let out = self.out.v;
+        let [c, h, w] = match shape::rank3(&input) {
+            Ok(dims) => dims,
+            Err(e) => {
+                inf.shape_error(at.node, "adaptive_avgpool", e, &[], &input, None);
+                return inf.lost(input.first().map(|c| vec![*c, out, out]));
+            }
+        };
+        let o = vec![c, out, out];
+        // One bin is the global mean; more must split the map into equal square bins (PyTorch's
+        // uneven bins have no kernel here).
+        let code = if out == 1 {
+            AdaptiveAvgPoolCode::Global
+        } else if h % out == 0 && w % out == 0 && h / out == w / out {
+            AdaptiveAvgPoolCode::Bins { kernel: h / out }
+        } else {
+            inf.err(
+                at.node,
+                self.out.sp,
+                format!(
+                    "`adaptive_avgpool({out})` on {}: the {h}x{w} map does not split into {out}x{out} equal square bins",
+                    shape::show(&input)
+                ),
+                Some(format!(
+                    "use `adaptive_avgpool(1)`, or an `out` that divides both sides with the same quotient (a map of {0}x{0} for `{out}`)",
+                    h.max(w).div_ceil(out).saturating_mul(out)
+                )),
+            );
+            return inf.lost(Some(o));
+        };
+        let v = inf.layer_op(at.input, o.clone(), Rc::new(code), at.node.sp);
+        inf.row(at.shown, format!("adaptive_avgpool {out}x{out}"), &o, 0, 0);
+        Some(v)
+    }
+}
+
+#[derive(Debug)]
+enum AdaptiveAvgPoolCode {
+    /// `[C, H, W] -> [C, 1, 1]`.
+    Global,
+    /// Equal `kernel x kernel` bins: an average pool with that kernel and stride.
+    Bins { kernel: usize },
+}
+
+impl OpCode for AdaptiveAvgPoolCode {
+    fn forward(&self, cx: &ForwardCx<'_>) -> TokenStream {
+        let (d, p, x) = (dfdx(), private(), cx.x);
+        match self {
+            AdaptiveAvgPoolCode::Global => {
+                let c = lit(cx.output.first().copied().unwrap_or(0));
+                quote!({
+                    let batch = #d::shapes::HasShape::shape(&#x).0;
+                    let mean = #d::nn::Module::try_forward(&#d::nn::modules::AvgPoolGlobal, #x)?;
+                    #d::tensor_ops::ReshapeTo::try_reshape_like(
+                        mean, &(batch, #d::shapes::Const::<#c>, #d::shapes::Const::<1>, #d::shapes::Const::<1>))?
+                })
+            }
+            AdaptiveAvgPoolCode::Bins { kernel } => {
+                let (k, o) = (lit(*kernel), lit(cx.output.get(1).copied().unwrap_or(0)));
+                let ty = quote!(#p::layers::AvgPool2d<#k, #k, 0, #o, #o>);
+                quote!(#d::nn::Module::try_forward(&<#ty as ::core::default::Default>::default(), #x)?)
+            }
+        }
+    }
+
+    fn plan_step(&self, cx: &PlanCx<'_>) -> Option<TokenStream> {
+        let plan = cx.plan;
+        let (x, y) = (lit(cx.input), lit(cx.output));
+        Some(match self {
+            AdaptiveAvgPoolCode::Global => quote!(#plan::Step::GlobalAvgPool { input: #x, output: #y }),
+            AdaptiveAvgPoolCode::Bins { kernel } => {
+                let k = lit(*kernel);
+                quote!(#plan::Step::AvgPool { input: #x, output: #y,
+                    geom: #plan::PoolGeom { kernel: #k, stride: #k, padding: 0 } })
+            }
+        })
     }
 }

@@ -220,6 +220,12 @@ impl Inst<'_> {
                 Kind::Tap { kind: *kind, name: tap.to_string(), name_sp: Sp::one(tap.span()), scope },
                 kw_sp.to(Sp::one(tap.span())),
             ),
+            // A gate is a module of its own (torchvision's `SqueezeExcitation`): its layers live
+            // under its path, named or indexed.
+            Unit::Gate { kw_sp, body } => {
+                let children = self.seq(body, env, &path, origin, scope);
+                node(Kind::Gate { body: children }, *kw_sp)
+            }
             Unit::Residual { kw_sp, body, shortcut } => {
                 let body_nodes = self.seq_in(body, env, res_prefix, &path, origin, scope);
                 let (sc, sc_sp) = match shortcut {

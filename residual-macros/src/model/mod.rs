@@ -37,7 +37,8 @@ const MAX_BLOCK_DEPTH: usize = 32;
 pub(crate) const GENERIC_PARAMS: &[&str] = &["E", "D", "B", "T", "V"];
 
 /// Names the language reserves (cannot be block names).
-const RESERVED: &[&str] = &["residual", "shortcut", "tap", "add", "cat", "block", "model", "auto", "pad", "x", "first"];
+const RESERVED: &[&str] =
+    &["residual", "gate", "shortcut", "tap", "add", "cat", "block", "model", "auto", "pad", "x", "first"];
 
 /// A model ready for shape inference.
 pub(crate) struct Model {
@@ -76,6 +77,10 @@ pub(crate) enum Kind {
         body: Vec<Node>,
         shortcut: Shortcut,
         shortcut_sp: Sp,
+    },
+    /// `gate { body }`: the value times the body's output (per channel, or elementwise).
+    Gate {
+        body: Vec<Node>,
     },
     /// `tap`, `add`, `cat`; names are scoped to one block instance (or the model body).
     Tap {

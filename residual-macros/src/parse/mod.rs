@@ -15,6 +15,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(block);
     syn::custom_keyword!(model);
     syn::custom_keyword!(residual);
+    syn::custom_keyword!(gate);
     syn::custom_keyword!(shortcut);
     syn::custom_keyword!(identity);
     syn::custom_keyword!(auto);

@@ -124,6 +124,7 @@ impl Step {
 /// unit := Ident ('(' args? ')')?                 a layer or a user block
 ///       | '(' seq ')'                            a sub-sequence
 ///       | 'residual' '{' seq '}' shortcut?
+///       | 'gate' '{' seq '}'                     the value times what `seq` makes of it
 ///       | ('tap' | 'add' | 'cat') '(' Ident ')'
 /// ```
 #[derive(Clone, Debug)]
@@ -131,6 +132,7 @@ pub(crate) enum Unit {
     Call { name: Ident, args: Vec<Arg>, paren: Option<Sp> },
     Group(Seq),
     Residual { kw_sp: Sp, body: Seq, shortcut: Option<Shortcut> },
+    Gate { kw_sp: Sp, body: Seq },
     Tap { kind: TapKind, kw_sp: Sp, name: Ident },
 }
 
@@ -148,6 +150,11 @@ impl Unit {
             let body = Seq::parse_delimited(input, depth)?;
             let shortcut = if input.peek(kw::shortcut) { Some(Shortcut::parse_at(input, depth)?) } else { None };
             return Ok(Unit::Residual { kw_sp: Sp::one(kw.span), body, shortcut });
+        }
+        if input.peek(kw::gate) && input.peek2(syn::token::Brace) {
+            let kw: kw::gate = input.parse()?;
+            let body = Seq::parse_delimited(input, depth)?;
+            return Ok(Unit::Gate { kw_sp: Sp::one(kw.span), body });
         }
         for (kind, is) in [
             (TapKind::Tap, input.peek(kw::tap)),
@@ -181,7 +188,9 @@ impl Unit {
             }
             return Ok(Unit::Call { name, args: Vec::new(), paren: None });
         }
-        Err(input.error("expected a layer, a block, `residual { .. }`, `tap(..)`, `add(..)`, `cat(..)` or `( .. )`"))
+        Err(input.error(
+            "expected a layer, a block, `residual { .. }`, `gate { .. }`, `tap(..)`, `add(..)`, `cat(..)` or `( .. )`",
+        ))
     }
 
     pub fn sp(&self) -> Sp {
@@ -191,7 +200,7 @@ impl Unit {
                 None => Sp::one(name.span()),
             },
             Unit::Group(seq) => seq.sp,
-            Unit::Residual { kw_sp, .. } => *kw_sp,
+            Unit::Residual { kw_sp, .. } | Unit::Gate { kw_sp, .. } => *kw_sp,
             Unit::Tap { kw_sp, name, .. } => kw_sp.to(Sp::one(name.span())),
         }
     }

@@ -65,7 +65,7 @@ fn all_unit_forms() {
     let src = "model M[3, 8, 8] {
         stem: (conv(8, 3) -> relu) -> tap(a) -> residual { relu } shortcut sc: { conv(8, 1) }
         -> residual { relu } shortcut identity -> residual { relu } shortcut pad
-        -> add(a) -> cat(a) -> bn -> B x 2 -> C(1, k = 2,) x n (first: k = 3)
+        -> add(a) -> cat(a) -> bn -> B x 2 -> C(1, k = 2,) x n (first: k = 3) -> se: gate { relu }
     }";
     let input = parse(src).unwrap();
     let Item::Model(m) = &input.items[0] else { panic!() };
@@ -77,12 +77,16 @@ fn all_unit_forms() {
             Unit::Call { .. } => "call",
             Unit::Group(_) => "group",
             Unit::Residual { .. } => "residual",
+            Unit::Gate { .. } => "gate",
             Unit::Tap { kind: TapKind::Tap, .. } => "tap",
             Unit::Tap { kind: TapKind::Add, .. } => "add",
             Unit::Tap { kind: TapKind::Cat, .. } => "cat",
         })
         .collect();
-    assert_eq!(kinds, ["group", "tap", "residual", "residual", "residual", "add", "cat", "call", "call", "call"]);
+    assert_eq!(
+        kinds,
+        ["group", "tap", "residual", "residual", "residual", "add", "cat", "call", "call", "call", "gate"]
+    );
     let Unit::Residual { shortcut: Some(sc), .. } = &m.body.steps[2].unit else { panic!() };
     assert_eq!(sc.name.as_ref().unwrap(), "sc");
     assert!(matches!(sc.kind, ShortcutKind::Projection(_)));
