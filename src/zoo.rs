@@ -10,6 +10,8 @@
 //!   [`ResNet44`], [`ResNet56`], [`ResNet110`]; their plain twins without shortcuts
 //!   [`PlainNet20`], [`PlainNet56`], [`PlainNet110`] for the degradation experiment; and the
 //!   pre-activation [`PreActResNet164`] (He et al. 2016).
+//! - Mobile (torchvision's layouts and keys): [`MobileNetV2`] (inverted residuals with relu6) and
+//!   [`MobileNetV3Small`] (hardswish, squeeze-and-excitation gates, batch norm eps 0.001).
 #![allow(non_camel_case_types)]
 
 use crate::residual;
@@ -241,5 +243,110 @@ residual! {
         -> layer2: (PreActBottleneck(32, stride = 2) -> PreActBottleneckId(32) x 17)
         -> layer3: (PreActBottleneck(64, stride = 2) -> PreActBottleneckId(64) x 17)
         -> bn: bn -> relu -> global_avgpool -> fc: linear(10)
+    }
+
+    // ------------------------------------------------------------------ MobileNets
+
+    /// torchvision's `Conv2dNormActivation` with ReLU6 (MobileNetV2): `k x k` conv (same padding),
+    /// batch norm, relu6, at `.0` and `.1`.
+    block ConvBnRelu6(out, k = 1, stride = 1, groups = 1) {
+        conv(out, k, stride = stride, padding = k / 2, groups = groups) -> bn -> relu6
+    }
+
+    /// MobileNetV2's first inverted residual (expansion 1): depthwise 3x3, linear 1x1 projection.
+    /// A block cannot see its input's channels yet, so `inp` is passed.
+    block InvertedResidual1(inp, oup) {
+        conv: (ConvBnRelu6(inp, 3, 1, inp) -> conv(oup, 1) -> bn)
+    }
+
+    /// MobileNetV2's inverted residual: 1x1 expansion by `t`, depthwise 3x3 (strided), linear 1x1
+    /// projection; no shortcut (the shape changes).
+    block InvertedResidual(inp, oup, stride = 1, t = 6) {
+        conv: (ConvBnRelu6(inp * t) -> ConvBnRelu6(inp * t, 3, stride, inp * t) -> conv(oup, 1) -> bn)
+    }
+
+    /// The same where the shape is kept: the input is added (torchvision's `use_res_connect`).
+    block InvertedResidualRes(c, t = 6) {
+        residual { conv: (ConvBnRelu6(c * t) -> ConvBnRelu6(c * t, 3, 1, c * t) -> conv(c, 1) -> bn) }
+    }
+
+    /// MobileNetV2 (Sandler et al. 2018), torchvision's layout and keys: 3,504,872 parameters,
+    /// 300.8 M MACs. Each inverted residual is written out: torchvision numbers them
+    /// `features.1` .. `features.17`, where `x N` would nest them.
+    #[init(kaiming_normal)]
+    pub model MobileNetV2[3, 224, 224] {
+        features: (
+            ConvBnRelu6(32, 3, 2)
+            -> InvertedResidual1(32, 16)
+            -> InvertedResidual(16, 24, 2) -> InvertedResidualRes(24)
+            -> InvertedResidual(24, 32, 2) -> InvertedResidualRes(32) -> InvertedResidualRes(32)
+            -> InvertedResidual(32, 64, 2) -> InvertedResidualRes(64) -> InvertedResidualRes(64) -> InvertedResidualRes(64)
+            -> InvertedResidual(64, 96) -> InvertedResidualRes(96) -> InvertedResidualRes(96)
+            -> InvertedResidual(96, 160, 2) -> InvertedResidualRes(160) -> InvertedResidualRes(160)
+            -> InvertedResidual(160, 320)
+            -> ConvBnRelu6(1280)
+        )
+        -> global_avgpool
+        -> classifier: (dropout(0.2) -> linear(1000))
+    }
+
+    /// `Conv2dNormActivation` as MobileNetV3 has it: batch norm with eps 0.001 and momentum 0.01,
+    /// then hardswish.
+    block ConvBnHs(out, k = 1, stride = 1, groups = 1) {
+        conv(out, k, stride = stride, padding = k / 2, groups = groups) -> bn(eps = 0.001, momentum = 0.01) -> hardswish
+    }
+
+    /// The same with relu.
+    block ConvBnRelu(out, k = 1, stride = 1, groups = 1) {
+        conv(out, k, stride = stride, padding = k / 2, groups = groups) -> bn(eps = 0.001, momentum = 0.01) -> relu
+    }
+
+    /// The linear projection of an inverted residual.
+    block ConvBn(out) {
+        conv(out, 1) -> bn(eps = 0.001, momentum = 0.01)
+    }
+
+    /// MobileNetV3's inverted residual with hardswish and squeeze-and-excitation (torchvision's
+    /// `InvertedResidual.block`): expand, depthwise `k x k`, SE (squeeze to
+    /// `_make_divisible(exp / 4, 8)`, hardsigmoid gate), project.
+    block SeBody(exp, oup, k, stride = 1) {
+        ConvBnHs(exp) -> ConvBnHs(exp, k, stride, exp)
+        -> gate {
+            adaptive_avgpool(1) -> fc1: conv((exp / 4 + 4) / 8 * 8, 1, bias = true) -> relu
+            -> fc2: conv(exp, 1, bias = true) -> hardsigmoid
+        }
+        -> ConvBn(oup)
+    }
+
+    /// An inverted residual whose shape changes: no shortcut.
+    block MobileV3(exp, oup, k, stride = 1) {
+        block: SeBody(exp, oup, k, stride)
+    }
+
+    /// One whose shape is kept: the input is added.
+    block MobileV3Res(exp, oup, k) {
+        residual { block: SeBody(exp, oup, k) }
+    }
+
+    /// MobileNetV3-Small (Howard et al. 2019), torchvision's layout and keys: 2,542,856
+    /// parameters. The first three blocks (relu, the first without expansion) are written inline.
+    #[init(kaiming_normal)]
+    pub model MobileNetV3Small[3, 224, 224] {
+        features: (
+            ConvBnHs(16, 3, 2)
+            -> (block: (
+                ConvBnRelu(16, 3, 2, 16)
+                -> gate { adaptive_avgpool(1) -> fc1: conv(8, 1, bias = true) -> relu -> fc2: conv(16, 1, bias = true) -> hardsigmoid }
+                -> ConvBn(16)
+            ))
+            -> (block: (ConvBnRelu(72) -> ConvBnRelu(72, 3, 2, 72) -> ConvBn(24)))
+            -> (residual { block: (ConvBnRelu(88) -> ConvBnRelu(88, 3, 1, 88) -> ConvBn(24)) })
+            -> MobileV3(96, 40, 5, 2) -> MobileV3Res(240, 40, 5) -> MobileV3Res(240, 40, 5)
+            -> MobileV3(120, 48, 5) -> MobileV3Res(144, 48, 5)
+            -> MobileV3(288, 96, 5, 2) -> MobileV3Res(576, 96, 5) -> MobileV3Res(576, 96, 5)
+            -> ConvBnHs(576)
+        )
+        -> global_avgpool
+        -> classifier: (linear(1024) -> hardswish -> dropout(0.2) -> linear(1000))
     }
 }

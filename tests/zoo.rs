@@ -32,6 +32,21 @@ fn imagenet_resnets_have_torchvisions_parameter_counts() {
     assert_params::<ResNet152<f32, Cpu>>(60_192_808);
 }
 
+/// torchvision 0.29's counts, also printed by scripts/reference/torchvision_models.py.
+#[test]
+fn mobilenets_have_torchvisions_parameter_counts() {
+    assert_params::<MobileNetV2<f32, Cpu>>(3_504_872);
+    assert_params::<MobileNetV3Small<f32, Cpu>>(2_542_856);
+}
+
+/// The papers' multiply-adds: MobileNetV2 (Sandler et al. 2018, table 4) 300 M; MobileNetV3-Small
+/// (Howard et al. 2019, table 3) 56 M.
+#[test]
+fn mobilenets_macs_within_one_percent_of_the_papers() {
+    assert_macs::<MobileNetV2<f32, Cpu>>(0.300);
+    assert_macs::<MobileNetV3Small<f32, Cpu>>(0.056);
+}
+
 #[test]
 fn resnext_and_wide_resnet_have_torchvisions_parameter_counts() {
     assert_params::<ResNeXt50_32x4d<f32, Cpu>>(25_028_904);

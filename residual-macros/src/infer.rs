@@ -543,7 +543,8 @@ impl Infer<'_> {
                             };
                             let (cpath, bpath) = (format!("{path}.0"), format!("{path}.1"));
                             let v1 = conv.infer(self, &LayerAt { node, path: &cpath, shown: &cpath, input: fork })?;
-                            BatchNorm.infer(self, &LayerAt { node, path: &bpath, shown: &bpath, input: v1 })
+                            BatchNorm::torch_default(sc_sp)
+                                .infer(self, &LayerAt { node, path: &bpath, shown: &bpath, input: v1 })
                         }
                         _ => {
                             self.err(
@@ -656,29 +657,41 @@ impl Infer<'_> {
             _ => false,
         };
         if !per_channel && fs != in_shape {
-            let (msg, help) = match in_shape.as_slice() {
-                [c, _, _] => (
-                    format!(
-                        "`gate` multiplies the value {} by its body's output, which must be one factor per channel ([{c}] or [{c}, 1, 1]) or one per element ({}): found {}",
-                        show(&in_shape),
-                        show(&in_shape),
-                        show(&fs)
+            // Blame the body's last layer with parameters (the conv or linear that set the
+            // factor's size), else the `gate` keyword.
+            let last_layer = self
+                .prog
+                .ops
+                .iter()
+                .rev()
+                .take_while(|op| !matches!(op, Op::Fork { output, .. } if *output == fork))
+                .find_map(|op| match op {
+                    Op::Field { sp, .. } => Some(*sp),
+                    _ => None,
+                });
+            let msg = format!(
+                "`gate` multiplies the value {} by its body's output, which must be {}: found {}",
+                show(&in_shape),
+                match in_shape.as_slice() {
+                    [c, _, _] => format!(
+                        "one factor per channel ([{c}] or [{c}, 1, 1]) or one per element ({})",
+                        show(&in_shape)
                     ),
-                    format!(
-                        "end the body with {c} channels, e.g. squeeze-and-excitation: `gate {{ adaptive_avgpool(1) -> conv({}, 1, bias = true) -> relu -> conv({c}, 1, bias = true) -> sigmoid }}`",
-                        (c / 4).max(1)
-                    ),
+                    _ => format!("of the same shape ({})", show(&in_shape)),
+                },
+                show(&fs)
+            );
+            let help = match (in_shape.as_slice(), last_layer) {
+                ([c, _, _], Some(_)) => format!(
+                    "make this layer output {c} channels, as squeeze-and-excitation's last conv: `fc2: conv({c}, 1, bias = true)`"
                 ),
-                _ => (
-                    format!(
-                        "`gate` multiplies the value {} by its body's output, which must have the same shape: found {}",
-                        show(&in_shape),
-                        show(&fs)
-                    ),
-                    format!("end the body with a layer that outputs {}", show(&in_shape)),
+                ([c, _, _], None) => format!(
+                    "end the body with {c} channels, e.g. squeeze-and-excitation: `gate {{ adaptive_avgpool(1) -> conv({}, 1, bias = true) -> relu -> conv({c}, 1, bias = true) -> sigmoid }}`",
+                    (c / 4).max(1)
                 ),
+                _ => format!("end the body with a layer that outputs {}", show(&in_shape)),
             };
-            self.err(node, node.sp, msg, Some(help));
+            self.err(node, last_layer.unwrap_or(node.sp), msg, Some(help));
             return Some(input);
         }
         let output = self.new_var(in_shape.clone());

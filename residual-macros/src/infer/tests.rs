@@ -243,8 +243,8 @@ fn paths_follow_torchvision() {
 fn zero_init_marks_the_last_bn_of_each_body() {
     let src = format!("{BASIC} #[zero_init_residual] model M[3, 8, 8] {{ conv(8, 3, padding = 1) -> b: Basic(8) }}");
     let out = expand_str(&src);
-    assert!(out.contains("BatchNorm2d < 8 , E , D , true >"), "{out}");
-    assert_eq!(out.matches(", true >").count(), 1);
+    assert!(out.contains("BatchNorm2d < 8 , E , D , true , 10000 , 100000 >"), "{out}");
+    assert_eq!(out.matches(", true , 10000").count(), 1);
 }
 
 /// The output shape the fallback declares after an error.
@@ -406,9 +406,11 @@ fn gates_scale_channels_or_elements() {
     // A factor of the wrong channel count.
     let e = one("model M[16, 8, 8] { gate { adaptive_avgpool(1) -> conv(8, 1) -> sigmoid } }");
     assert!(e.contains("`gate` multiplies the value [16, 8, 8] by its body's output, which must be one factor per channel ([16] or [16, 1, 1]) or one per element ([16, 8, 8]): found [8, 1, 1]"), "{e}");
-    assert!(e.contains("conv(4, 1, bias = true)"), "{e}");
+    assert!(e.contains("make this layer output 16 channels"), "{e}");
+    let e = one("model M[16, 8, 8] { gate { maxpool(2) } }");
+    assert!(e.contains("found [16, 4, 4]") && e.contains("conv(4, 1, bias = true)"), "{e}");
     let e = one("model M[4, 8] { gate { linear(3) } }");
-    assert!(e.contains("which must have the same shape: found [4, 3]"), "{e}");
+    assert!(e.contains("which must be of the same shape ([4, 8]): found [4, 3]"), "{e}");
     // A mistake inside the body is its own error, not also a gate error.
     let e = one("model M[16, 8, 8] { gate { adaptive_avgpool(3) -> conv(16, 1) } }");
     assert!(e.contains("does not split into 3x3 equal square bins"), "{e}");
@@ -444,4 +446,19 @@ fn adaptive_pools_and_hard_activations() {
     );
     let e = one("model M[8] { global_maxpool }");
     assert!(e.contains("`global_maxpool` expects a [C, H, W] input"), "{e}");
+}
+
+#[test]
+fn batch_norm_takes_pytorchs_eps_and_momentum() {
+    let out = expand_str("model M[3, 8, 8] { bn(eps = 0.001, momentum = 0.01) -> bn(1e-3) -> bn }");
+    assert!(out.contains("BatchNorm2d < 3 , E , D , false , 1000000 , 10000 >"), "{out}");
+    assert!(out.contains("BatchNorm2d < 3 , E , D , false , 1000000 , 100000 >"), "{out}");
+    assert!(out.contains("BatchNorm2d < 3 , E , D , false , 10000 , 100000 >"), "{out}");
+    // PyTorch's `BatchNorm2d(64)` habit: the channels are inferred.
+    let e = one("model M[64, 8, 8] { bn(64) }");
+    assert!(e.contains("`eps` must be in (0, 1] and a multiple of 1e-9, found 64"), "{e}");
+    assert!(e.contains("PyTorch's `BatchNorm2d(64)` is plain `bn` here"), "{e}");
+    let e = one("model M[64, 8, 8] { bn(momentum = 0.0000001) }");
+    assert!(e.contains("`momentum` must be in (0, 1] and a multiple of 1e-6"), "{e}");
+    assert!(!one("model M[64, 8, 8] { bn(eps = 0) }").is_empty());
 }

@@ -1,4 +1,5 @@
-//! `BatchNorm2d`: PyTorch's `nn.BatchNorm2d` (eps 1e-5, momentum 0.1) for inputs with any tape.
+//! `BatchNorm2d`: PyTorch's `nn.BatchNorm2d` (eps 1e-5, momentum 0.1 unless given) for inputs
+//! with any tape.
 //!
 //! dfdx's own `BatchNorm2D` implements `Module` only for `NoneTape` and `ModuleMut` only for
 //! `OwnedTape`, and names its parameters `scale`/`bias`; this one takes any tape both ways and
@@ -21,7 +22,14 @@ use crate::Element;
 ///
 /// `ZERO_GAMMA = true` initialises `weight` to zeros (torchvision's `zero_init_residual`).
 #[derive(Clone, Debug)]
-pub struct BatchNorm2d<const C: usize, E: Dtype, D: Storage<E>, const ZERO_GAMMA: bool = false> {
+pub struct BatchNorm2d<
+    const C: usize,
+    E: Dtype,
+    D: Storage<E>,
+    const ZERO_GAMMA: bool = false,
+    const EPS_E9: usize = 10_000,
+    const MOMENTUM_E6: usize = 100_000,
+> {
     /// gamma, trainable. Ones (zeros when `ZERO_GAMMA`).
     pub weight: Tensor<Rank1<C>, E, D>,
     /// beta, trainable. Zeros.
@@ -32,14 +40,21 @@ pub struct BatchNorm2d<const C: usize, E: Dtype, D: Storage<E>, const ZERO_GAMMA
     pub running_var: Tensor<Rank1<C>, E, D>,
 }
 
-impl<const C: usize, E: Dtype, D: Storage<E>, const Z: bool> BatchNorm2d<C, E, D, Z> {
-    /// Added to the variance before the square root (PyTorch's default).
-    pub const EPS: f64 = 1e-5;
-    /// `running = (1 - momentum) * running + momentum * batch_stat` (PyTorch's default).
-    pub const MOMENTUM: f64 = 0.1;
+impl<const C: usize, E: Dtype, D: Storage<E>, const Z: bool, const EPS_E9: usize, const MOM_E6: usize>
+    BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
+{
+    /// Added to the variance before the square root: `EPS_E9` billionths (PyTorch's default
+    /// 1e-5 is 10,000; MobileNetV3's 1e-3 is 1,000,000). Integers, since a const parameter
+    /// cannot be a float on stable Rust.
+    pub const EPS: f64 = EPS_E9 as f64 / 1e9;
+    /// `running = (1 - momentum) * running + momentum * batch_stat`: `MOMENTUM_E6` millionths
+    /// (PyTorch's default 0.1 is 100,000).
+    pub const MOMENTUM: f64 = MOM_E6 as f64 / 1e6;
 }
 
-impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BatchNorm2d<C, E, D, Z> {
+impl<const C: usize, E: Element, D: Device<E>, const Z: bool, const EPS_E9: usize, const MOM_E6: usize>
+    BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
+{
     fn try_eval<S, Ax, T>(&self, x: Tensor<S, E, D, T>) -> Result<Tensor<S, E, D, T>, D::Err>
     where
         S: Shape + ReduceShapeTo<Rank1<C>, Ax>,
@@ -91,8 +106,18 @@ impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BatchNorm2d<C, E, 
     }
 }
 
-impl<B: Dim, const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, const Z: bool>
-    Module<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
+impl<
+        B: Dim,
+        const C: usize,
+        H: Dim,
+        W: Dim,
+        E: Element,
+        D: Device<E>,
+        T: Tape<E, D>,
+        const Z: bool,
+        const EPS_E9: usize,
+        const MOM_E6: usize,
+    > Module<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
 {
     type Output = Tensor<(B, Const<C>, H, W), E, D, T>;
     type Error = D::Err;
@@ -102,8 +127,17 @@ impl<B: Dim, const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E
     }
 }
 
-impl<const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, const Z: bool>
-    Module<Tensor<(Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
+impl<
+        const C: usize,
+        H: Dim,
+        W: Dim,
+        E: Element,
+        D: Device<E>,
+        T: Tape<E, D>,
+        const Z: bool,
+        const EPS_E9: usize,
+        const MOM_E6: usize,
+    > Module<Tensor<(Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
 {
     type Output = Tensor<(Const<C>, H, W), E, D, T>;
     type Error = D::Err;
@@ -113,8 +147,18 @@ impl<const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, co
     }
 }
 
-impl<B: Dim, const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, const Z: bool>
-    ModuleMut<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
+impl<
+        B: Dim,
+        const C: usize,
+        H: Dim,
+        W: Dim,
+        E: Element,
+        D: Device<E>,
+        T: Tape<E, D>,
+        const Z: bool,
+        const EPS_E9: usize,
+        const MOM_E6: usize,
+    > ModuleMut<Tensor<(B, Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
 {
     type Output = Tensor<(B, Const<C>, H, W), E, D, T>;
     type Error = D::Err;
@@ -125,8 +169,17 @@ impl<B: Dim, const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E
 }
 
 /// An unbatched image trains as a batch of one: statistics over `(H, W)`.
-impl<const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, const Z: bool>
-    ModuleMut<Tensor<(Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z>
+impl<
+        const C: usize,
+        H: Dim,
+        W: Dim,
+        E: Element,
+        D: Device<E>,
+        T: Tape<E, D>,
+        const Z: bool,
+        const EPS_E9: usize,
+        const MOM_E6: usize,
+    > ModuleMut<Tensor<(Const<C>, H, W), E, D, T>> for BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
 {
     type Output = Tensor<(Const<C>, H, W), E, D, T>;
     type Error = D::Err;
@@ -136,8 +189,10 @@ impl<const C: usize, H: Dim, W: Dim, E: Element, D: Device<E>, T: Tape<E, D>, co
     }
 }
 
-impl<const C: usize, E: Element, D: Device<E>, const Z: bool> TensorCollection<E, D> for BatchNorm2d<C, E, D, Z> {
-    type To<E2: Dtype, D2: Device<E2>> = BatchNorm2d<C, E2, D2, Z>;
+impl<const C: usize, E: Element, D: Device<E>, const Z: bool, const EPS_E9: usize, const MOM_E6: usize>
+    TensorCollection<E, D> for BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
+{
+    type To<E2: Dtype, D2: Device<E2>> = BatchNorm2d<C, E2, D2, Z, EPS_E9, MOM_E6>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         let weight_init = if Z { TensorOptions::reset_to_zeros() } else { TensorOptions::reset_to_ones() };
@@ -164,7 +219,9 @@ impl<const C: usize, E: Element, D: Device<E>, const Z: bool> TensorCollection<E
     }
 }
 
-impl<const C: usize, E: Element, D: Device<E>, const Z: bool> BuildOnDevice<D, E> for BatchNorm2d<C, E, D, Z> {
+impl<const C: usize, E: Element, D: Device<E>, const Z: bool, const EPS_E9: usize, const MOM_E6: usize>
+    BuildOnDevice<D, E> for BatchNorm2d<C, E, D, Z, EPS_E9, MOM_E6>
+{
     type Built = Self;
 }
 
@@ -336,5 +393,31 @@ mod tests {
         let before = bn.running_mean.as_vec();
         let _ = bn.forward_mut(dev.tensor_from_vec(input(3), (Const::<B>, Const::<CH>, Const::<H>, Const::<W>)));
         assert_ne!(bn.running_mean.as_vec(), before);
+    }
+
+    /// `EPS_E9` and `MOMENTUM_E6` (MobileNetV3's eps 1e-3, momentum 0.01) reach both modes.
+    #[test]
+    fn eps_and_momentum_are_parameters() {
+        type Small = BatchNorm2d<CH, f64, Cpu, false, 1_000_000, 10_000>;
+        assert_eq!((Small::EPS, Small::MOMENTUM), (1e-3, 0.01));
+        assert_eq!((Bn::EPS, Bn::MOMENTUM), (1e-5, 0.1));
+        let dev: Cpu = Default::default();
+        let mut bn = Small::build_on_device(&dev);
+        bn.running_mean = dev.tensor([0.5, -1.0]);
+        bn.running_var = dev.tensor([0.002, 4.0]);
+        let x = input(5);
+        let t = dev.tensor_from_vec(x.clone(), (Const::<B>, Const::<CH>, Const::<H>, Const::<W>));
+        let y = bn.forward(t.clone()).as_vec();
+        for (i, (&xi, &yi)) in x.iter().zip(&y).enumerate() {
+            let c = (i / (H * W)) % CH;
+            let (m, v) = ([0.5, -1.0][c], [0.002, 4.0][c]);
+            let want = (xi - m) / (v + 1e-3f64).sqrt();
+            assert!((yi - want).abs() < 1e-12, "eval [{i}]: {yi} vs {want}");
+        }
+        let _ = bn.forward_mut(t);
+        let mean0: f64 = (0..B).flat_map(|b| (0..H * W).map(move |j| (b * CH) * H * W + j)).map(|k| x[k]).sum::<f64>()
+            / (B * H * W) as f64;
+        let rm = bn.running_mean.as_vec();
+        assert!((rm[0] - (0.99 * 0.5 + 0.01 * mean0)).abs() < 1e-12, "running mean {rm:?}");
     }
 }
