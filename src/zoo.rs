@@ -253,37 +253,34 @@ residual! {
         conv(out, k, stride = stride, padding = k / 2, groups = groups) -> bn -> relu6
     }
 
-    /// MobileNetV2's first inverted residual (expansion 1): depthwise 3x3, linear 1x1 projection.
-    /// A block cannot see its input's channels yet, so `inp` is passed.
-    block InvertedResidual1(inp, oup) {
-        conv: (ConvBnRelu6(inp, 3, 1, inp) -> conv(oup, 1) -> bn)
+    /// MobileNetV2's first inverted residual (expansion 1): depthwise 3x3 on the input's channels,
+    /// linear 1x1 projection.
+    block InvertedResidual1(oup) {
+        conv: (ConvBnRelu6(in_channels, 3, 1, in_channels) -> conv(oup, 1) -> bn)
     }
 
     /// MobileNetV2's inverted residual: 1x1 expansion by `t`, depthwise 3x3 (strided), linear 1x1
-    /// projection; no shortcut (the shape changes).
-    block InvertedResidual(inp, oup, stride = 1, t = 6) {
-        conv: (ConvBnRelu6(inp * t) -> ConvBnRelu6(inp * t, 3, stride, inp * t) -> conv(oup, 1) -> bn)
-    }
-
-    /// The same where the shape is kept: the input is added (torchvision's `use_res_connect`).
-    block InvertedResidualRes(c, t = 6) {
-        residual { conv: (ConvBnRelu6(c * t) -> ConvBnRelu6(c * t, 3, 1, c * t) -> conv(c, 1) -> bn) }
+    /// projection; the input is added when the shape is kept (torchvision's `use_res_connect`).
+    block InvertedResidual(oup, stride = 1, t = 6, hidden = in_channels * t) {
+        residual {
+            conv: (ConvBnRelu6(hidden) -> ConvBnRelu6(hidden, 3, stride, hidden) -> conv(oup, 1) -> bn)
+        } shortcut optional
     }
 
     /// MobileNetV2 (Sandler et al. 2018), torchvision's layout and keys: 3,504,872 parameters,
     /// 300.8 M MACs. Each inverted residual is written out: torchvision numbers them
-    /// `features.1` .. `features.17`, where `x N` would nest them.
+    /// `features.1` .. `features.17`, where `x N` would nest them (`features.4.0`).
     #[init(kaiming_normal)]
     pub model MobileNetV2[3, 224, 224] {
         features: (
             ConvBnRelu6(32, 3, 2)
-            -> InvertedResidual1(32, 16)
-            -> InvertedResidual(16, 24, 2) -> InvertedResidualRes(24)
-            -> InvertedResidual(24, 32, 2) -> InvertedResidualRes(32) -> InvertedResidualRes(32)
-            -> InvertedResidual(32, 64, 2) -> InvertedResidualRes(64) -> InvertedResidualRes(64) -> InvertedResidualRes(64)
-            -> InvertedResidual(64, 96) -> InvertedResidualRes(96) -> InvertedResidualRes(96)
-            -> InvertedResidual(96, 160, 2) -> InvertedResidualRes(160) -> InvertedResidualRes(160)
-            -> InvertedResidual(160, 320)
+            -> InvertedResidual1(16)
+            -> InvertedResidual(24, 2) -> InvertedResidual(24)
+            -> InvertedResidual(32, 2) -> InvertedResidual(32) -> InvertedResidual(32)
+            -> InvertedResidual(64, 2) -> InvertedResidual(64) -> InvertedResidual(64) -> InvertedResidual(64)
+            -> InvertedResidual(96) -> InvertedResidual(96) -> InvertedResidual(96)
+            -> InvertedResidual(160, 2) -> InvertedResidual(160) -> InvertedResidual(160)
+            -> InvertedResidual(320)
             -> ConvBnRelu6(1280)
         )
         -> global_avgpool
@@ -318,14 +315,9 @@ residual! {
         -> ConvBn(oup)
     }
 
-    /// An inverted residual whose shape changes: no shortcut.
+    /// MobileNetV3's inverted residual: the input is added when the shape is kept.
     block MobileV3(exp, oup, k, stride = 1) {
-        block: SeBody(exp, oup, k, stride)
-    }
-
-    /// One whose shape is kept: the input is added.
-    block MobileV3Res(exp, oup, k) {
-        residual { block: SeBody(exp, oup, k) }
+        residual { block: SeBody(exp, oup, k, stride) } shortcut optional
     }
 
     /// MobileNetV3-Small (Howard et al. 2019), torchvision's layout and keys: 2,542,856
@@ -340,10 +332,10 @@ residual! {
                 -> ConvBn(16)
             ))
             -> (block: (ConvBnRelu(72) -> ConvBnRelu(72, 3, 2, 72) -> ConvBn(24)))
-            -> (residual { block: (ConvBnRelu(88) -> ConvBnRelu(88, 3, 1, 88) -> ConvBn(24)) })
-            -> MobileV3(96, 40, 5, 2) -> MobileV3Res(240, 40, 5) -> MobileV3Res(240, 40, 5)
-            -> MobileV3(120, 48, 5) -> MobileV3Res(144, 48, 5)
-            -> MobileV3(288, 96, 5, 2) -> MobileV3Res(576, 96, 5) -> MobileV3Res(576, 96, 5)
+            -> (residual { block: (ConvBnRelu(88) -> ConvBnRelu(88, 3, 1, 88) -> ConvBn(24)) } shortcut optional)
+            -> MobileV3(96, 40, 5, 2) -> MobileV3(240, 40, 5) -> MobileV3(240, 40, 5)
+            -> MobileV3(120, 48, 5) -> MobileV3(144, 48, 5)
+            -> MobileV3(288, 96, 5, 2) -> MobileV3(576, 96, 5) -> MobileV3(576, 96, 5)
             -> ConvBnHs(576)
         )
         -> global_avgpool

@@ -127,6 +127,10 @@ impl Ctxt {
     pub fn new() -> Self {
         Ctxt::default()
     }
+    /// No error recorded so far.
+    pub fn is_empty(&self) -> bool {
+        self.diags.is_empty()
+    }
     pub fn error(&mut self, sp: Sp, msg: impl Into<String>) {
         self.push(sp, msg, None, None);
     }

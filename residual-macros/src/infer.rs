@@ -357,6 +357,16 @@ impl Infer<'_> {
             }
             Kind::Residual { body, shortcut, shortcut_sp } => self.residual(node, body, shortcut, *shortcut_sp, cur),
             Kind::Gate { body } => self.gate(node, body, cur),
+            // Record what flows in for the next expansion pass; until then what the block does to
+            // the shape is unknown (as after an error, but nothing is reported).
+            Kind::NeedsInput { path } => {
+                if let (Some(c), false) = (cur, self.guessing) {
+                    let shape = self.shape(c);
+                    self.prog.needs_input.push((path.clone(), shape, node.sp));
+                }
+                self.guessing = true;
+                None
+            }
             Kind::Tap { kind, name, name_sp, scope } => self.tap(node, *kind, name, *name_sp, *scope, cur),
             // Already an error: guess that it keeps the shape, check nothing that depends on it.
             Kind::Unknown => {
@@ -565,6 +575,11 @@ impl Infer<'_> {
                         }
                     }
                 }
+            },
+            Shortcut::Optional => match &body_shape {
+                Some(bs) if *bs == in_shape => Some(fork),
+                // Another shape: no residual here (the unused fork is dropped).
+                _ => return body_out,
             },
             Shortcut::Pad => match &body_shape {
                 None => None,

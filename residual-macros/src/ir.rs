@@ -138,4 +138,9 @@ pub(crate) struct Program {
     pub output: Var,
     pub params: u64,
     pub macs: u64,
+    /// Block instances expanded before their input's shape was known (they read `in_channels`
+    /// or its kin), with the shape inference found flowing into them: the next expansion pass
+    /// expands them with it (the span is the call's). Empty in the program that code generation
+    /// reads.
+    pub needs_input: Vec<(String, Vec<usize>, Sp)>,
 }

@@ -43,10 +43,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             return out;
         }
     };
-    let mut cx = ctxt::Ctxt::new();
-    let models = model::build(&parsed, &mut cx);
-    let inferred: Vec<(ir::Program, Option<Vec<usize>>)> =
-        models.iter().map(|m| infer::infer_with_output(m, &mut cx)).collect();
+    let (models, inferred, mut cx) = lower(&parsed);
     for (prog, _) in &inferred {
         validate::validate(prog, &mut cx);
     }
@@ -78,6 +75,61 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             }
             out
         }
+    }
+}
+
+/// A model's program and its output shape (known even after some errors).
+type Inferred = (ir::Program, Option<Vec<usize>>);
+
+/// Most expansion passes for blocks that read their input's shape: each pass learns the inputs
+/// of the instances whose inputs the previous one could infer, so a chain of N such blocks in
+/// sequence takes N + 1 passes (MobileNetV2 has 17).
+const MAX_PASSES: usize = 256;
+
+/// Expansion and shape inference of every model (`model::build`, `infer`), with every error in
+/// the returned context. A block that reads its input's shape (`in_channels`, ..) is expanded
+/// once that shape is known: a pass that finds such instances records what flows into them, and
+/// the next pass (a fresh one, so nothing is reported twice) expands them with it. Models
+/// without such blocks take one pass.
+pub(crate) fn lower(parsed: &parse::Input) -> (Vec<model::Model>, Vec<Inferred>, ctxt::Ctxt) {
+    let mut known = model::KnownInputs::new();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let mut cx = ctxt::Ctxt::new();
+        let models = model::build(parsed, &mut cx, &known);
+        let inferred: Vec<Inferred> = models.iter().map(|m| infer::infer_with_output(m, &mut cx)).collect();
+        let mut learnt = false;
+        for (m, (prog, _)) in models.iter().zip(&inferred) {
+            for (path, shape, _) in &prog.needs_input {
+                if let std::collections::hash_map::Entry::Vacant(e) = known.entry((m.name.to_string(), path.clone())) {
+                    e.insert(shape.clone());
+                    learnt = true;
+                }
+            }
+        }
+        if !learnt {
+            // What is still unexpanded had an unknown input, which an error explains.
+            if cx.is_empty() {
+                if let Some((path, _, sp)) = inferred.iter().find_map(|(prog, _)| prog.needs_input.first()) {
+                    cx.error(*sp, format!("internal error: block instance `{path}` was never expanded"));
+                }
+            }
+            return (models, inferred, cx);
+        }
+        if passes == MAX_PASSES {
+            if let Some((path, _, sp)) = inferred.iter().find_map(|(prog, _)| prog.needs_input.first()) {
+                cx.error(
+                    *sp,
+                    format!(
+                        "more than {MAX_PASSES} blocks in sequence read their input's shape (`in_channels`, ..); `{path}` is one too many"
+                    ),
+                );
+            }
+            return (models, inferred, cx);
+        }
+        // This pass's errors are those of a partial expansion: the next pass reports its own.
+        let _ = cx.check();
     }
 }
 

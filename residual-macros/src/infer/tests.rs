@@ -251,11 +251,9 @@ fn zero_init_marks_the_last_bn_of_each_body() {
 fn fallback_output(src: &str) -> Option<Vec<usize>> {
     let ts: proc_macro2::TokenStream = src.parse().ok()?;
     let parsed: crate::parse::Input = syn::parse2(ts).ok()?;
-    let mut cx = crate::ctxt::Ctxt::new();
-    let models = crate::model::build(&parsed, &mut cx);
-    let out = models.first().and_then(|m| crate::infer::infer_with_output(m, &mut cx).1);
+    let (_, inferred, cx) = crate::lower(&parsed);
     let _ = cx.check();
-    out
+    inferred.into_iter().next().and_then(|(_, out)| out)
 }
 
 #[test]
@@ -375,10 +373,9 @@ fn cat_puts_the_tapped_value_first() {
     let src = "model M[3, 8, 8] { conv(8, 3, padding = 1) -> tap(s) -> conv(4, 1) -> cat(s) }";
     let ts: proc_macro2::TokenStream = src.parse().unwrap();
     let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let mut cx = crate::ctxt::Ctxt::new();
-    let models = crate::model::build(&parsed, &mut cx);
-    let (prog, out) = crate::infer::infer_with_output(&models[0], &mut cx);
+    let (_, mut inferred, cx) = crate::lower(&parsed);
     assert!(cx.check().is_ok());
+    let (prog, out) = inferred.remove(0);
     assert_eq!(out, Some(vec![12, 8, 8]));
     let tap = prog.ops.iter().find_map(|op| match op {
         Op::Fork { output, .. } => Some(*output),
@@ -422,10 +419,9 @@ fn a_gate_is_a_module_of_its_own() {
     let src = "model M[16, 8, 8] { conv(16, 3, padding = 1) -> se: gate { adaptive_avgpool(1) -> fc1: conv(4, 1, bias = true) -> relu -> fc2: conv(16, 1, bias = true) -> sigmoid } -> gate { conv(16, 1) } }";
     let ts: proc_macro2::TokenStream = src.parse().unwrap();
     let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let mut cx = crate::ctxt::Ctxt::new();
-    let models = crate::model::build(&parsed, &mut cx);
-    let (prog, out) = crate::infer::infer_with_output(&models[0], &mut cx);
+    let (_, mut inferred, cx) = crate::lower(&parsed);
     assert!(cx.check().is_ok());
+    let (prog, out) = inferred.remove(0);
     assert_eq!(out, Some(vec![16, 8, 8]));
     let paths: Vec<&str> = prog.fields.iter().map(|f| f.path.as_str()).collect();
     // Named: its layers under its name (torchvision's `SqueezeExcitation` keys); unnamed: under
@@ -461,4 +457,63 @@ fn batch_norm_takes_pytorchs_eps_and_momentum() {
     let e = one("model M[64, 8, 8] { bn(momentum = 0.0000001) }");
     assert!(e.contains("`momentum` must be in (0, 1] and a multiple of 1e-6"), "{e}");
     assert!(!one("model M[64, 8, 8] { bn(eps = 0) }").is_empty());
+}
+
+const DEPTHWISE: &str =
+    "block DW(stride = 1) { conv(in_channels, 3, stride = stride, padding = 1, groups = in_channels) -> bn }";
+
+#[test]
+fn blocks_read_their_inputs_shape() {
+    let src = format!("{DEPTHWISE} model M[8, 16, 16] {{ conv(12, 1) -> DW -> DW(2) -> conv(24, 1) -> DW }}");
+    assert!(errors(&src).is_empty(), "{:?}", errors(&src));
+    assert_eq!(fallback_output(&src), Some(vec![24, 8, 8]));
+    // In a parameter default, after other parameters; `in_features` on [S, D].
+    let src = "block IR(oup, t = 6, hidden = in_channels * t) { conv(hidden, 1) -> conv(oup, 1) }
+               block Mlp(r = 4) { linear(r * in_features) -> gelu -> linear(in_features) }
+               model M[4, 8, 8] { IR(16) -> IR(8, t = 2) } model S[5, 32] { Mlp -> Mlp(2) }";
+    assert!(errors(src).is_empty(), "{:?}", errors(src));
+    let out = expand_str(src);
+    assert!(out.contains("conv 1x1 16->32"), "IR(8, t = 2) after IR(16) expands 16 -> 32");
+    assert!(out.contains("linear 32->128"), "Mlp's hidden size is 4 * 32");
+    // A block's parameter shadows the input's name.
+    assert!(errors("block B(in_channels) { conv(in_channels, 1) } model M[4, 8, 8] { B(6) }").is_empty());
+}
+
+#[test]
+fn input_names_outside_their_place_are_errors() {
+    let e = one("block B { linear(in_height) } model M[16] { B }");
+    assert!(e.contains("`in_height` is not a size of this block's input"), "{e}");
+    let e = one("model M[3, 8, 8] { conv(in_channels, 1) }");
+    assert!(e.contains("`in_channels` names the input of a block, and this is a model body"), "{e}");
+    // After an error upstream the block's input is unknown: that error alone, nothing about it.
+    let src = format!("{DEPTHWISE} model M[8, 16, 16] {{ conv(12, 99) -> DW -> DW }}");
+    let e = one(&src);
+    assert!(e.contains("`conv` window does not fit"), "{e}");
+}
+
+#[test]
+fn chains_of_input_reading_blocks_are_bounded() {
+    let calls = vec!["DW"; 300].join(" -> ");
+    let e = one(&format!("{DEPTHWISE} model M[8, 16, 16] {{ {calls} }}"));
+    assert!(e.contains("more than 256 blocks in sequence read their input's shape"), "{e}");
+    let calls = vec!["DW"; 200].join(" -> ");
+    assert!(errors(&format!("{DEPTHWISE} model M[8, 16, 16] {{ {calls} }}")).is_empty());
+}
+
+#[test]
+fn optional_shortcuts_add_when_the_shape_is_kept() {
+    use crate::ir::Op;
+    let block = "block IR(oup, stride = 1) { residual { conv: (conv(in_channels * 4, 1) -> conv(oup, 3, stride = stride, padding = 1)) } shortcut optional }";
+    let src = format!("{block} model M[8, 16, 16] {{ IR(8) -> IR(16) -> IR(16, 2) -> IR(16) }}");
+    let ts: proc_macro2::TokenStream = src.parse().unwrap();
+    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
+    let (_, mut inferred, cx) = crate::lower(&parsed);
+    assert!(cx.check().is_ok());
+    let (prog, out) = inferred.remove(0);
+    assert_eq!(out, Some(vec![16, 8, 8]));
+    // Added in IR(8) on 8 channels and the last IR(16); not where channels or size change.
+    assert_eq!(prog.ops.iter().filter(|op| matches!(op, Op::Add { .. })).count(), 2);
+    assert_eq!(prog.ops.iter().filter(|op| matches!(op, Op::Fork { .. })).count(), 2, "unused forks dropped");
+    let paths: Vec<&str> = prog.fields.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(&paths[..4], ["0.conv.0", "0.conv.1", "1.conv.0", "1.conv.1"]);
 }

@@ -39,7 +39,33 @@ pub(crate) struct EArg {
     pub sp: Sp,
 }
 
+/// The names of the input's sizes inside a block (`expand::input_names`).
+pub(super) const INPUT_NAMES: &[&str] = &["in_channels", "in_height", "in_width", "in_features"];
+
 impl Inst<'_> {
+    /// `in_channels` (or another input size) that the environment lacks: in a block whose input
+    /// is not known yet, a note that the block reads it (expanded again once it is known); else
+    /// an error that says why it has no value.
+    fn input_name(&mut self, ident: &syn::Ident, origin: &Option<Rc<Origin>>) -> Option<Value> {
+        let name = ident.to_string();
+        let (msg, help) = match self.reads_input.last_mut() {
+            Some(r) if !r.known => {
+                r.read = true;
+                return None;
+            }
+            Some(_) => (
+                format!("`{name}` is not a size of this block's input"),
+                "`in_channels`, `in_height` and `in_width` name the sizes of a [C, H, W] input; `in_features` the last dim of [D] or [S, D]",
+            ),
+            None => (
+                format!("`{name}` names the input of a block, and this is a model body"),
+                "a model body knows its input shape: write the number",
+            ),
+        };
+        self.err(Sp::one(ident.span()), msg, Some(help.into()), origin);
+        None
+    }
+
     pub(super) fn eval(&mut self, e: &Expr, env: &Env, origin: &Option<Rc<Origin>>) -> Option<Value> {
         match e {
             Expr::Int(v, sp) => match i128::try_from(*v) {
@@ -56,6 +82,7 @@ impl Inst<'_> {
                 let name = ident.to_string();
                 match env.get(&name) {
                     Some(v) => Some(*v),
+                    None if INPUT_NAMES.contains(&name.as_str()) => self.input_name(ident, origin),
                     None => {
                         let help = did_you_mean(&name, env.keys().map(String::as_str))
                             .map(|s| format!("did you mean `{s}`?"))

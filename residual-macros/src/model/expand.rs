@@ -10,7 +10,7 @@ use syn::{Attribute, Ident};
 
 use super::bind::signature;
 use super::eval::{expr_text, EArg, Env, Value};
-use super::{Kind, Node, Shortcut, MAX_BLOCK_DEPTH, MAX_NODES};
+use super::{Kind, KnownInputs, Node, Shortcut, MAX_BLOCK_DEPTH, MAX_NODES};
 use crate::ctxt::{Ctxt, Origin, Sp};
 use crate::layers;
 use crate::parse::{Arg, BlockDef, Seq, ShortcutKind, Step, Unit};
@@ -36,6 +36,10 @@ pub(crate) struct Inst<'a> {
     pub(super) next_scope: usize,
     /// The block templates instantiated, in first-use order, with their doc comments.
     pub(super) used: Vec<(String, Vec<Attribute>)>,
+    /// Input shapes of block instances learnt by earlier passes.
+    pub(super) known: &'a KnownInputs,
+    /// One entry per block instance being expanded, innermost last.
+    pub(super) reads_input: Vec<ReadsInput>,
 }
 
 impl Inst<'_> {
@@ -237,6 +241,7 @@ impl Inst<'_> {
                             ShortcutKind::Identity(sp) => (Shortcut::Identity { explicit: true }, *sp),
                             ShortcutKind::Auto(sp) => (Shortcut::Auto { path: sc_path }, *sp),
                             ShortcutKind::Pad(sp) => (Shortcut::Pad, *sp),
+                            ShortcutKind::Optional(sp) => (Shortcut::Optional, *sp),
                             ShortcutKind::Projection(seq) => {
                                 let b = self.seq(seq, env, &sc_path, origin, scope);
                                 (Shortcut::Projection { body: b }, seq.sp)
@@ -356,11 +361,37 @@ impl Inst<'_> {
             model: self.model.clone(),
             parent: origin.clone(),
         }));
+        // The shape flowing in, when an earlier pass learnt it (see `KnownInputs`): its sizes
+        // are names in the block (`in_channels`, ..), which its parameters may shadow.
         let mut env = Env::new();
+        let input = self.known.get(&(self.model.clone(), path.clone())).cloned();
+        for (name, v) in input_names(input.as_deref()) {
+            env.insert(name.to_string(), Value::Int(v as i128));
+        }
+        self.reads_input.push(ReadsInput { known: input.is_some(), read: false });
+        let body = self.instance_body(block, bname, slots, &mut env, &path, &new_origin);
+        let reads = self.reads_input.pop();
+        if reads.is_some_and(|r| r.read && !r.known) {
+            // The block reads its input's shape, which is not known yet: shape inference records
+            // it here, and the next pass expands the block with it.
+            return Some(vec![Node { kind: Kind::NeedsInput { path }, sp: call_sp, origin: origin.clone() }]);
+        }
+        body
+    }
+
+    fn instance_body(
+        &mut self,
+        block: &BlockDef,
+        bname: String,
+        slots: Vec<Option<(Value, Sp)>>,
+        env: &mut Env,
+        path: &str,
+        origin: &Option<Rc<Origin>>,
+    ) -> Option<Vec<Node>> {
         for (p, slot) in block.params.iter().zip(slots) {
             let v = match (slot, &p.default) {
                 (Some((v, _)), _) => v,
-                (None, Some(d)) => self.eval(d, &env, &new_origin)?,
+                (None, Some(d)) => self.eval(d, env, origin)?,
                 (None, None) => return None,
             };
             env.insert(p.name.to_string(), v);
@@ -371,8 +402,25 @@ impl Inst<'_> {
         self.stack.push(bname);
         self.next_scope += 1;
         let scope = self.next_scope;
-        let body = self.seq(&block.body, &env, &path, &new_origin, scope);
+        let body = self.seq(&block.body, env, path, origin, scope);
         self.stack.pop();
         Some(body)
     }
+}
+
+/// The names a block instance gets for the shape flowing into it: `in_channels`, `in_height`,
+/// `in_width` for `[C, H, W]`; `in_features` (the last dim) for `[D]` and `[S, D]`. None when
+/// the shape is not known.
+pub(super) fn input_names(shape: Option<&[usize]>) -> Vec<(&'static str, usize)> {
+    match shape {
+        Some([c, h, w]) => vec![("in_channels", *c), ("in_height", *h), ("in_width", *w)],
+        Some([.., d]) => vec![("in_features", *d)],
+        _ => Vec::new(),
+    }
+}
+
+/// Whether the block instance being expanded knows its input's shape, and read it.
+pub(super) struct ReadsInput {
+    pub known: bool,
+    pub read: bool,
 }

@@ -89,6 +89,12 @@ pub(crate) enum Kind {
         name_sp: Sp,
         scope: usize,
     },
+    /// A block instance that reads its input's shape (`in_channels`, ..), expanded before that
+    /// shape was known: shape inference records the shape flowing in at `path`, and the next
+    /// expansion pass (`KnownInputs`) expands the block with it.
+    NeedsInput {
+        path: String,
+    },
     /// A step that is already an error (unknown name, bad arguments, bad count): what it does
     /// to the shape is unknown, so shape inference does not check what follows it (it would
     /// report false follow-on errors).
@@ -97,16 +103,29 @@ pub(crate) enum Kind {
 
 #[derive(Clone, Debug)]
 pub(crate) enum Shortcut {
-    Identity { explicit: bool },
-    Auto { path: String },
+    Identity {
+        explicit: bool,
+    },
+    Auto {
+        path: String,
+    },
     Pad,
-    Projection { body: Vec<Node> },
+    /// Identity when the body keeps the shape, else no shortcut (torchvision's
+    /// `use_res_connect`).
+    Optional,
+    Projection {
+        body: Vec<Node>,
+    },
 }
+
+/// Input shapes of block instances, by model and instance path, learnt by shape inference in an
+/// earlier expansion pass: what `in_channels` and its kin are in that instance.
+pub(crate) type KnownInputs = HashMap<(String, String), Vec<usize>>;
 
 /// Instantiates every model of the input. Name errors go to `cx`.
 // As on `seq_in`: duplicate checks written as if/else next to their errors.
 #[allow(clippy::map_entry)]
-pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
+pub(crate) fn build(input: &Input, cx: &mut Ctxt, known: &KnownInputs) -> Vec<Model> {
     let mut blocks: HashMap<String, &BlockDef> = HashMap::new();
     let mut models: Vec<&parse::ModelDef> = Vec::new();
     let mut model_names: HashMap<String, Sp> = HashMap::new();
@@ -232,6 +251,8 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt) -> Vec<Model> {
             stack: Vec::new(),
             next_scope: 0,
             used: Vec::new(),
+            known,
+            reads_input: Vec::new(),
         };
         let body = inst.seq(&m.body, &Env::new(), "", &None, 0);
         let used = inst.used;

@@ -20,6 +20,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(identity);
     syn::custom_keyword!(auto);
     syn::custom_keyword!(pad);
+    syn::custom_keyword!(optional);
     syn::custom_keyword!(tap);
     syn::custom_keyword!(add);
     syn::custom_keyword!(cat);

@@ -215,7 +215,7 @@ impl Parse for Unit {
 /// The shortcut branch of a residual.
 ///
 /// ```text
-/// shortcut := 'shortcut' (Ident ':')? ('identity' | 'auto' | 'pad' | '{' seq '}')
+/// shortcut := 'shortcut' (Ident ':')? ('identity' | 'auto' | 'pad' | 'optional' | '{' seq '}')
 /// ```
 #[derive(Clone, Debug)]
 pub(crate) struct Shortcut {
@@ -228,6 +228,8 @@ pub(crate) enum ShortcutKind {
     Identity(Sp),
     Auto(Sp),
     Pad(Sp),
+    /// The input is added when the body keeps its shape; otherwise there is no shortcut.
+    Optional(Sp),
     Projection(Seq),
 }
 
@@ -248,6 +250,8 @@ impl Shortcut {
             ShortcutKind::Auto(Sp::one(input.parse::<kw::auto>()?.span))
         } else if look.peek(kw::pad) {
             ShortcutKind::Pad(Sp::one(input.parse::<kw::pad>()?.span))
+        } else if look.peek(kw::optional) {
+            ShortcutKind::Optional(Sp::one(input.parse::<kw::optional>()?.span))
         } else if look.peek(syn::token::Brace) {
             ShortcutKind::Projection(Seq::parse_delimited(input, depth)?)
         } else {

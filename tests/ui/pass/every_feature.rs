@@ -12,6 +12,14 @@ residual! {
     block Proj(c) {
         residual { conv(c, 3, stride = 2, padding = 1) -> bn } shortcut proj: { conv(c, 1, stride = 2) -> bn }
     }
+    block Mobile(oup, stride = 1, hidden = 2 * in_channels) {
+        residual {
+            conv(hidden, 1) -> bn(eps = 0.001, momentum = 0.01) -> relu6
+            -> conv(hidden, 3, stride = stride, padding = 1, groups = hidden) -> bn -> hardswish
+            -> se: gate { adaptive_avgpool(1) -> fc1: conv(4, 1, bias = true) -> relu -> fc2: conv(hidden, 1, bias = true) -> hardsigmoid }
+            -> conv(oup, 1) -> bn
+        } shortcut optional
+    }
     #[zero_init_residual]
     #[init(torch_default)]
     pub(crate) model Everything[4, 16, 16] {
@@ -19,6 +27,7 @@ residual! {
         -> stage: PreAct(8) x 2 (first: out = 8) -> add(s) -> cat(s)
         -> down: Proj(32) -> avgpool(2) -> maxpool(3, stride = 1, padding = 1)
         -> residual { conv(32, 1) } shortcut identity
+        -> Mobile(32) -> Mobile(48, 2) -> gate { global_maxpool -> linear(48) -> sigmoid } -> adaptive_avgpool(2)
         -> (bn -> silu) x 1 -> flatten -> dropout(0.25) -> linear(16, bias = false)
         -> leaky_relu(0.1) -> sigmoid -> tanh -> gelu -> identity -> head: linear(4)
     }
