@@ -12,6 +12,8 @@
 //!   pre-activation [`PreActResNet164`] (He et al. 2016).
 //! - Mobile (torchvision's layouts and keys): [`MobileNetV2`] (inverted residuals with relu6) and
 //!   [`MobileNetV3Small`] (hardswish, squeeze-and-excitation gates, batch norm eps 0.001).
+//! - Segmentation: a small [`UNet`] (long skips by `tap` and `cat`, bilinear upsampling), trained
+//!   by `examples/unet.rs`.
 #![allow(non_camel_case_types)]
 
 use crate::residual;
@@ -340,5 +342,28 @@ residual! {
         )
         -> global_avgpool
         -> classifier: (linear(1024) -> hardswish -> dropout(0.2) -> linear(1000))
+    }
+
+    // ------------------------------------------------------------------ U-Net
+
+    /// U-Net's two 3x3 convs, each with batch norm and relu (`DoubleConv`).
+    block DoubleConv(out) {
+        conv(out, 3, padding = 1) -> bn -> relu -> conv(out, 3, padding = 1) -> bn -> relu
+    }
+
+    /// A U-Net (Ronneberger et al. 2015) for 3x32x32 images and three classes per pixel, at a
+    /// quarter of the paper's widths, in the common "bilinear" variant: the encoder's maps are
+    /// tapped before each max pool, and each decoder stage upsamples by 2 (bilinear, aligned
+    /// corners), concatenates the tapped map first (`torch.cat([skip, up], 1)`) and runs two
+    /// convs. Output: a score per class and pixel, `[3, 32, 32]`.
+    pub model UNet[3, 32, 32] {
+        inc: DoubleConv(16) -> tap(skip1)
+        -> down1: (maxpool(2) -> DoubleConv(32)) -> tap(skip2)
+        -> down2: (maxpool(2) -> DoubleConv(64)) -> tap(skip3)
+        -> down3: (maxpool(2) -> DoubleConv(128))
+        -> up1: (upsample_bilinear(2) -> cat(skip3) -> DoubleConv(64))
+        -> up2: (upsample_bilinear(2) -> cat(skip2) -> DoubleConv(32))
+        -> up3: (upsample_bilinear(2) -> cat(skip1) -> DoubleConv(16))
+        -> outc: conv(3, 1, bias = true)
     }
 }

@@ -8,7 +8,8 @@
 //! parameters would then get no gradient and the input's gradient would miss the shortcut.
 //!
 //! `GateNet` covers `gate { .. }` (per-channel and elementwise factors), `relu6`, `hardswish`,
-//! `hardsigmoid`, `adaptive_avgpool` and `global_maxpool`.
+//! `hardsigmoid`, `adaptive_avgpool` and `global_maxpool`; `UpNet` nearest and bilinear
+//! upsampling between a tap and its `cat`.
 //!
 //! `GradNet` has ops compiled plans do not run (silu, gelu, cat), so it exercises the
 //! layer-by-layer code. `PlanNet` holds only plan ops (conv with and without bias, batch norm in
@@ -60,6 +61,17 @@ residual! {
         -> adaptive_avgpool(3)
         -> gate { global_maxpool -> g: linear(4) -> sigmoid }
         -> global_maxpool -> fc: linear(3)
+    }
+}
+
+residual! {
+    /// A small U-Net: a tapped encoder map concatenated after nearest and bilinear upsampling.
+    model UpNet[2, 6, 6] {
+        inc: conv(3, 3, padding = 1) -> relu -> tap(skip)
+        -> maxpool(2) -> mid: conv(4, 3, padding = 1)
+        -> upsample(2) -> cat(skip) -> c2: conv(4, 3, padding = 1) -> maxpool(2)
+        -> upsample_bilinear(2) -> out: conv(2, 1, bias = true)
+        -> global_avgpool -> fc: linear(3)
     }
 }
 
@@ -243,6 +255,7 @@ gradient_checks!(layer_by_layer, GradNet<f64, Cpu>, 11, 1500, eval, train);
 // slopes), not of a wrong tape.
 gradient_checks!(fused_plan, PlanNet<f64, Cpu>, 12, 800, train, eval);
 gradient_checks!(gates, GateNet<f64, Cpu>, 13, 250, eval, train);
+gradient_checks!(upsampling, UpNet<f64, Cpu>, 14, 100, eval, train);
 
 #[test]
 fn plan_net_runs_as_a_fused_plan_and_grad_net_has_none() {

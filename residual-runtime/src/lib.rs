@@ -16,6 +16,7 @@ pub mod shortcut;
 pub mod storage;
 pub mod summary;
 mod tape;
+pub mod upsample;
 
 pub use error::Error;
 
@@ -28,7 +29,12 @@ impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform + real::R
 
 /// Everything a generated model needs from a device: dfdx's own kernels plus ours.
 pub trait Backend<E: Element>:
-    Device<E> + conv::Conv2dKernel<E> + pool::Pool2dKernel<E> + shortcut::SubsamplePadKernel<E> + plan::PlanDevice<E>
+    Device<E>
+    + conv::Conv2dKernel<E>
+    + pool::Pool2dKernel<E>
+    + shortcut::SubsamplePadKernel<E>
+    + upsample::Upsample2d<E>
+    + plan::PlanDevice<E>
 {
 }
 impl<E, D> Backend<E> for D
@@ -38,6 +44,7 @@ where
         + conv::Conv2dKernel<E>
         + pool::Pool2dKernel<E>
         + shortcut::SubsamplePadKernel<E>
+        + upsample::Upsample2d<E>
         + plan::PlanDevice<E>,
 {
 }

@@ -44,7 +44,7 @@ pub(crate) fn fallback(k: &Known) -> TokenStream {
                 Some(o) => tensor_ty(o),
                 None => never.clone(),
             };
-            let generics = quote!(<B: #d::shapes::Dim, E: #p::runtime::Element, D: #p::runtime::Backend<E>, T: #d::tensor::Tape<E, D>>);
+            let generics = quote!(<B: #d::shapes::Dim, E: #p::runtime::Element, D: #p::runtime::Backend<E>, T: #d::tensor::Tape<E, D> + 'static>);
             quote! {
                 impl #generics #d::nn::Module<#in_ty> for #name<E, D> {
                     type Output = #out_ty;

@@ -125,8 +125,7 @@ pub(crate) fn module_impls(m: &Model, prog: &Program) -> TokenStream {
     let x0 = var(0);
     let eval = body(prog, Mode::Eval);
     let train = body(prog, Mode::Train);
-    let generics =
-        quote!(<B: #d::shapes::Dim, E: #p::runtime::Element, D: #p::runtime::Backend<E>, T: #d::tensor::Tape<E, D>>);
+    let generics = quote!(<B: #d::shapes::Dim, E: #p::runtime::Element, D: #p::runtime::Backend<E>, T: #d::tensor::Tape<E, D> + 'static>);
 
     // With a plan: the CPU runs the whole model as one fused op (runtime/src/plan); other devices,
     // and `with_plans_disabled`, take the layer-by-layer code below it.

@@ -17,6 +17,7 @@ mod norm;
 mod pool;
 mod reshape;
 pub(crate) mod shortcut;
+mod upsample;
 
 use std::fmt;
 use std::rc::Rc;
@@ -29,8 +30,16 @@ use crate::ir::Var;
 use crate::model::Args;
 
 /// Every family's specs, in the order the "built-in layers: .." help lists them.
-const FAMILIES: &[&[Spec]] =
-    &[conv::SPECS, norm::SPECS, pool::SPECS, reshape::SPECS, linear::SPECS, dropout::SPECS, activation::SPECS];
+const FAMILIES: &[&[Spec]] = &[
+    conv::SPECS,
+    norm::SPECS,
+    pool::SPECS,
+    upsample::SPECS,
+    reshape::SPECS,
+    linear::SPECS,
+    dropout::SPECS,
+    activation::SPECS,
+];
 
 /// Other libraries' names for language constructs that are not layers, for "did you mean".
 const OTHER_ALIASES: &[(&str, &str)] = &[("shortcut", "residual { .. } shortcut ..")];
