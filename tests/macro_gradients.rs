@@ -9,7 +9,7 @@
 //!
 //! `GateNet` covers `gate { .. }` (per-channel and elementwise factors), `relu6`, `hardswish`,
 //! `hardsigmoid`, `adaptive_avgpool` and `global_maxpool`; `UpNet` nearest and bilinear
-//! upsampling between a tap and its `cat`.
+//! upsampling between a tap and its `cat`, and a transposed conv.
 //!
 //! `GradNet` has ops compiled plans do not run (silu, gelu, cat), so it exercises the
 //! layer-by-layer code. `PlanNet` holds only plan ops (conv with and without bias, batch norm in
@@ -65,12 +65,13 @@ residual! {
 }
 
 residual! {
-    /// A small U-Net: a tapped encoder map concatenated after nearest and bilinear upsampling.
+    /// A small U-Net: a tapped encoder map concatenated after nearest upsampling, then a
+    /// transposed conv (with its bias) and bilinear upsampling.
     model UpNet[2, 6, 6] {
         inc: conv(3, 3, padding = 1) -> relu -> tap(skip)
         -> maxpool(2) -> mid: conv(4, 3, padding = 1)
         -> upsample(2) -> cat(skip) -> c2: conv(4, 3, padding = 1) -> maxpool(2)
-        -> upsample_bilinear(2) -> out: conv(2, 1, bias = true)
+        -> up: conv_transpose(4, 2, stride = 2) -> upsample_bilinear(2) -> out: conv(2, 1, bias = true)
         -> global_avgpool -> fc: linear(3)
     }
 }

@@ -517,3 +517,19 @@ fn optional_shortcuts_add_when_the_shape_is_kept() {
     let paths: Vec<&str> = prog.fields.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(&paths[..4], ["0.conv.0", "0.conv.1", "1.conv.0", "1.conv.1"]);
 }
+
+#[test]
+fn transposed_convs_follow_pytorchs_arithmetic() {
+    let out = expand_str("model M[8, 7, 7] { up: conv_transpose(4, 3, stride = 2, padding = 1, output_padding = 1) -> conv_transpose(2, 2, stride = 2, groups = 2, bias = false) }");
+    // 7 -> 14 -> 28; weights [8, 4, 3, 3] + bias 4, then [4, 1, 2, 2].
+    assert!(out.contains("ConvTranspose2d < 8 , 4 , 3 , 2 , 1 , 1 , 1 , 1 , 4 , 14 , 14"), "{out}");
+    assert!(out.contains("ConvTranspose2d < 4 , 2 , 2 , 2 , 0 , 0 , 1 , 2 , 1 , 28 , 28"), "{out}");
+    assert!(out.contains("Bias2d < 4 , 36"), "the bias's fan-in is PyTorch's: out / groups * k * k");
+    assert_eq!(fallback_output("model M[8, 7, 7] { conv_transpose(4, 2, stride = 2) }"), Some(vec![4, 14, 14]));
+    let e = one("model M[8, 7, 7] { conv_transpose(4, 3, stride = 2, output_padding = 2) }");
+    assert!(e.contains("`output_padding = 2` must be smaller than the stride (2) or the dilation (1)"), "{e}");
+    let e = one("model M[8, 7, 7] { conv_transpose(6, 3, groups = 4) }");
+    assert!(e.contains("`groups = 4` does not divide the output channels (6)"), "{e}");
+    let e = one("model M[8, 1, 1] { conv_transpose(4, 1, padding = 1) }");
+    assert!(e.contains("`padding = 1` leaves no output"), "{e}");
+}

@@ -274,9 +274,9 @@ impl FieldType for ConvField {
 
 /// A conv's bias, its own field `<conv>_bias` saved under the conv's path (`conv1.bias`).
 #[derive(Debug)]
-struct BiasField {
-    c: usize,
-    fan_in: usize,
+pub(super) struct BiasField {
+    pub c: usize,
+    pub fan_in: usize,
 }
 
 impl FieldType for BiasField {

@@ -11,6 +11,7 @@
 
 mod activation;
 mod conv;
+mod conv_transpose;
 mod dropout;
 mod linear;
 mod norm;
@@ -32,6 +33,7 @@ use crate::model::Args;
 /// Every family's specs, in the order the "built-in layers: .." help lists them.
 const FAMILIES: &[&[Spec]] = &[
     conv::SPECS,
+    conv_transpose::SPECS,
     norm::SPECS,
     pool::SPECS,
     upsample::SPECS,

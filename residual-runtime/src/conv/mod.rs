@@ -11,6 +11,7 @@ mod cuda;
 mod sgemm;
 #[cfg(test)]
 mod tests;
+pub(crate) mod transpose;
 
 use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{Merge, PutTape, SplitTape, Storage, Tape, Tensor};

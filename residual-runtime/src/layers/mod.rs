@@ -5,6 +5,7 @@
 mod batchnorm2d;
 mod bias2d;
 mod conv2d;
+mod conv_transpose2d;
 mod dropout;
 mod flatten;
 mod layer_norm;
@@ -14,6 +15,7 @@ mod subsample_pad;
 pub use batchnorm2d::BatchNorm2d;
 pub use bias2d::Bias2d;
 pub use conv2d::Conv2d;
+pub use conv_transpose2d::{conv_transpose_out_size, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use layer_norm::LayerNorm;
