@@ -12,6 +12,8 @@
 //!   pre-activation [`PreActResNet164`] (He et al. 2016).
 //! - Mobile (torchvision's layouts and keys): [`MobileNetV2`] (inverted residuals with relu6) and
 //!   [`MobileNetV3Small`] (hardswish, squeeze-and-excitation gates, batch norm eps 0.001).
+//! - [`EfficientNetB0`] (MBConv blocks with SiLU, SE gates and stochastic depth), torchvision's
+//!   layout and keys.
 //! - Segmentation: a small [`UNet`] (long skips by `tap` and `cat`, bilinear upsampling), trained
 //!   by `examples/unet.rs`.
 #![allow(non_camel_case_types)]
@@ -342,6 +344,72 @@ residual! {
         )
         -> global_avgpool
         -> classifier: (linear(1024) -> hardswish -> dropout(0.2) -> linear(1000))
+    }
+
+    /// torchvision's `Conv2dNormActivation` with SiLU (EfficientNet).
+    block ConvBnSilu(out, k = 1, stride = 1, groups = 1) {
+        conv(out, k, stride = stride, padding = k / 2, groups = groups) -> bn -> silu
+    }
+
+    /// EfficientNet's MBConv with expansion 1 (`features.1`): depthwise `k x k`,
+    /// squeeze-and-excitation to a quarter of the input's channels, linear projection.
+    block MBConv1(oup, k) {
+        block: (
+            ConvBnSilu(in_channels, k, 1, in_channels)
+            -> gate {
+                adaptive_avgpool(1) -> fc1: conv(in_channels / 4, 1, bias = true) -> silu
+                -> fc2: conv(in_channels, 1, bias = true) -> sigmoid
+            }
+            -> (conv(oup, 1) -> bn)
+        )
+    }
+
+    /// MBConv with expansion 6 where the shape changes (the first block of a stage): expand,
+    /// depthwise `k x k` (strided), SE, project; no shortcut, so no stochastic depth.
+    block MBConv(oup, k, stride = 1, hidden = 6 * in_channels) {
+        block: (
+            ConvBnSilu(hidden) -> ConvBnSilu(hidden, k, stride, hidden)
+            -> gate {
+                adaptive_avgpool(1) -> fc1: conv(in_channels / 4, 1, bias = true) -> silu
+                -> fc2: conv(hidden, 1, bias = true) -> sigmoid
+            }
+            -> (conv(oup, 1) -> bn)
+        )
+    }
+
+    /// MBConv where the shape is kept: the body, stochastic depth `p`, and the input added.
+    block MBConvRes(k, p, hidden = 6 * in_channels) {
+        residual {
+            block: (
+                ConvBnSilu(hidden) -> ConvBnSilu(hidden, k, 1, hidden)
+                -> gate {
+                    adaptive_avgpool(1) -> fc1: conv(in_channels / 4, 1, bias = true) -> silu
+                    -> fc2: conv(hidden, 1, bias = true) -> sigmoid
+                }
+                -> (conv(in_channels, 1) -> bn)
+            )
+            -> drop_path(p)
+        }
+    }
+
+    /// EfficientNet-B0 (Tan and Le 2019), torchvision's layout and keys: 5,288,548 parameters.
+    /// Stages are `features.1` .. `features.7`; stochastic depth rises linearly over the 16
+    /// blocks to 0.2 (torchvision's `0.2 * block / 16`, applied where the input is added).
+    #[init(kaiming_normal)]
+    pub model EfficientNetB0[3, 224, 224] {
+        features: (
+            ConvBnSilu(32, 3, 2)
+            -> (MBConv1(16, 3))
+            -> (MBConv(24, 3, 2) -> MBConvRes(3, 0.025))
+            -> (MBConv(40, 5, 2) -> MBConvRes(5, 0.05))
+            -> (MBConv(80, 3, 2) -> MBConvRes(3, 0.075) -> MBConvRes(3, 0.0875))
+            -> (MBConv(112, 5) -> MBConvRes(5, 0.1125) -> MBConvRes(5, 0.125))
+            -> (MBConv(192, 5, 2) -> MBConvRes(5, 0.15) -> MBConvRes(5, 0.1625) -> MBConvRes(5, 0.175))
+            -> (MBConv(320, 3))
+            -> ConvBnSilu(1280)
+        )
+        -> global_avgpool
+        -> classifier: (dropout(0.2) -> linear(1000))
     }
 
     // ------------------------------------------------------------------ U-Net

@@ -307,3 +307,41 @@ fn summary_prints_the_layer_table() {
     let big = <ResNet152 as ModelInfo>::SUMMARY.to_string();
     assert!(big.contains("Trainable params: 60,192,808"));
 }
+
+residual! {
+    /// Stochastic depth on a residual body that is the identity: what reaches the output is the
+    /// shortcut plus the body's value masked per sample.
+    model DropPathNet[4, 3, 3] {
+        residual { identity -> drop_path(0.25) }
+    }
+}
+
+#[test]
+fn drop_path_drops_whole_samples_in_training_and_nothing_in_inference() {
+    let dev = Cpu::seed_from_u64(7);
+    let mut m = dev.build_module::<DropPathNet<f64, Cpu>, f64>();
+    let x: Tensor<(usize, Const<4>, Const<3>, Const<3>), f64, Cpu> = dev.ones_like(&(2000, Const, Const, Const));
+    // Inference: x + x.
+    assert!(m.forward(x.clone()).as_vec().iter().all(|&v| v == 2.0));
+    // Training: each sample is 1 + 0 (dropped) or 1 + 1 / 0.75 (kept), all 36 of its values alike.
+    let y = m.forward_mut(x.leaky_trace());
+    let v = y.as_vec();
+    let mut dropped = 0;
+    for sample in v.chunks_exact(36) {
+        let first = sample[0];
+        assert!(sample.iter().all(|&s| s == first), "a sample is masked as one");
+        if first == 1.0 {
+            dropped += 1;
+        } else {
+            assert!((first - (1.0 + 1.0 / 0.75)).abs() < 1e-12, "kept samples are scaled by 1 / (1 - p): {first}");
+        }
+    }
+    // 2000 Bernoulli(0.25) draws: the standard deviation of the rate is ~0.01.
+    let rate = dropped as f64 / 2000.0;
+    assert!((rate - 0.25).abs() < 0.05, "dropped {rate}");
+    // The gradient follows the mask: 1 (shortcut) plus the body's scale.
+    let g = y.sum().backward();
+    for (gi, yi) in g.get(&x).as_vec().iter().zip(&v) {
+        assert!((gi - yi).abs() < 1e-12);
+    }
+}

@@ -148,3 +148,8 @@ fn mobilenet_v2_is_torchvisions() {
 fn mobilenet_v3_small_is_torchvisions() {
     check::<zoo::MobileNetV3Small<f32, Cpu>>("MobileNetV3Small", 1e-5);
 }
+
+#[test]
+fn efficientnet_b0_is_torchvisions() {
+    check::<zoo::EfficientNetB0<f32, Cpu>>("EfficientNetB0", 1e-5);
+}

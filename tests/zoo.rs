@@ -37,14 +37,19 @@ fn imagenet_resnets_have_torchvisions_parameter_counts() {
 fn mobilenets_have_torchvisions_parameter_counts() {
     assert_params::<MobileNetV2<f32, Cpu>>(3_504_872);
     assert_params::<MobileNetV3Small<f32, Cpu>>(2_542_856);
+    assert_params::<EfficientNetB0<f32, Cpu>>(5_288_548);
 }
 
 /// The papers' multiply-adds: MobileNetV2 (Sandler et al. 2018, table 4) 300 M; MobileNetV3-Small
-/// (Howard et al. 2019, table 3) 56 M.
+/// (Howard et al. 2019, table 3) 56 M; EfficientNet-B0 390 M.
 #[test]
 fn mobilenets_macs_within_one_percent_of_the_papers() {
     assert_macs::<MobileNetV2<f32, Cpu>>(0.300);
     assert_macs::<MobileNetV3Small<f32, Cpu>>(0.056);
+    // Tan and Le 2019, table 2: 0.39 B FLOPs (multiply-adds), given to two digits: ours must round
+    // to it.
+    let gmacs = EfficientNetB0::<f32, Cpu>::MACS as f64 / 1e9;
+    assert!((0.385..0.395).contains(&gmacs), "EfficientNet-B0: {gmacs:.4} GMACs does not round to 0.39");
 }
 
 #[test]

@@ -25,6 +25,7 @@ GOLDEN = 0x9E3779B97F4A7C15
 MODELS = {
     "MobileNetV2": torchvision.models.mobilenet_v2,
     "MobileNetV3Small": torchvision.models.mobilenet_v3_small,
+    "EfficientNetB0": torchvision.models.efficientnet_b0,
 }
 
 

@@ -169,7 +169,13 @@ mod tests {
     #[test]
     fn every_layer_builds_from_its_signature() {
         for s in all() {
-            let req: Vec<&str> = s.params.iter().filter(|p| matches!(p.default, Dflt::Required)).map(|_| "1").collect();
+            // 1 for sizes; a probability below 1.
+            let req: Vec<&str> = s
+                .params
+                .iter()
+                .filter(|p| matches!(p.default, Dflt::Required))
+                .map(|p| if p.name == "p" { "0.5" } else { "1" })
+                .collect();
             let call = format!("{}({})", s.name, req.join(", "));
             let ok = ["[4, 8, 8]", "[8]"]
                 .iter()
