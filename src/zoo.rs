@@ -14,6 +14,7 @@
 //!   [`MobileNetV3Small`] (hardswish, squeeze-and-excitation gates, batch norm eps 0.001).
 //! - [`EfficientNetB0`] (MBConv blocks with SiLU, SE gates and stochastic depth), torchvision's
 //!   layout and keys.
+//! - [`DenseNet121`] (dense blocks of `tap` and `cat`), torchvision's layout and keys.
 //! - Segmentation: a small [`UNet`] (long skips by `tap` and `cat`, bilinear upsampling), trained
 //!   by `examples/unet.rs`.
 #![allow(non_camel_case_types)]
@@ -410,6 +411,39 @@ residual! {
         )
         -> global_avgpool
         -> classifier: (dropout(0.2) -> linear(1000))
+    }
+
+    // ------------------------------------------------------------------ DenseNet
+
+    /// torchvision's `_DenseLayer`: batch norm, relu, 1x1 conv to `4 * growth`, batch norm,
+    /// relu, 3x3 conv to `growth`, concatenated after its input (`torch.cat([input, new], 1)`).
+    block DenseLayer(growth = 32) {
+        tap(input)
+        -> norm1: bn -> relu -> conv1: conv(4 * growth, 1)
+        -> norm2: bn -> relu -> conv2: conv(growth, 3, padding = 1)
+        -> cat(input)
+    }
+
+    /// torchvision's `_Transition`: batch norm, relu, a 1x1 conv halving the channels, a 2x2
+    /// average pool.
+    block Transition() {
+        norm: bn -> relu -> conv: conv(in_channels / 2, 1) -> avgpool(2)
+    }
+
+    /// DenseNet-121 (Huang et al. 2017), torchvision's layout and keys: 7,978,856 parameters.
+    /// `denselayer{1}: DenseLayer x 6` names the copies `denselayer1` .. `denselayer6`, as
+    /// torchvision does.
+    #[init(kaiming_normal)]
+    pub model DenseNet121[3, 224, 224] {
+        features: (
+            conv0: conv(64, 7, stride = 2, padding = 3) -> norm0: bn -> relu -> maxpool(3, stride = 2, padding = 1)
+            -> denseblock1: (denselayer{1}: DenseLayer x 6) -> transition1: Transition
+            -> denseblock2: (denselayer{1}: DenseLayer x 12) -> transition2: Transition
+            -> denseblock3: (denselayer{1}: DenseLayer x 24) -> transition3: Transition
+            -> denseblock4: (denselayer{1}: DenseLayer x 16)
+            -> norm5: bn
+        )
+        -> relu -> global_avgpool -> classifier: linear(1000)
     }
 
     // ------------------------------------------------------------------ U-Net

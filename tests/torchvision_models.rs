@@ -153,3 +153,8 @@ fn mobilenet_v3_small_is_torchvisions() {
 fn efficientnet_b0_is_torchvisions() {
     check::<zoo::EfficientNetB0<f32, Cpu>>("EfficientNetB0", 1e-5);
 }
+
+#[test]
+fn densenet121_is_torchvisions() {
+    check::<zoo::DenseNet121<f32, Cpu>>("DenseNet121", 1e-5);
+}

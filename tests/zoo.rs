@@ -38,6 +38,7 @@ fn mobilenets_have_torchvisions_parameter_counts() {
     assert_params::<MobileNetV2<f32, Cpu>>(3_504_872);
     assert_params::<MobileNetV3Small<f32, Cpu>>(2_542_856);
     assert_params::<EfficientNetB0<f32, Cpu>>(5_288_548);
+    assert_params::<DenseNet121<f32, Cpu>>(7_978_856);
 }
 
 /// The papers' multiply-adds: MobileNetV2 (Sandler et al. 2018, table 4) 300 M; MobileNetV3-Small
@@ -50,6 +51,9 @@ fn mobilenets_macs_within_one_percent_of_the_papers() {
     // to it.
     let gmacs = EfficientNetB0::<f32, Cpu>::MACS as f64 / 1e9;
     assert!((0.385..0.395).contains(&gmacs), "EfficientNet-B0: {gmacs:.4} GMACs does not round to 0.39");
+    // torchvision's model table: DenseNet-121 2.83 GFLOPS (multiply-adds).
+    let gmacs = DenseNet121::<f32, Cpu>::MACS as f64 / 1e9;
+    assert!((2.825..2.835).contains(&gmacs), "DenseNet-121: {gmacs:.4} GMACs does not round to 2.83");
 }
 
 #[test]

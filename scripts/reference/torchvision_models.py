@@ -26,6 +26,7 @@ MODELS = {
     "MobileNetV2": torchvision.models.mobilenet_v2,
     "MobileNetV3Small": torchvision.models.mobilenet_v3_small,
     "EfficientNetB0": torchvision.models.efficientnet_b0,
+    "DenseNet121": torchvision.models.densenet121,
 }
 
 

@@ -533,3 +533,31 @@ fn transposed_convs_follow_pytorchs_arithmetic() {
     let e = one("model M[8, 1, 1] { conv_transpose(4, 1, padding = 1) }");
     assert!(e.contains("`padding = 1` leaves no output"), "{e}");
 }
+
+#[test]
+fn numbered_names_make_sibling_copies() {
+    let src = "block L(g) { tap(x) -> norm1: bn -> relu -> conv1: conv(g, 3, padding = 1) -> cat(x) }
+               model M[4, 8, 8] { denseblock1: (denselayer{1}: L(2) x 3) -> layer{0}: conv(4, 1) x 2 }";
+    let ts: proc_macro2::TokenStream = src.parse().unwrap();
+    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
+    let (_, mut inferred, cx) = crate::lower(&parsed);
+    assert!(cx.check().is_ok());
+    let (prog, out) = inferred.remove(0);
+    assert_eq!(out, Some(vec![4, 8, 8]));
+    let paths: Vec<&str> = prog.fields.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "denseblock1.denselayer1.norm1",
+            "denseblock1.denselayer1.conv1",
+            "denseblock1.denselayer2.norm1",
+            "denseblock1.denselayer2.conv1",
+            "denseblock1.denselayer3.norm1",
+            "denseblock1.denselayer3.conv1",
+            "layer0",
+            "layer1",
+        ]
+    );
+    let e = one("model M[4, 8, 8] { l{1}: conv(4, 1) }");
+    assert!(e.contains("a numbered name numbers the copies of a repetition, but this step is not repeated"), "{e}");
+}

@@ -139,6 +139,15 @@ impl Inst<'_> {
             None => join(index_prefix, &index.to_string()),
         };
         let named = step.name.is_some();
+        if let (Some((_, nsp)), None) = (step.numbered, &step.repeat) {
+            self.err(
+                nsp,
+                "a numbered name numbers the copies of a repetition, but this step is not repeated",
+                Some("add `x N`, or drop the braces".into()),
+                origin,
+            );
+            return None;
+        }
         let Some(rep) = &step.repeat else {
             // An unnamed residual is transparent: its children live in the enclosing prefix.
             let res_prefix = if named { path.clone() } else { prefix.to_string() };
@@ -186,7 +195,11 @@ impl Inst<'_> {
         };
         let mut children = Vec::new();
         for k in 0..count {
-            let copy_path = join(&path, &k.to_string());
+            // `name{s}: .. x N`: siblings `name{s}` .. `name{s + N - 1}`; else `name.0` ...
+            let copy_path = match (step.numbered, &step.name) {
+                (Some((start, _)), Some(n)) => join(prefix, &format!("{n}{}", start.saturating_add(k as u64))),
+                _ => join(&path, &k.to_string()),
+            };
             let f = if k == 0 { first } else { None };
             match self.unit(&step.unit, None, copy_path.clone(), &copy_path, f, env, origin, scope) {
                 Some(n) => children.push(n),

@@ -57,11 +57,16 @@ const MAX_NESTING: usize = 48;
 /// One step of a sequence.
 ///
 /// ```text
-/// step := (Ident ':')? unit ('x' expr ('(' 'first' ':' args ')')?)?
+/// step := (Ident ('{' int '}')? ':')? unit ('x' expr ('(' 'first' ':' args ')')?)?
 /// ```
+///
+/// `name{1}: unit x N` numbers the copies: `name1` .. `nameN`, siblings in the sequence
+/// (torchvision's DenseNet keys: `denselayer1`), instead of `name.0` .. `name.{N-1}`.
 #[derive(Clone, Debug)]
 pub(crate) struct Step {
     pub name: Option<Ident>,
+    /// `{start}` after the name: the number of the first copy, and the braces' range.
+    pub numbered: Option<(u64, Sp)>,
     pub unit: Unit,
     pub repeat: Option<Repeat>,
 }
@@ -75,8 +80,35 @@ pub(crate) struct Repeat {
 
 impl Step {
     fn parse_at(input: ParseStream, depth: usize) -> syn::Result<Step> {
+        let mut numbered = None;
         let name = if input.peek(Ident) && input.peek2(Token![:]) && !input.peek2(Token![::]) {
             let name = super::plain_ident(input)?;
+            let _: Token![:] = input.parse()?;
+            Some(name)
+        } else if input.peek(Ident)
+            && input.peek2(syn::token::Brace)
+            && input.peek3(Token![:])
+            && !input.peek3(Token![::])
+        {
+            // `denselayer{1}:` (`residual {` and `gate {` are never followed by `:`).
+            let name = super::plain_ident(input)?;
+            let content;
+            let braces = syn::braced!(content in input);
+            let start: syn::LitInt = content.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    "expected the number of the first copy, e.g. `denselayer{1}: DenseLayer(32) x 6`",
+                )
+            })?;
+            if !content.is_empty() {
+                return Err(content.error("expected one integer in the braces"));
+            }
+            let start_value = start
+                .base10_parse::<u64>()
+                .ok()
+                .filter(|v| *v <= crate::model::MAX_SIZE as u64 && start.suffix().is_empty())
+                .ok_or_else(|| syn::Error::new(start.span(), "expected a plain non-negative integer"))?;
+            numbered = Some((start_value, Sp { start: braces.span.open(), end: braces.span.close() }));
             let _: Token![:] = input.parse()?;
             Some(name)
         } else {
@@ -109,7 +141,7 @@ impl Step {
         } else {
             None
         };
-        Ok(Step { name, unit, repeat })
+        Ok(Step { name, numbered, unit, repeat })
     }
 
     /// The source range of the step's unit (for errors about the step).
