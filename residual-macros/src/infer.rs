@@ -390,12 +390,14 @@ impl Infer<'_> {
         let arg_sp = |name: &str| args.iter().find(|(n, _)| *n == name).and_then(|(_, s)| *s);
         match e {
             ShapeError::Rank { expected, ref found } => {
-                let help = match (op, found.len()) {
-                    ("linear" | "layernorm", 3) => Some(format!(
+                // The rule says what it takes: an op on the last dim given an image, or an op on
+                // images given a vector or sequence.
+                let help = match (expected, found.len()) {
+                    (shape::LAST_DIM, 3) => Some(format!(
                         "`{op}` acts on the last dim of [D] or [S, D]; add `global_avgpool ->` (to [{}]) or `flatten ->` before it",
                         found.first().copied().unwrap_or(0)
                     )),
-                    (_, 1 | 2) => Some(format!(
+                    (shape::IMAGE, 1 | 2) => Some(format!(
                         "`{op}` needs an image; the value here is {} because of an earlier `global_avgpool`, `flatten` or `linear`, or because the model's input shape is not [C, H, W]",
                         show(found)
                     )),
@@ -410,17 +412,15 @@ impl Infer<'_> {
             }
             ShapeError::Window { axis, input: size, padding, window } => {
                 let sp = arg_sp("kernel").unwrap_or(node.sp);
+                // The window does not fit, so `padding < need`: that padding is also within a
+                // pool's limit of half its kernel.
                 let need = window.saturating_sub(size).div_ceil(2);
-                let help = if op == "conv" || padding < need {
-                    Some(format!(
-                        "the input is {}; use a kernel of at most {} or `padding = {}`",
-                        show(input),
-                        size.saturating_add(padding.saturating_mul(2)),
-                        need.max(padding + 1)
-                    ))
-                } else {
-                    Some(format!("the input is {}; use a smaller kernel or dilation", show(input)))
-                };
+                let help = Some(format!(
+                    "the input is {}; use a kernel of at most {} or `padding = {}`",
+                    show(input),
+                    size.saturating_add(padding.saturating_mul(2)),
+                    need.max(padding + 1)
+                ));
                 self.err(
                     node,
                     sp,

@@ -9,6 +9,11 @@ pub(crate) fn show(dims: &[usize]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// What an op on images takes.
+pub(crate) const IMAGE: &str = "[C, H, W]";
+/// What an op on the last dim takes.
+pub(crate) const LAST_DIM: &str = "[D] or [S, D]";
+
 /// What a shape rule can reject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ShapeError {
@@ -122,7 +127,7 @@ pub(crate) fn pool2d(input: &[usize], kernel: usize, stride: usize, padding: usi
 pub(crate) fn rank3(input: &[usize]) -> Result<[usize; 3], ShapeError> {
     match input {
         [c, h, w] => Ok([*c, *h, *w]),
-        _ => Err(ShapeError::Rank { expected: "[C, H, W]", found: input.to_vec() }),
+        _ => Err(ShapeError::Rank { expected: IMAGE, found: input.to_vec() }),
     }
 }
 
@@ -130,7 +135,7 @@ pub(crate) fn rank3(input: &[usize]) -> Result<[usize; 3], ShapeError> {
 pub(crate) fn last_dim(input: &[usize]) -> Result<usize, ShapeError> {
     match input {
         [d] | [_, d] => Ok(*d),
-        _ => Err(ShapeError::Rank { expected: "[D] or [S, D]", found: input.to_vec() }),
+        _ => Err(ShapeError::Rank { expected: LAST_DIM, found: input.to_vec() }),
     }
 }
 
