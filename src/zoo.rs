@@ -14,6 +14,7 @@
 //!   [`MobileNetV3Small`] (hardswish, squeeze-and-excitation gates, batch norm eps 0.001).
 //! - [`EfficientNetB0`] (MBConv blocks with SiLU, SE gates and stochastic depth), torchvision's
 //!   layout and keys.
+//! - [`RegNetY400MF`] (grouped bottlenecks with SE gates), torchvision's layout and keys.
 //! - [`DenseNet121`] (dense blocks of `tap` and `cat`), torchvision's layout and keys.
 //! - Segmentation: a small [`UNet`] (long skips by `tap` and `cat`, bilinear upsampling), trained
 //!   by `examples/unet.rs`.
@@ -411,6 +412,40 @@ residual! {
         )
         -> global_avgpool
         -> classifier: (dropout(0.2) -> linear(1000))
+    }
+
+    // ------------------------------------------------------------------ RegNet
+
+    /// RegNet-Y's block (torchvision's `ResBottleneckBlock`, bottleneck ratio 1): 1x1, grouped 3x3
+    /// (group width 8, strided), squeeze-and-excitation to a quarter of the block's input
+    /// channels, 1x1; a projection `proj` where the shape changes; relu after the addition.
+    block RegNetYBlock(w, stride = 1) {
+        residual {
+            f: (
+                a: (conv(w, 1) -> bn -> relu)
+                -> b: (conv(w, 3, stride = stride, padding = 1, groups = w / 8) -> bn -> relu)
+                -> se: gate {
+                    adaptive_avgpool(1) -> fc1: conv(in_channels / 4, 1, bias = true) -> relu
+                    -> fc2: conv(w, 1, bias = true) -> sigmoid
+                }
+                -> c: (conv(w, 1) -> bn)
+            )
+        } shortcut proj: auto
+        -> relu
+    }
+
+    /// RegNetY-400MF (Radosavovic et al. 2020), torchvision's layout and keys: 4,344,144
+    /// parameters. torchvision names the blocks `block1-0` ..: quoted, numbered names.
+    #[init(kaiming_normal)]
+    pub model RegNetY400MF[3, 224, 224] {
+        stem: (conv(32, 3, stride = 2, padding = 1) -> bn -> relu)
+        -> trunk_output: (
+            block1: ("block1-"{0}: RegNetYBlock(48) x 1 (first: stride = 2))
+            -> block2: ("block2-"{0}: RegNetYBlock(104) x 3 (first: stride = 2))
+            -> block3: ("block3-"{0}: RegNetYBlock(208) x 6 (first: stride = 2))
+            -> block4: ("block4-"{0}: RegNetYBlock(440) x 6 (first: stride = 2))
+        )
+        -> global_avgpool -> fc: linear(1000)
     }
 
     // ------------------------------------------------------------------ DenseNet

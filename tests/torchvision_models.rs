@@ -158,3 +158,8 @@ fn efficientnet_b0_is_torchvisions() {
 fn densenet121_is_torchvisions() {
     check::<zoo::DenseNet121<f32, Cpu>>("DenseNet121", 1e-5);
 }
+
+#[test]
+fn regnet_y_400mf_is_torchvisions() {
+    check::<zoo::RegNetY400MF<f32, Cpu>>("RegNetY400MF", 1e-5);
+}

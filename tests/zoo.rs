@@ -34,17 +34,18 @@ fn imagenet_resnets_have_torchvisions_parameter_counts() {
 
 /// torchvision 0.29's counts, also printed by scripts/reference/torchvision_models.py.
 #[test]
-fn mobilenets_have_torchvisions_parameter_counts() {
+fn mobile_dense_and_regnets_have_torchvisions_parameter_counts() {
     assert_params::<MobileNetV2<f32, Cpu>>(3_504_872);
     assert_params::<MobileNetV3Small<f32, Cpu>>(2_542_856);
     assert_params::<EfficientNetB0<f32, Cpu>>(5_288_548);
     assert_params::<DenseNet121<f32, Cpu>>(7_978_856);
+    assert_params::<RegNetY400MF<f32, Cpu>>(4_344_144);
 }
 
 /// The papers' multiply-adds: MobileNetV2 (Sandler et al. 2018, table 4) 300 M; MobileNetV3-Small
 /// (Howard et al. 2019, table 3) 56 M; EfficientNet-B0 390 M.
 #[test]
-fn mobilenets_macs_within_one_percent_of_the_papers() {
+fn mobile_and_efficient_nets_macs_match_the_published_figures() {
     assert_macs::<MobileNetV2<f32, Cpu>>(0.300);
     assert_macs::<MobileNetV3Small<f32, Cpu>>(0.056);
     // Tan and Le 2019, table 2: 0.39 B FLOPs (multiply-adds), given to two digits: ours must round
@@ -54,6 +55,9 @@ fn mobilenets_macs_within_one_percent_of_the_papers() {
     // torchvision's model table: DenseNet-121 2.83 GFLOPS (multiply-adds).
     let gmacs = DenseNet121::<f32, Cpu>::MACS as f64 / 1e9;
     assert!((2.825..2.835).contains(&gmacs), "DenseNet-121: {gmacs:.4} GMACs does not round to 2.83");
+    // RegNetY-400MF: 0.40 GFLOPS (torchvision's table) and 400 M by its name.
+    let gmacs = RegNetY400MF::<f32, Cpu>::MACS as f64 / 1e9;
+    assert!((0.395..0.405).contains(&gmacs), "RegNetY-400MF: {gmacs:.4} GMACs does not round to 0.40");
 }
 
 #[test]

@@ -84,8 +84,10 @@ pub(crate) struct LayerAt<'a> {
     pub input: Var,
 }
 
+/// The struct field of a parameter path: `.` and whatever else no identifier holds (the `-` of a
+/// quoted name) become `_` (`validate` rejects two paths that meet in one field).
 pub(crate) fn field_ident(path: &str) -> String {
-    let mut s: String = path.chars().map(|c| if c == '.' { '_' } else { c }).collect();
+    let mut s: String = path.chars().map(|c| if c.is_alphanumeric() || c == '_' { c } else { '_' }).collect();
     if s.starts_with(|c: char| c.is_ascii_digit()) || s.is_empty() {
         s.insert(0, '_');
     }

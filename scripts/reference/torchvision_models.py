@@ -27,6 +27,7 @@ MODELS = {
     "MobileNetV3Small": torchvision.models.mobilenet_v3_small,
     "EfficientNetB0": torchvision.models.efficientnet_b0,
     "DenseNet121": torchvision.models.densenet121,
+    "RegNetY400MF": torchvision.models.regnet_y_400mf,
 }
 
 

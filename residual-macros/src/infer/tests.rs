@@ -561,3 +561,21 @@ fn numbered_names_make_sibling_copies() {
     let e = one("model M[4, 8, 8] { l{1}: conv(4, 1) }");
     assert!(e.contains("a numbered name numbers the copies of a repetition, but this step is not repeated"), "{e}");
 }
+
+#[test]
+fn quoted_names_are_keys_that_are_no_identifiers() {
+    let src = r#"model M[4, 8, 8] { stage: ("block-"{0}: conv(4, 1) x 2) -> "a-b": bn }"#;
+    let ts: proc_macro2::TokenStream = src.parse().unwrap();
+    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
+    let (_, mut inferred, cx) = crate::lower(&parsed);
+    assert!(cx.check().is_ok());
+    let (prog, _) = inferred.remove(0);
+    let keys: Vec<(&str, &str)> = prog.fields.iter().map(|f| (f.path.as_str(), f.ident.as_str())).collect();
+    assert_eq!(keys, [("stage.block-0", "stage_block_0"), ("stage.block-1", "stage_block_1"), ("a-b", "a_b")]);
+    // Two names that meet in one field are an error, not a silent merge.
+    let e = one(r#"model M[4, 8, 8] { "a-b": bn -> a_b: bn }"#);
+    assert!(e.contains("gives the struct field `a_b`, which `a-b` already uses"), "{e}");
+    // A `.` would make a false level of the key.
+    let e = crate::tests::errors(r#"model M[4, 8, 8] { "a.b": bn }"#);
+    assert!(e.iter().any(|e| e.contains("a name in quotes must be non-empty, without `.` or spaces")), "{e:?}");
+}

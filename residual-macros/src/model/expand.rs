@@ -95,7 +95,7 @@ impl Inst<'_> {
                 let n = name.to_string();
                 if names.contains_key(&n) {
                     self.err(
-                        Sp::one(name.span()),
+                        name.sp,
                         format!("duplicate name `{n}` in this sequence"),
                         Some(
                             "names in one sequence become parameter paths and must be unique; rename one of them"
@@ -105,7 +105,7 @@ impl Inst<'_> {
                     );
                     duplicate = true;
                 } else {
-                    names.insert(n, Sp::one(name.span()));
+                    names.insert(n, name.sp);
                 }
             }
             // A duplicate keeps going under a private path, so it is reported once, not again as
@@ -151,7 +151,7 @@ impl Inst<'_> {
         let Some(rep) = &step.repeat else {
             // An unnamed residual is transparent: its children live in the enclosing prefix.
             let res_prefix = if named { path.clone() } else { prefix.to_string() };
-            return self.unit(&step.unit, step.name.as_ref(), path, &res_prefix, None, env, origin, scope);
+            return self.unit(&step.unit, named, path, &res_prefix, None, env, origin, scope);
         };
         let count = match self.eval(&rep.count, env, origin)? {
             Value::Int(n) if n < 1 => {
@@ -201,7 +201,7 @@ impl Inst<'_> {
                 _ => join(&path, &k.to_string()),
             };
             let f = if k == 0 { first } else { None };
-            match self.unit(&step.unit, None, copy_path.clone(), &copy_path, f, env, origin, scope) {
+            match self.unit(&step.unit, false, copy_path.clone(), &copy_path, f, env, origin, scope) {
                 Some(n) => children.push(n),
                 None => children.push(Node { kind: Kind::Unknown, sp: step.sp(), origin: origin.clone() }),
             }
@@ -216,7 +216,7 @@ impl Inst<'_> {
     fn unit(
         &mut self,
         unit: &Unit,
-        name: Option<&Ident>,
+        named: bool,
         path: String,
         res_prefix: &str,
         first: Option<&[Arg]>,
@@ -289,7 +289,7 @@ impl Inst<'_> {
                 }
                 if let Some(spec) = layers::spec(&cname) {
                     let layer = self.layer(callee, call_sp, eargs, spec, origin)?;
-                    return node(Kind::Layer { layer, path, named: name.is_some() }, call_sp);
+                    return node(Kind::Layer { layer, path, named }, call_sp);
                 }
                 self.unknown_callee(callee, origin);
                 None

@@ -57,14 +57,15 @@ const MAX_NESTING: usize = 48;
 /// One step of a sequence.
 ///
 /// ```text
-/// step := (Ident ('{' int '}')? ':')? unit ('x' expr ('(' 'first' ':' args ')')?)?
+/// step := (name ('{' int '}')? ':')? unit ('x' expr ('(' 'first' ':' args ')')?)?
+/// name := Ident | string                       a string for keys that are no identifier: "block1-0"
 /// ```
 ///
 /// `name{1}: unit x N` numbers the copies: `name1` .. `nameN`, siblings in the sequence
 /// (torchvision's DenseNet keys: `denselayer1`), instead of `name.0` .. `name.{N-1}`.
 #[derive(Clone, Debug)]
 pub(crate) struct Step {
-    pub name: Option<Ident>,
+    pub name: Option<StepName>,
     /// `{start}` after the name: the number of the first copy, and the braces' range.
     pub numbered: Option<(u64, Sp)>,
     pub unit: Unit,
@@ -78,20 +79,49 @@ pub(crate) struct Repeat {
     pub first: Option<(Sp, Vec<Arg>)>,
 }
 
+/// A step's name: an identifier, or a string for a key that is none (`"block1-0"`, as
+/// torchvision's RegNet has). It becomes a segment of parameter paths, so it holds no `.`.
+#[derive(Clone, Debug)]
+pub(crate) struct StepName {
+    pub text: String,
+    pub sp: Sp,
+}
+
+impl std::fmt::Display for StepName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl StepName {
+    fn parse(input: ParseStream) -> syn::Result<StepName> {
+        if input.peek(syn::LitStr) {
+            let lit: syn::LitStr = input.parse()?;
+            let text = lit.value();
+            if text.is_empty() || text.chars().any(|c| c == '.' || c.is_whitespace() || c.is_control()) {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "a name in quotes must be non-empty, without `.` or spaces: it is one segment of the parameter keys",
+                ));
+            }
+            return Ok(StepName { text, sp: Sp::one(lit.span()) });
+        }
+        let ident = super::plain_ident(input)?;
+        Ok(StepName { text: ident.to_string(), sp: Sp::one(ident.span()) })
+    }
+}
+
 impl Step {
     fn parse_at(input: ParseStream, depth: usize) -> syn::Result<Step> {
         let mut numbered = None;
-        let name = if input.peek(Ident) && input.peek2(Token![:]) && !input.peek2(Token![::]) {
-            let name = super::plain_ident(input)?;
+        let named = input.peek(Ident) || input.peek(syn::LitStr);
+        let name = if named && input.peek2(Token![:]) && !input.peek2(Token![::]) {
+            let name = StepName::parse(input)?;
             let _: Token![:] = input.parse()?;
             Some(name)
-        } else if input.peek(Ident)
-            && input.peek2(syn::token::Brace)
-            && input.peek3(Token![:])
-            && !input.peek3(Token![::])
-        {
+        } else if named && input.peek2(syn::token::Brace) && input.peek3(Token![:]) && !input.peek3(Token![::]) {
             // `denselayer{1}:` (`residual {` and `gate {` are never followed by `:`).
-            let name = super::plain_ident(input)?;
+            let name = StepName::parse(input)?;
             let content;
             let braces = syn::braced!(content in input);
             let start: syn::LitInt = content.parse().map_err(|e| {

@@ -37,7 +37,7 @@ fn parses_the_grammar_example() {
     let steps = &m.body.steps;
     assert_eq!(steps.len(), 10);
     let layer2 = &steps[5];
-    assert_eq!(layer2.name.as_ref().unwrap(), "layer2");
+    assert_eq!(layer2.name.as_ref().unwrap().text, "layer2");
     let rep = layer2.repeat.as_ref().unwrap();
     assert!(matches!(rep.count, Expr::Int(8, _)));
     let first = &rep.first.as_ref().unwrap().1;
