@@ -1,7 +1,8 @@
 //! Gradients of generated models against central finite differences, in f64, through every
 //! kind of join the macro emits: tap `add` and `cat`, an `auto` projection shortcut (strided
 //! 1x1 conv + bn), an option-A `pad` shortcut, and an explicit projection, and through the
-//! activations and pools it emits inline (silu's gate, gelu, leaky relu, avg and max pool). Every parameter
+//! activations and pools it emits inline (silu's gate, exact gelu with its gradient correction,
+//! leaky relu, avg and max pool). Every parameter
 //! element and the input are checked, in eval mode (`Module`) and training mode (`ModuleMut`).
 //!
 //! This is the test that catches a join which drops the shortcut's tape: the projection's
@@ -56,7 +57,7 @@ residual! {
     model GateNet[2, 6, 6] {
         stem: conv(4, 3, padding = 1) -> bn0: bn -> relu6
         -> se: gate { adaptive_avgpool(1) -> fc1: conv(2, 1, bias = true) -> relu -> fc2: conv(4, 1, bias = true) -> hardsigmoid }
-        -> hardswish
+        -> hardswish -> gelu(approximate = true)
         -> residual { c1: conv(4, 3, padding = 1) -> gate { c2: conv(4, 1) -> sigmoid } }
         -> adaptive_avgpool(3)
         -> gate { global_maxpool -> g: linear(4) -> sigmoid }

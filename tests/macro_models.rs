@@ -241,7 +241,8 @@ fn sequence_mlp_with_layernorm_runs_and_trains() {
     for (ln, fc1, fc2) in
         [(&m.blocks_0_ln, &m.blocks_0_fc1, &m.blocks_0_fc2), (&m.blocks_1_ln, &m.blocks_1_fc1, &m.blocks_1_fc2)]
     {
-        let b = fc2.forward(fc1.forward(ln.forward(h.clone())).fast_gelu());
+        // dfdx's `accurate_gelu` is exact in value (only its gradient is off, which `gelu` corrects).
+        let b = fc2.forward(fc1.forward(ln.forward(h.clone())).accurate_gelu());
         h = b + h;
     }
     let want = m.head.forward(m.norm.forward(h));
@@ -343,5 +344,30 @@ fn drop_path_drops_whole_samples_in_training_and_nothing_in_inference() {
     let g = y.sum().backward();
     for (gi, yi) in g.get(&x).as_vec().iter().zip(&v) {
         assert!((gi - yi).abs() < 1e-12);
+    }
+}
+
+residual! {
+    model Gelus[4] { gelu }
+    model GelusTanh[4] { gelu(approximate = true) }
+}
+
+/// `gelu` is PyTorch's exact GELU; `gelu(approximate = true)` the tanh form. References from
+/// Python: `0.5 * x * (1 + math.erf(x / math.sqrt(2)))` and PyTorch's tanh formula.
+#[test]
+fn gelu_is_exact_and_approximate_is_tanh() {
+    let dev = Cpu::default();
+    let xs = [-2.0, -0.5, 1.0, 3.0];
+    let x: Tensor<Rank2<1, 4>, f64, Cpu> = dev.tensor([xs]);
+    let exact = [-0.04550026389635842, -0.15426876936299344, 0.8413447460685429, 2.99595030590511];
+    let y = dev.build_module::<Gelus<f64, Cpu>, f64>().forward(x.clone()).as_vec();
+    for (a, b) in y.iter().zip(exact) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    let tanh =
+        xs.map(|x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh()));
+    let y = dev.build_module::<GelusTanh<f64, Cpu>, f64>().forward(x).as_vec();
+    for (a, b) in y.iter().zip(tanh) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
 }

@@ -1,4 +1,5 @@
-//! Elementwise activations on any shape: `relu`, `relu6`, `gelu` (the tanh approximation),
+//! Elementwise activations on any shape: `relu`, `relu6`, `gelu` (exact, PyTorch's default `GELU()`;
+//! `gelu(approximate = true)` is the tanh form),
 //! `sigmoid`, `tanh`, `silu`, `hardsigmoid`, `hardswish` (PyTorch's `Hardsigmoid`: `relu6(x + 3) /
 //! 6`, and `Hardswish`: `x * hardsigmoid(x)`), `leaky_relu(slope)`. Plans have a kernel for `relu` (fused into the conv or
 //! add before it); a model with another activation runs layer by layer.
@@ -16,7 +17,12 @@ use crate::ir::{ForwardCx, OpCode, PlanCx, Var};
 pub(super) const SPECS: &[Spec] = &[
     Spec { name: "relu", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Relu)) },
     Spec { name: "relu6", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Relu6)) },
-    Spec { name: "gelu", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Gelu)) },
+    Spec {
+        name: "gelu",
+        params: &[p("approximate", Dflt::Bool(false))],
+        aliases: &[],
+        build: |a| Some(Rc::new(if a.boolean("approximate")? { Activation::GeluTanh } else { Activation::Gelu })),
+    },
     Spec { name: "sigmoid", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Sigmoid)) },
     Spec { name: "tanh", params: &[], aliases: &[], build: |_| Some(Rc::new(Activation::Tanh)) },
     Spec { name: "silu", params: &[], aliases: &["swish"], build: |_| Some(Rc::new(Activation::Silu)) },
@@ -44,7 +50,10 @@ pub(super) const SPECS: &[Spec] = &[
 enum Activation {
     Relu,
     Relu6,
+    /// `x * Phi(x)` with the normal CDF by `erf`.
     Gelu,
+    /// The tanh approximation.
+    GeluTanh,
     Sigmoid,
     Tanh,
     Silu,
@@ -62,6 +71,7 @@ impl Layer for Activation {
             Activation::Hardsigmoid => "hardsigmoid".to_string(),
             Activation::Hardswish => "hardswish".to_string(),
             Activation::Gelu => "gelu".to_string(),
+            Activation::GeluTanh => "gelu tanh".to_string(),
             Activation::Sigmoid => "sigmoid".to_string(),
             Activation::Tanh => "tanh".to_string(),
             Activation::Silu => "silu".to_string(),
@@ -96,10 +106,28 @@ impl OpCode for Activation {
                     #d::tensor_ops::TryMul::try_mul(#x, gate)?
                 })
             }
-            // The tanh approximation (PyTorch's `GELU(approximate='tanh')`): dfdx 0.13's exact
-            // `accurate_gelu` has a wrong backward (its Gaussian term lacks a 1/sqrt(2)), which
-            // tests/macro_gradients.rs catches against finite differences.
-            Activation::Gelu => quote!(#x.try_fast_gelu()?),
+            // dfdx 0.13's `accurate_gelu` computes `x * Phi(x)` right but its derivative wrong: it
+            // adds `x * exp(-x^2 / 2) / sqrt(pi)` to `Phi(x)` where `1 / sqrt(2 pi)` is right (on
+            // the CPU and CUDA alike), too much by `K x exp(-x^2 / 2)`, K = (1 - 1/sqrt(2)) / sqrt(pi).
+            // `g = K exp(-x^2 / 2)` has the derivative `-K x exp(-x^2 / 2)`, so adding `g` minus a
+            // copy of `g` off the tape adds exactly 0 to the value and cancels the error in the
+            // gradient (tests/macro_gradients.rs checks it against finite differences).
+            Activation::Gelu => {
+                let k = proc_macro2::Literal::f64_suffixed(
+                    (1.0 - std::f64::consts::FRAC_1_SQRT_2) / std::f64::consts::PI.sqrt(),
+                );
+                quote!({
+                    let g = #d::tensor::WithEmptyTape::with_empty_tape(&#x).try_square()?;
+                    let g = #d::tensor_ops::TryMul::try_mul(g, E::from_f64(-0.5).unwrap_or_default())?.try_exp()?;
+                    let g = #d::tensor_ops::TryMul::try_mul(g, E::from_f64(#k).unwrap_or_default())?;
+                    // A copy with its own id and no tape: the difference's backward reaches `g` only.
+                    let g_value = #d::tensor_ops::TryMul::try_mul(
+                        g.retaped::<#d::tensor::NoneTape>(), E::from_f64(1.0).unwrap_or_default())?;
+                    let zero = #d::tensor_ops::TrySub::try_sub(g, g_value)?;
+                    #d::tensor_ops::TryAdd::try_add(#x.try_accurate_gelu()?, zero)?
+                })
+            }
+            Activation::GeluTanh => quote!(#x.try_fast_gelu()?),
             Activation::Sigmoid => quote!(#x.try_sigmoid()?),
             Activation::Tanh => quote!(#x.try_tanh()?),
             Activation::Silu => quote!({
