@@ -9,7 +9,7 @@
 //! parameters would then get no gradient and the input's gradient would miss the shortcut.
 //!
 //! `GateNet` covers `gate { .. }` (per-channel and elementwise factors), `relu6`, `hardswish`,
-//! `hardsigmoid`, `adaptive_avgpool` and `global_maxpool`; `UpNet` nearest and bilinear
+//! `hardsigmoid`, `adaptive_avgpool`, `global_maxpool` and `layer_scale`; `UpNet` nearest and bilinear
 //! upsampling between a tap and its `cat`, and a transposed conv.
 //!
 //! `GradNet` has ops compiled plans do not run (silu, gelu, cat), so it exercises the
@@ -58,6 +58,7 @@ residual! {
         stem: conv(4, 3, padding = 1) -> bn0: bn -> relu6
         -> se: gate { adaptive_avgpool(1) -> fc1: conv(2, 1, bias = true) -> relu -> fc2: conv(4, 1, bias = true) -> hardsigmoid }
         -> hardswish -> gelu(approximate = true)
+        -> blk: (c3: conv(4, 3, padding = 1) -> layer_scale(0.5))
         -> residual { c1: conv(4, 3, padding = 1) -> gate { c2: conv(4, 1) -> sigmoid } }
         -> adaptive_avgpool(3)
         -> gate { global_maxpool -> g: linear(4) -> sigmoid }

@@ -579,3 +579,34 @@ fn quoted_names_are_keys_that_are_no_identifiers() {
     let e = crate::tests::errors(r#"model M[4, 8, 8] { "a.b": bn }"#);
     assert!(e.iter().any(|e| e.contains("a name in quotes must be non-empty, without `.` or spaces")), "{e:?}");
 }
+
+#[test]
+fn layer_scale_belongs_to_its_block() {
+    let src =
+        "block B { conv(8, 3, padding = 1, groups = 8) -> layer_scale(1e-6) } model M[8, 4, 4] { stage: (B x 2) }";
+    let out = expand_str(src);
+    assert!(out.contains("LayerScale < 8 , 1000 , E , D >"), "{out}");
+    let ts: proc_macro2::TokenStream = src.parse().unwrap();
+    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
+    let (_, mut inferred, cx) = crate::lower(&parsed);
+    assert!(cx.check().is_ok());
+    let (prog, _) = inferred.remove(0);
+    let keys: Vec<(&str, &str)> = prog.fields.iter().map(|f| (f.path.as_str(), f.ident.as_str())).collect();
+    // The blocks are `stage.0.0` and `stage.0.1` (`x 2` inside the group); each conv is the
+    // block's step 0, and each scale is the block's own `layer_scale`.
+    assert_eq!(
+        keys,
+        [
+            ("stage.0.0.0", "stage_0_0_0"),
+            ("stage.0.0", "stage_0_0_layer_scale"),
+            ("stage.0.1.0", "stage_0_1_0"),
+            ("stage.0.1", "stage_0_1_layer_scale")
+        ]
+    );
+    let e = one("model M[8, 4, 4] { layer_scale }");
+    assert!(e.contains("`layer_scale` is a parameter of the block it is in, and this one is in none"), "{e}");
+    let e = one("model M[8] { g: (layer_scale) }");
+    assert!(e.contains("`layer_scale` expects a [C, H, W] input"), "{e}");
+    let e = one("block B { layer_scale -> layer_scale } model M[8, 4, 4] { B }");
+    assert!(e.contains("duplicate parameter path `0`"), "{e}");
+}

@@ -17,6 +17,7 @@ mod linear;
 mod norm;
 mod pool;
 mod reshape;
+mod scale;
 pub(crate) mod shortcut;
 mod upsample;
 
@@ -40,6 +41,7 @@ const FAMILIES: &[&[Spec]] = &[
     reshape::SPECS,
     linear::SPECS,
     dropout::SPECS,
+    scale::SPECS,
     activation::SPECS,
 ];
 
@@ -165,7 +167,7 @@ mod tests {
     }
 
     /// Every layer builds from its signature with its required arguments set to 1, on an image or
-    /// a vector (so a `build` that reads an argument its spec lacks, or drops the layer, fails).
+    /// a vector, in a named group (a layer scale belongs to one) (so a `build` that reads an argument its spec lacks, or drops the layer, fails).
     #[test]
     fn every_layer_builds_from_its_signature() {
         for s in all() {
@@ -179,7 +181,7 @@ mod tests {
             let call = format!("{}({})", s.name, req.join(", "));
             let ok = ["[4, 8, 8]", "[8]"]
                 .iter()
-                .any(|input| crate::tests::errors(&format!("model M{input} {{ {call} }}")).is_empty());
+                .any(|input| crate::tests::errors(&format!("model M{input} {{ g: ({call}) }}")).is_empty());
             assert!(ok, "`{call}` fails on both an image and a vector");
         }
     }

@@ -9,6 +9,7 @@ mod conv_transpose2d;
 mod dropout;
 mod flatten;
 mod layer_norm;
+mod layer_scale;
 mod pool2d;
 mod subsample_pad;
 
@@ -19,5 +20,6 @@ pub use conv_transpose2d::{conv_transpose_out_size, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use layer_norm::LayerNorm;
+pub use layer_scale::LayerScale;
 pub use pool2d::{AvgPool2d, MaxPool2d};
 pub use subsample_pad::SubsamplePad;
