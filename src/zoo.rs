@@ -14,6 +14,8 @@
 //!   [`MobileNetV3Small`] (hardswish, squeeze-and-excitation gates, batch norm eps 0.001).
 //! - [`EfficientNetB0`] (MBConv blocks with SiLU, SE gates and stochastic depth), torchvision's
 //!   layout and keys.
+//! - [`ConvNeXtTiny`] (depthwise 7x7, layer norm over channels, MLP over channels, layer scale,
+//!   stochastic depth), torchvision's layout and keys.
 //! - [`RegNetY400MF`] (grouped bottlenecks with SE gates), torchvision's layout and keys.
 //! - [`DenseNet121`] (dense blocks of `tap` and `cat`), torchvision's layout and keys.
 //! - Segmentation: a small [`UNet`] (long skips by `tap` and `cat`, bilinear upsampling), trained
@@ -479,6 +481,48 @@ residual! {
             -> norm5: bn
         )
         -> relu -> global_avgpool -> classifier: linear(1000)
+    }
+
+    // ------------------------------------------------------------------ ConvNeXt
+
+    /// torchvision's `CNBlock`: depthwise 7x7 conv, layer norm over channels, a 4x MLP over
+    /// channels with GELU (the `identity` steps stand for torchvision's two `Permute`s, which
+    /// take indices 1 and 6 of `block`), the block's `layer_scale`, stochastic depth `p`, and the
+    /// input added.
+    block CNBlock(p) {
+        residual {
+            block: (
+                conv(in_channels, 7, padding = 3, groups = in_channels, bias = true) -> identity
+                -> layernorm(eps = 1e-6) -> linear_channels(4 * in_channels) -> gelu
+                -> linear_channels(in_channels) -> identity
+            )
+            -> scale: layer_scale(1e-6)
+            -> drop_path(p)
+        }
+    }
+
+    /// A stage's downsampling: layer norm over channels, a 2x2 conv with stride 2.
+    block Downsample(out) {
+        layernorm(eps = 1e-6) -> conv(out, 2, stride = 2, bias = true)
+    }
+
+    /// ConvNeXt-Tiny (Liu et al. 2022), torchvision's layout and keys: 28,589,128 parameters.
+    /// The drop rates rise linearly over the 18 blocks to 0.1, as torchvision's.
+    #[init(kaiming_normal)]
+    pub model ConvNeXtTiny[3, 224, 224] {
+        features: (
+            (conv(96, 4, stride = 4, bias = true) -> layernorm(eps = 1e-6))
+            -> (CNBlock(0.0) -> CNBlock(0.0058823529411764705) -> CNBlock(0.011764705882352941))
+            -> Downsample(192)
+            -> (CNBlock(0.017647058823529415) -> CNBlock(0.023529411764705882) -> CNBlock(0.029411764705882353))
+            -> Downsample(384)
+            -> (CNBlock(0.03529411764705883) -> CNBlock(0.0411764705882353) -> CNBlock(0.047058823529411764) -> CNBlock(0.052941176470588235) -> CNBlock(0.058823529411764705)
+                -> CNBlock(0.06470588235294118) -> CNBlock(0.07058823529411766) -> CNBlock(0.07647058823529412) -> CNBlock(0.0823529411764706))
+            -> Downsample(768)
+            -> (CNBlock(0.08823529411764706) -> CNBlock(0.09411764705882353) -> CNBlock(0.1))
+        )
+        -> adaptive_avgpool(1)
+        -> classifier: (layernorm(eps = 1e-6) -> flatten -> linear(1000))
     }
 
     // ------------------------------------------------------------------ U-Net

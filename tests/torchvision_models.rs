@@ -163,3 +163,8 @@ fn densenet121_is_torchvisions() {
 fn regnet_y_400mf_is_torchvisions() {
     check::<zoo::RegNetY400MF<f32, Cpu>>("RegNetY400MF", 1e-5);
 }
+
+#[test]
+fn convnext_tiny_is_torchvisions() {
+    check::<zoo::ConvNeXtTiny<f32, Cpu>>("ConvNeXtTiny", 1e-5);
+}

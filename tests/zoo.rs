@@ -40,6 +40,7 @@ fn mobile_dense_and_regnets_have_torchvisions_parameter_counts() {
     assert_params::<EfficientNetB0<f32, Cpu>>(5_288_548);
     assert_params::<DenseNet121<f32, Cpu>>(7_978_856);
     assert_params::<RegNetY400MF<f32, Cpu>>(4_344_144);
+    assert_params::<ConvNeXtTiny<f32, Cpu>>(28_589_128);
 }
 
 /// The papers' multiply-adds: MobileNetV2 (Sandler et al. 2018, table 4) 300 M; MobileNetV3-Small
@@ -58,6 +59,9 @@ fn mobile_and_efficient_nets_macs_match_the_published_figures() {
     // RegNetY-400MF: 0.40 GFLOPS (torchvision's table) and 400 M by its name.
     let gmacs = RegNetY400MF::<f32, Cpu>::MACS as f64 / 1e9;
     assert!((0.395..0.405).contains(&gmacs), "RegNetY-400MF: {gmacs:.4} GMACs does not round to 0.40");
+    // ConvNeXt-Tiny: 4.46 GFLOPS (torchvision's table).
+    let gmacs = ConvNeXtTiny::<f32, Cpu>::MACS as f64 / 1e9;
+    assert!((4.455..4.465).contains(&gmacs), "ConvNeXt-Tiny: {gmacs:.4} GMACs does not round to 4.46");
 }
 
 #[test]

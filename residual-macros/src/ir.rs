@@ -49,6 +49,11 @@ pub(crate) trait FieldType: fmt::Debug {
     fn set_zero_gamma(&mut self) -> bool {
         false
     }
+    /// The forward expression through the field `cx.field` (`self.<field>`), when it is not the
+    /// field's own `Module::try_forward` / `ModuleMut::try_forward_mut` on the value.
+    fn forward(&self, _field: &TokenStream, _cx: &ForwardCx<'_>) -> Option<TokenStream> {
+        None
+    }
 }
 
 /// One tensor of a field, for a plan: its name in the runtime struct, its element count, and

@@ -28,6 +28,7 @@ MODELS = {
     "EfficientNetB0": torchvision.models.efficientnet_b0,
     "DenseNet121": torchvision.models.densenet121,
     "RegNetY400MF": torchvision.models.regnet_y_400mf,
+    "ConvNeXtTiny": torchvision.models.convnext_tiny,
 }
 
 

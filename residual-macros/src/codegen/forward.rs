@@ -92,11 +92,18 @@ fn body(prog: &Program, mode: Mode) -> TokenStream {
                 (stmt, *sp)
             }
             Op::Field { input, output, field, sp } => {
-                let (x, y, ty) = (var(*input), var(*output), tensor_ty(&shape_of(*output)));
+                let (x, y) = (var(*input), var(*output));
+                let (si, so) = (shape_of(*input), shape_of(*output));
+                let ty = tensor_ty(&so);
                 let f = ident(&prog.fields.get(*field).map(|f| f.ident.clone()).unwrap_or_default());
-                let expr = match mode {
-                    Mode::Eval => quote!(#d::nn::Module::try_forward(&self.#f, #x)?),
-                    Mode::Train => quote!(#d::nn::ModuleMut::try_forward_mut(&mut self.#f, #x)?),
+                let own = prog.fields.get(*field).and_then(|fd| {
+                    let cx = ForwardCx { x: &x, train: mode == Mode::Train, input: &si, output: &so };
+                    fd.ty.forward(&quote!(self.#f), &cx)
+                });
+                let expr = match (own, mode) {
+                    (Some(e), _) => e,
+                    (None, Mode::Eval) => quote!(#d::nn::Module::try_forward(&self.#f, #x)?),
+                    (None, Mode::Train) => quote!(#d::nn::ModuleMut::try_forward_mut(&mut self.#f, #x)?),
                 };
                 (quote!(let #y: #ty = #expr;), *sp)
             }

@@ -137,8 +137,11 @@ fn windows_groups_rank() {
     assert!(e.contains("`conv` expects a [C, H, W] input, found [16] (rank 1)"), "{e}");
     let e = one("model M[3, 8, 8] { global_avgpool -> bn }");
     assert!(e.contains("`bn` expects a [C, H, W] input, found [3]"), "{e}");
-    let e = one("model M[3, 8, 8] { layernorm }");
-    assert!(e.contains("`layernorm` expects a [D] or [S, D] input"), "{e}");
+    // On an image, `layernorm` normalises each pixel's channels (ConvNeXt's LayerNorm2d).
+    let out = expand_str("model M[3, 8, 8] { layernorm(eps = 1e-6) }");
+    assert!(out.contains("LayerNorm < 3 , E , D , 1000 >"), "{out}");
+    let e = one("model M[3, 8, 8] { layernorm(eps = 2) }");
+    assert!(e.contains("`eps` must be in (0, 1] and a multiple of 1e-9, found 2"), "{e}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Normalisation: `bn(eps, momentum)` (batch norm over the channels of `[C, H, W]`; running
-//! statistics in inference; PyTorch's defaults 1e-5 and 0.1) and `layernorm` (over the last dim
-//! of `[D]` or `[S, D]`).
+//! statistics in inference; PyTorch's defaults 1e-5 and 0.1) and `layernorm(eps)` (over the last
+//! dim of `[D]` or `[S, D]`, or the channels of each pixel of `[C, H, W]`).
 
 use std::rc::Rc;
 
@@ -21,7 +21,12 @@ pub(super) const SPECS: &[Spec] = &[
         aliases: &["batchnorm", "batch_norm", "batchnorm2d", "bn2d"],
         build: build_bn,
     },
-    Spec { name: "layernorm", params: &[], aliases: &["layer_norm", "ln"], build: |_| Some(Rc::new(LayerNorm)) },
+    Spec {
+        name: "layernorm",
+        params: &[p("eps", Dflt::Float(1e-5))],
+        aliases: &["layer_norm", "ln", "layernorm2d"],
+        build: build_layer_norm,
+    },
 ];
 
 /// The runtime's `BatchNorm2d` takes eps and momentum as integers (a const parameter cannot be
@@ -155,9 +160,27 @@ impl FieldType for BnField {
     }
 }
 
-/// `layernorm`: normalises the last dim.
+fn build_layer_norm(a: &mut Args<'_>) -> Option<Rc<dyn Layer>> {
+    let eps = a.float("eps")?;
+    match in_units(eps.v, EPS_UNIT) {
+        Some(n) if eps.v <= 1.0 => Some(Rc::new(LayerNorm { eps_e9: n })),
+        _ => {
+            a.err(
+                eps.sp,
+                format!("`eps` must be in (0, 1] and a multiple of 1e-9, found {}", eps.v),
+                Some("PyTorch's default is 1e-5; ConvNeXt's 1e-6".into()),
+            );
+            None
+        }
+    }
+}
+
+/// `layernorm`: normalises the last dim of `[D]` / `[S, D]`, or the channels of each pixel of
+/// `[C, H, W]` (ConvNeXt's `LayerNorm2d`).
 #[derive(Debug)]
-struct LayerNorm;
+struct LayerNorm {
+    eps_e9: usize,
+}
 
 impl Layer for LayerNorm {
     fn has_params(&self) -> bool {
@@ -166,18 +189,21 @@ impl Layer for LayerNorm {
 
     fn infer(&self, inf: &mut Infer<'_>, at: &LayerAt<'_>) -> Option<Var> {
         let input = inf.shape(at.input);
-        match shape::last_dim(&input) {
-            Ok(m) => {
-                let f = inf.add_field(at.node, at.path, field_ident(at.path), Box::new(LayerNormField { m }));
-                let v = inf.field_op(at.input, input.clone(), f, at.node.sp);
-                inf.row(at.shown, format!("layernorm {m}"), &input, 2 * m as u64, 0);
-                Some(v)
-            }
-            Err(e) => {
-                inf.shape_error(at.node, "layernorm", e, &[], &input, None);
-                inf.lost(Some(input))
-            }
-        }
+        let (m, over) = match input.as_slice() {
+            [c, _, _] => (*c, " channels"),
+            _ => match shape::last_dim(&input) {
+                Ok(m) => (m, ""),
+                Err(e) => {
+                    inf.shape_error(at.node, "layernorm", e, &[], &input, None);
+                    return inf.lost(Some(input));
+                }
+            },
+        };
+        let field = LayerNormField { m, eps_e9: self.eps_e9 };
+        let f = inf.add_field(at.node, at.path, field_ident(at.path), Box::new(field));
+        let v = inf.field_op(at.input, input.clone(), f, at.node.sp);
+        inf.row(at.shown, format!("layernorm {m}{over}"), &input, 2 * m as u64, 0);
+        Some(v)
     }
 }
 
@@ -185,12 +211,13 @@ impl Layer for LayerNorm {
 #[derive(Debug)]
 struct LayerNormField {
     m: usize,
+    eps_e9: usize,
 }
 
 impl FieldType for LayerNormField {
     fn rust_type(&self) -> TokenStream {
         let p = private();
-        let m = lit(self.m);
-        quote!(#p::layers::LayerNorm<#m, E, D>)
+        let (m, eps) = (lit(self.m), lit(self.eps_e9));
+        quote!(#p::layers::LayerNorm<#m, E, D, #eps>)
     }
 }

@@ -1,7 +1,9 @@
-//! `LayerNorm<M>`: PyTorch's `nn.LayerNorm(M)` (eps 1e-5, affine) over the last dim, any tape.
+//! `LayerNorm<M>`: PyTorch's `nn.LayerNorm(M)` (eps 1e-5 unless given, affine) over the last dim of
+//! `[B, M]` / `[B, S, M]`, and over the channels of `[B, M, H, W]` images (ConvNeXt's
+//! `LayerNorm2d`: the same normalisation of each pixel's channels), any tape.
 
 use dfdx::nn::{BuildOnDevice, Module, ModuleVisitor, NonMutableModule, TensorCollection, TensorOptions};
-use dfdx::shapes::{Axis, Const, Dim, Dtype, HasShape, Rank1};
+use dfdx::shapes::{Axes3, Axis, Const, Dim, Dtype, HasShape, Rank1};
 use dfdx::tensor::{Storage, Tape, Tensor};
 use dfdx::tensor_ops::{BroadcastTo, Device, TryAdd, TryMul};
 
@@ -10,20 +12,21 @@ use crate::Element;
 /// Normalizes the last dim (biased variance, eps inside the square root) and applies the affine
 /// `weight` (ones) and `bias` (zeros), named as in PyTorch.
 #[derive(Clone, Debug)]
-pub struct LayerNorm<const M: usize, E: Dtype, D: Storage<E>> {
+pub struct LayerNorm<const M: usize, E: Dtype, D: Storage<E>, const EPS_E9: usize = 10_000> {
     pub weight: Tensor<Rank1<M>, E, D>,
     pub bias: Tensor<Rank1<M>, E, D>,
 }
 
-impl<const M: usize, E: Dtype, D: Storage<E>> LayerNorm<M, E, D> {
-    /// PyTorch's default.
-    pub const EPS: f64 = 1e-5;
+impl<const M: usize, E: Dtype, D: Storage<E>, const EPS_E9: usize> LayerNorm<M, E, D, EPS_E9> {
+    /// Added to the variance: `EPS_E9` billionths (PyTorch's default 1e-5 is 10,000; ConvNeXt's
+    /// 1e-6 is 1,000), an integer since a const parameter cannot be a float on stable Rust.
+    pub const EPS: f64 = EPS_E9 as f64 / 1e9;
 }
 
-impl<const M: usize, E: Dtype, D: Storage<E>> NonMutableModule for LayerNorm<M, E, D> {}
+impl<const M: usize, E: Dtype, D: Storage<E>, const EPS_E9: usize> NonMutableModule for LayerNorm<M, E, D, EPS_E9> {}
 
-impl<B: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>> Module<Tensor<(B, Const<M>), E, D, T>>
-    for LayerNorm<M, E, D>
+impl<B: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>, const EPS_E9: usize>
+    Module<Tensor<(B, Const<M>), E, D, T>> for LayerNorm<M, E, D, EPS_E9>
 {
     type Output = Tensor<(B, Const<M>), E, D, T>;
     type Error = D::Err;
@@ -36,8 +39,8 @@ impl<B: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>> Module<Ten
     }
 }
 
-impl<B: Dim, S: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>> Module<Tensor<(B, S, Const<M>), E, D, T>>
-    for LayerNorm<M, E, D>
+impl<B: Dim, S: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>, const EPS_E9: usize>
+    Module<Tensor<(B, S, Const<M>), E, D, T>> for LayerNorm<M, E, D, EPS_E9>
 {
     type Output = Tensor<(B, S, Const<M>), E, D, T>;
     type Error = D::Err;
@@ -50,8 +53,25 @@ impl<B: Dim, S: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>> Mo
     }
 }
 
-impl<const M: usize, E: Element, D: Device<E>> TensorCollection<E, D> for LayerNorm<M, E, D> {
-    type To<E2: Dtype, D2: Device<E2>> = LayerNorm<M, E2, D2>;
+/// Images: each pixel's `M` channels normalised (ConvNeXt's `LayerNorm2d`).
+impl<B: Dim, H: Dim, W: Dim, const M: usize, E: Element, D: Device<E>, T: Tape<E, D>, const EPS_E9: usize>
+    Module<Tensor<(B, Const<M>, H, W), E, D, T>> for LayerNorm<M, E, D, EPS_E9>
+{
+    type Output = Tensor<(B, Const<M>, H, W), E, D, T>;
+    type Error = D::Err;
+
+    fn try_forward(&self, x: Tensor<(B, Const<M>, H, W), E, D, T>) -> Result<Self::Output, D::Err> {
+        let shape = *x.shape();
+        x.try_normalize::<Axis<1>>(Self::EPS)?
+            .try_mul(self.weight.retaped::<T>().try_broadcast_like::<_, Axes3<0, 2, 3>>(&shape)?)?
+            .try_add(self.bias.retaped::<T>().try_broadcast_like::<_, Axes3<0, 2, 3>>(&shape)?)
+    }
+}
+
+impl<const M: usize, E: Element, D: Device<E>, const EPS_E9: usize> TensorCollection<E, D>
+    for LayerNorm<M, E, D, EPS_E9>
+{
+    type To<E2: Dtype, D2: Device<E2>> = LayerNorm<M, E2, D2, EPS_E9>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -64,7 +84,7 @@ impl<const M: usize, E: Element, D: Device<E>> TensorCollection<E, D> for LayerN
     }
 }
 
-impl<const M: usize, E: Element, D: Device<E>> BuildOnDevice<D, E> for LayerNorm<M, E, D> {
+impl<const M: usize, E: Element, D: Device<E>, const EPS_E9: usize> BuildOnDevice<D, E> for LayerNorm<M, E, D, EPS_E9> {
     type Built = Self;
 }
 
@@ -116,6 +136,30 @@ mod tests {
             };
             let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
             assert!((gw[j] - fd).abs() < 1e-6, "{} vs {fd}", gw[j]);
+        }
+    }
+
+    /// On images each pixel's channels are normalised, with the given eps.
+    #[test]
+    fn images_normalise_channels_with_their_eps() {
+        let dev: Cpu = Default::default();
+        let mut ln = LayerNorm::<3, f64, Cpu, 1_000>::build_on_device(&dev);
+        ln.weight = dev.tensor([0.5, -1.0, 2.0]);
+        ln.bias = dev.tensor([0.1, 0.0, -0.3]);
+        let xs: Vec<f64> = (0..2 * 3 * 2 * 2).map(|i| ((i * 29) % 13) as f64 / 3.0 - 2.0).collect();
+        let x: Tensor<Rank4<2, 3, 2, 2>, f64, Cpu> = dev.tensor_from_vec(xs.clone(), (Const, Const, Const, Const));
+        let y = ln.forward(x).as_vec();
+        for b in 0..2 {
+            for p in 0..4 {
+                let at = |c: usize| (b * 3 + c) * 4 + p;
+                let v: Vec<f64> = (0..3).map(|c| xs[at(c)]).collect();
+                let mean = v.iter().sum::<f64>() / 3.0;
+                let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0;
+                for c in 0..3 {
+                    let want = (v[c] - mean) / (var + 1e-6).sqrt() * [0.5, -1.0, 2.0][c] + [0.1, 0.0, -0.3][c];
+                    assert!((y[at(c)] - want).abs() < 1e-12, "{} vs {want}", y[at(c)]);
+                }
+            }
         }
     }
 }

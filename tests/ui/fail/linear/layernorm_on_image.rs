@@ -1,9 +1,0 @@
-use residual::residual;
-
-residual! {
-    model Net[3, 32, 32] {
-        conv(16, 3) -> layernorm
-    }
-}
-
-fn main() {}
