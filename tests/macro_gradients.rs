@@ -10,7 +10,8 @@
 //!
 //! `GateNet` covers `gate { .. }` (per-channel and elementwise factors), `relu6`, `hardswish`,
 //! `hardsigmoid`, `adaptive_avgpool`, `global_maxpool` and `layer_scale`; `UpNet` nearest and bilinear
-//! upsampling between a tap and its `cat`, and a transposed conv.
+//! upsampling between a tap and its `cat`, a transposed conv, uneven adaptive pooling, a layer
+//! norm over channels, a linear layer over channels and half-pixel bilinear upsampling.
 //!
 //! `GradNet` has ops compiled plans do not run (silu, gelu, cat), so it exercises the
 //! layer-by-layer code. `PlanNet` holds only plan ops (conv with and without bias, batch norm in
@@ -73,7 +74,9 @@ residual! {
         inc: conv(3, 3, padding = 1) -> relu -> tap(skip)
         -> maxpool(2) -> mid: conv(4, 3, padding = 1)
         -> upsample(2) -> cat(skip) -> c2: conv(4, 3, padding = 1) -> maxpool(2)
-        -> up: conv_transpose(4, 2, stride = 2) -> upsample_bilinear(2) -> out: conv(2, 1, bias = true)
+        -> up: conv_transpose(4, 2, stride = 2) -> upsample_bilinear(2) -> adaptive_avgpool(5)
+        -> ln: layernorm(eps = 1e-6) -> mix: linear_channels(3)
+        -> upsample_bilinear(2, align_corners = false) -> out: conv(2, 1, bias = true)
         -> global_avgpool -> fc: linear(3)
     }
 }

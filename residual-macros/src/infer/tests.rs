@@ -412,8 +412,8 @@ fn gates_scale_channels_or_elements() {
     let e = one("model M[4, 8] { gate { linear(3) } }");
     assert!(e.contains("which must be of the same shape ([4, 8]): found [4, 3]"), "{e}");
     // A mistake inside the body is its own error, not also a gate error.
-    let e = one("model M[16, 8, 8] { gate { adaptive_avgpool(3) -> conv(16, 1) } }");
-    assert!(e.contains("does not split into 3x3 equal square bins"), "{e}");
+    let e = one("model M[16, 8, 8] { gate { conv(16, 99) -> sigmoid } }");
+    assert!(e.contains("`conv` window does not fit"), "{e}");
 }
 
 #[test]
@@ -438,11 +438,11 @@ fn adaptive_pools_and_hard_activations() {
     assert_eq!(fallback_output("model M[8, 7, 9] { adaptive_avgpool(1) }"), Some(vec![8, 1, 1]));
     assert!(errors("model M[8, 7, 9] { adaptive_avgpool(1) -> relu6 -> hardswish -> hardsigmoid }").is_empty());
     assert!(errors("model M[8, 14, 14] { adaptive_avgpool(7) -> global_maxpool -> linear(2) }").is_empty());
-    let e = one("model M[8, 7, 9] { adaptive_avgpool(7) }");
-    assert!(
-        e.contains("`adaptive_avgpool(7)` on [8, 7, 9]: the 7x9 map does not split into 7x7 equal square bins"),
-        "{e}"
-    );
+    // PyTorch's uneven bins: resampled by matrices, not a plan step.
+    let out = expand_str("model M[8, 7, 9] { adaptive_avgpool(3) -> upsample_bilinear(2, align_corners = false) }");
+    assert!(out.contains("Resample :: AdaptiveAverage"), "{out}");
+    assert!(out.contains("Resample :: BilinearHalfPixel"), "{out}");
+    assert_eq!(fallback_output("model M[8, 7, 9] { adaptive_avgpool(3) }"), Some(vec![8, 3, 3]));
     let e = one("model M[8] { global_maxpool }");
     assert!(e.contains("`global_maxpool` expects a [C, H, W] input"), "{e}");
 }

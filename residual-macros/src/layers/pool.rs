@@ -1,8 +1,8 @@
 //! Pooling: `maxpool` and `avgpool` (square window, stride defaulting to the kernel, padding at
 //! most half the kernel as in PyTorch) on `[C, H, W]`; `global_avgpool` and `global_maxpool`
 //! (`[C, H, W] -> [C]`); `adaptive_avgpool(out)` (`[C, H, W] -> [C, out, out]`, PyTorch's
-//! `AdaptiveAvgPool2d(out)`, for any map when `out` is 1 and for maps that `out` splits into
-//! equal square bins otherwise).
+//! `AdaptiveAvgPool2d(out)`: a global mean when `out` is 1, an average pool when `out` splits the
+//! map into equal square bins, and PyTorch's uneven bins by separable resampling otherwise).
 
 use std::rc::Rc;
 
@@ -203,26 +203,14 @@ impl Layer for AdaptiveAvgPool {
             }
         };
         let o = vec![c, out, out];
-        // One bin is the global mean; more must split the map into equal square bins (PyTorch's
-        // uneven bins have no kernel here).
+        // One bin is the global mean, equal square bins an average pool (both have plan
+        // kernels); PyTorch's uneven bins are resampled by matrices.
         let code = if out == 1 {
             AdaptiveAvgPoolCode::Global
         } else if h % out == 0 && w % out == 0 && h / out == w / out {
             AdaptiveAvgPoolCode::Bins { kernel: h / out }
         } else {
-            inf.err(
-                at.node,
-                self.out.sp,
-                format!(
-                    "`adaptive_avgpool({out})` on {}: the {h}x{w} map does not split into {out}x{out} equal square bins",
-                    shape::show(&input)
-                ),
-                Some(format!(
-                    "use `adaptive_avgpool(1)`, or an `out` that divides both sides with the same quotient (a map of {0}x{0} for `{out}`)",
-                    h.max(w).div_ceil(out).saturating_mul(out)
-                )),
-            );
-            return inf.lost(Some(o));
+            AdaptiveAvgPoolCode::Uneven
         };
         let v = inf.layer_op(at.input, o.clone(), Rc::new(code), at.node.sp);
         inf.row(at.shown, format!("adaptive_avgpool {out}x{out}"), &o, 0, 0);
@@ -236,6 +224,8 @@ enum AdaptiveAvgPoolCode {
     Global,
     /// Equal `kernel x kernel` bins: an average pool with that kernel and stride.
     Bins { kernel: usize },
+    /// PyTorch's bins `floor(o * in / out) .. ceil((o + 1) * in / out)`, of uneven sizes.
+    Uneven,
 }
 
 impl OpCode for AdaptiveAvgPoolCode {
@@ -256,6 +246,9 @@ impl OpCode for AdaptiveAvgPoolCode {
                 let ty = quote!(#p::layers::AvgPool2d<#k, #k, 0, #o, #o>);
                 quote!(#d::nn::Module::try_forward(&<#ty as ::core::default::Default>::default(), #x)?)
             }
+            AdaptiveAvgPoolCode::Uneven => {
+                quote!(#p::runtime::upsample::try_resample(#x, #p::runtime::upsample::Resample::AdaptiveAverage)?)
+            }
         }
     }
 
@@ -263,6 +256,7 @@ impl OpCode for AdaptiveAvgPoolCode {
         let plan = cx.plan;
         let (x, y) = (lit(cx.input), lit(cx.output));
         Some(match self {
+            AdaptiveAvgPoolCode::Uneven => return None,
             AdaptiveAvgPoolCode::Global => quote!(#plan::Step::GlobalAvgPool { input: #x, output: #y }),
             AdaptiveAvgPoolCode::Bins { kernel } => {
                 let k = lit(*kernel);

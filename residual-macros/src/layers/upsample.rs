@@ -1,7 +1,8 @@
 //! Decoder upsampling on `[C, H, W]` by an integer factor: `upsample(scale)` (nearest neighbour,
-//! PyTorch's `Upsample(scale_factor)` / `UpsamplingNearest2d`) and `upsample_bilinear(scale)`
-//! (PyTorch's `UpsamplingBilinear2d`: bilinear with `align_corners=True`). No plan kernel: a model
-//! with upsampling runs layer by layer.
+//! PyTorch's `Upsample(scale_factor)` / `UpsamplingNearest2d`) and `upsample_bilinear(scale,
+//! align_corners = true)` (PyTorch's `UpsamplingBilinear2d`; with `align_corners = false`, its
+//! `Upsample(mode="bilinear")` default). No plan kernel: a model with upsampling runs layer by
+//! layer.
 
 use std::rc::Rc;
 
@@ -24,26 +25,43 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         name: "upsample_bilinear",
-        params: &[p("scale", Dflt::Required)],
+        params: &[p("scale", Dflt::Required), p("align_corners", Dflt::Bool(true))],
         aliases: &["upsamplingbilinear2d", "bilinear"],
         build: |a| build(a, true),
     },
 ];
 
 fn build(a: &mut Args<'_>, bilinear: bool) -> Option<Rc<dyn Layer>> {
-    Some(Rc::new(Upsample { bilinear, scale: a.size("scale", 1)? }))
+    let scale = a.size("scale", 1);
+    let mode = if !bilinear {
+        Mode::Nearest
+    } else if a.boolean("align_corners")? {
+        Mode::BilinearAligned
+    } else {
+        Mode::BilinearHalfPixel
+    };
+    Some(Rc::new(Upsample { mode, scale: scale? }))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Nearest,
+    /// `align_corners=True`: dfdx's kernel.
+    BilinearAligned,
+    /// `align_corners=False`: the runtime's separable resampling.
+    BilinearHalfPixel,
 }
 
 #[derive(Debug)]
 struct Upsample {
-    bilinear: bool,
+    mode: Mode,
     scale: V<usize>,
 }
 
 impl Layer for Upsample {
     fn infer(&self, inf: &mut Infer<'_>, at: &LayerAt<'_>) -> Option<Var> {
         let input = inf.shape(at.input);
-        let name = if self.bilinear { "upsample_bilinear" } else { "upsample" };
+        let name = if self.mode == Mode::Nearest { "upsample" } else { "upsample_bilinear" };
         let [c, h, w] = match shape::rank3(&input) {
             Ok(dims) => dims,
             Err(e) => {
@@ -56,22 +74,29 @@ impl Layer for Upsample {
         if inf.too_big(at.node, self.scale.sp, "the output", &o, "`scale`") {
             return inf.lost(Some(o));
         }
-        let v = inf.layer_op(at.input, o.clone(), Rc::new(UpsampleCode { bilinear: self.bilinear }), at.node.sp);
-        inf.row(at.shown, format!("{name} x{s}"), &o, 0, 0);
+        let v = inf.layer_op(at.input, o.clone(), Rc::new(UpsampleCode { mode: self.mode }), at.node.sp);
+        let corners = if self.mode == Mode::BilinearHalfPixel { " (half-pixel)" } else { "" };
+        inf.row(at.shown, format!("{name} x{s}{corners}"), &o, 0, 0);
         Some(v)
     }
 }
 
 #[derive(Debug)]
 struct UpsampleCode {
-    bilinear: bool,
+    mode: Mode,
 }
 
 impl OpCode for UpsampleCode {
     fn forward(&self, cx: &ForwardCx<'_>) -> TokenStream {
         let (d, p, x) = (dfdx(), private(), cx.x);
         let (oh, ow) = (lit(cx.output.get(1).copied().unwrap_or(0)), lit(cx.output.get(2).copied().unwrap_or(0)));
-        let f = if self.bilinear { quote!(try_upsample_bilinear) } else { quote!(try_upsample_nearest) };
+        let f = match self.mode {
+            Mode::Nearest => quote!(try_upsample_nearest),
+            Mode::BilinearAligned => quote!(try_upsample_bilinear),
+            Mode::BilinearHalfPixel => {
+                return quote!(#p::runtime::upsample::try_resample(#x, #p::runtime::upsample::Resample::BilinearHalfPixel)?);
+            }
+        };
         quote!(<D as #p::runtime::upsample::Upsample2d<E>>::#f(#x, #d::shapes::Const::<#oh>, #d::shapes::Const::<#ow>)?)
     }
 }
