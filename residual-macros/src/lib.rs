@@ -81,9 +81,9 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
 /// A model's program and its output shape (known even after some errors).
 type Inferred = (ir::Program, Option<Vec<usize>>);
 
-/// Most expansion passes for blocks that read their input's shape: each pass learns the inputs
-/// of the instances whose inputs the previous one could infer, so a chain of N such blocks in
-/// sequence takes N + 1 passes (MobileNetV2 has 17).
+/// Most blocks in sequence that read their input's shape: each pass learns the inputs of the
+/// instances whose inputs the previous one could infer, so a chain of N such blocks takes N + 1
+/// passes (MobileNetV2 has 17).
 const MAX_PASSES: usize = 256;
 
 /// Expansion and shape inference of every model (`model::build`, `infer`), with every error in
@@ -117,7 +117,8 @@ pub(crate) fn lower(parsed: &parse::Input) -> (Vec<model::Model>, Vec<Inferred>,
             }
             return (models, inferred, cx);
         }
-        if passes == MAX_PASSES {
+        // A chain of MAX_PASSES blocks is expanded by pass MAX_PASSES + 1; one more is too many.
+        if passes > MAX_PASSES {
             if let Some((path, _, sp)) = inferred.iter().find_map(|(prog, _)| prog.needs_input.first()) {
                 cx.error(
                     *sp,
