@@ -98,6 +98,14 @@ pub(crate) trait Layer: fmt::Debug {
     }
 }
 
+/// `value` in `unit`ths (1 to 10^12 of them), when that is exact to a millionth of it: how a
+/// float parameter reaches a runtime layer, whose const parameters cannot be floats on stable
+/// Rust (batch-norm and layer-norm eps, momentum, a layer scale's initial value).
+pub(crate) fn in_units(value: f64, unit: f64) -> Option<usize> {
+    let n = (value * unit).round();
+    ((1.0..=1e12).contains(&n) && ((n / unit) - value).abs() <= 1e-6 * value).then_some(n as usize)
+}
+
 /// Every built-in layer.
 pub(crate) fn all() -> impl Iterator<Item = &'static Spec> {
     FAMILIES.iter().flat_map(|f| f.iter())

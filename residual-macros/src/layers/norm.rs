@@ -7,7 +7,7 @@ use std::rc::Rc;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{p, Dflt, Layer, Spec};
+use super::{in_units, p, Dflt, Layer, Spec};
 use crate::codegen::{lit, private};
 use crate::infer::{field_ident, Infer, LayerAt};
 use crate::ir::{FieldType, PlanCx, PlanTensor, Var};
@@ -33,12 +33,6 @@ pub(super) const SPECS: &[Spec] = &[
 /// a float on stable Rust): eps in billionths, momentum in millionths.
 const EPS_UNIT: f64 = 1e9;
 const MOMENTUM_UNIT: f64 = 1e6;
-
-/// `value` in `unit`ths, when that is exact to a millionth of it.
-fn in_units(value: f64, unit: f64) -> Option<usize> {
-    let n = (value * unit).round();
-    ((1.0..=1e12).contains(&n) && ((n / unit) - value).abs() <= 1e-6 * value).then_some(n as usize)
-}
 
 fn build_bn(a: &mut Args<'_>) -> Option<Rc<dyn Layer>> {
     let eps = a.float("eps");

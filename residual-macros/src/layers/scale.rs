@@ -7,7 +7,7 @@ use std::rc::Rc;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{p, Dflt, Layer, Spec};
+use super::{in_units, p, Dflt, Layer, Spec};
 use crate::codegen::{lit, private};
 use crate::infer::{field_ident, Infer, LayerAt};
 use crate::ir::{FieldType, Var};
@@ -23,16 +23,15 @@ const UNIT: f64 = 1e9;
 
 fn build(a: &mut Args<'_>) -> Option<Rc<dyn Layer>> {
     let init = a.float("init")?;
-    let n = (init.v * UNIT).round();
-    if !(1.0..=1e12).contains(&n) || ((n / UNIT) - init.v).abs() > 1e-6 * init.v {
+    let Some(init_e9) = in_units(init.v, UNIT) else {
         a.err(
             init.sp,
             format!("`init` must be in (0, 1000] and a multiple of 1e-9, found {}", init.v),
             Some("ConvNeXt starts its layer scales at 1e-6: `layer_scale(1e-6)`".into()),
         );
         return None;
-    }
-    Some(Rc::new(LayerScale { init_e9: V { v: n as usize, sp: init.sp } }))
+    };
+    Some(Rc::new(LayerScale { init_e9: V { v: init_e9, sp: init.sp } }))
 }
 
 #[derive(Debug)]
