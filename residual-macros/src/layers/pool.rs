@@ -203,16 +203,16 @@ impl Layer for AdaptiveAvgPool {
             }
         };
         let o = vec![c, out, out];
-        // One bin is the global mean, equal square bins an average pool (both have plan
-        // kernels); PyTorch's uneven bins are resampled by matrices.
-        let code = if out == 1 {
-            AdaptiveAvgPoolCode::Global
+        // One bin is the global mean; equal square bins are exactly an average pool (both have
+        // plan kernels); PyTorch's uneven bins are resampled by matrices.
+        let code: Rc<dyn OpCode> = if out == 1 {
+            Rc::new(AdaptiveAvgPoolCode::Global)
         } else if h % out == 0 && w % out == 0 && h / out == w / out {
-            AdaptiveAvgPoolCode::Bins { kernel: h / out }
+            Rc::new(Pool2dCode { max: false, kernel: h / out, stride: h / out, padding: 0 })
         } else {
-            AdaptiveAvgPoolCode::Uneven
+            Rc::new(AdaptiveAvgPoolCode::Uneven)
         };
-        let v = inf.layer_op(at.input, o.clone(), Rc::new(code), at.node.sp);
+        let v = inf.layer_op(at.input, o.clone(), code, at.node.sp);
         inf.row(at.shown, format!("adaptive_avgpool {out}x{out}"), &o, 0, 0);
         Some(v)
     }
@@ -222,8 +222,6 @@ impl Layer for AdaptiveAvgPool {
 enum AdaptiveAvgPoolCode {
     /// `[C, H, W] -> [C, 1, 1]`.
     Global,
-    /// Equal `kernel x kernel` bins: an average pool with that kernel and stride.
-    Bins { kernel: usize },
     /// PyTorch's bins `floor(o * in / out) .. ceil((o + 1) * in / out)`, of uneven sizes.
     Uneven,
 }
@@ -241,28 +239,18 @@ impl OpCode for AdaptiveAvgPoolCode {
                         mean, &(batch, #d::shapes::Const::<#c>, #d::shapes::Const::<1>, #d::shapes::Const::<1>))?
                 })
             }
-            AdaptiveAvgPoolCode::Bins { kernel } => {
-                let (k, o) = (lit(*kernel), lit(cx.output.get(1).copied().unwrap_or(0)));
-                let ty = quote!(#p::layers::AvgPool2d<#k, #k, 0, #o, #o>);
-                quote!(#d::nn::Module::try_forward(&<#ty as ::core::default::Default>::default(), #x)?)
-            }
             AdaptiveAvgPoolCode::Uneven => {
                 quote!(#p::runtime::upsample::try_resample(#x, #p::runtime::upsample::Resample::AdaptiveAverage)?)
             }
         }
     }
 
+    /// The global mean is a plan's global average pool (its `[C, 1, 1]` value is the plan's own
+    /// shape for it); uneven bins have no plan kernel.
     fn plan_step(&self, cx: &PlanCx<'_>) -> Option<TokenStream> {
-        let plan = cx.plan;
-        let (x, y) = (lit(cx.input), lit(cx.output));
-        Some(match self {
-            AdaptiveAvgPoolCode::Uneven => return None,
-            AdaptiveAvgPoolCode::Global => quote!(#plan::Step::GlobalAvgPool { input: #x, output: #y }),
-            AdaptiveAvgPoolCode::Bins { kernel } => {
-                let k = lit(*kernel);
-                quote!(#plan::Step::AvgPool { input: #x, output: #y,
-                    geom: #plan::PoolGeom { kernel: #k, stride: #k, padding: 0 } })
-            }
-        })
+        match self {
+            AdaptiveAvgPoolCode::Global => GlobalPoolCode { max: false }.plan_step(cx),
+            AdaptiveAvgPoolCode::Uneven => None,
+        }
     }
 }
