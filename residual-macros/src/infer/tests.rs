@@ -250,6 +250,14 @@ fn zero_init_marks_the_last_bn_of_each_body() {
     assert_eq!(out.matches(", true , 10000").count(), 1);
 }
 
+/// The first model's program and output shape, for a declaration without errors.
+fn lowered(src: &str) -> (crate::ir::Program, Option<Vec<usize>>) {
+    let parsed: crate::parse::Input = syn::parse2(src.parse().expect("tokens")).expect("parses");
+    let (_, mut inferred, cx) = crate::lower(&parsed);
+    assert!(cx.check().is_ok(), "errors in {src}");
+    inferred.remove(0)
+}
+
 /// The output shape the fallback declares after an error.
 fn fallback_output(src: &str) -> Option<Vec<usize>> {
     let ts: proc_macro2::TokenStream = src.parse().ok()?;
@@ -374,11 +382,7 @@ fn pytorch_conv_order_is_named() {
 fn cat_puts_the_tapped_value_first() {
     use crate::ir::Op;
     let src = "model M[3, 8, 8] { conv(8, 3, padding = 1) -> tap(s) -> conv(4, 1) -> cat(s) }";
-    let ts: proc_macro2::TokenStream = src.parse().unwrap();
-    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let (_, mut inferred, cx) = crate::lower(&parsed);
-    assert!(cx.check().is_ok());
-    let (prog, out) = inferred.remove(0);
+    let (prog, out) = lowered(src);
     assert_eq!(out, Some(vec![12, 8, 8]));
     let tap = prog.ops.iter().find_map(|op| match op {
         Op::Fork { output, .. } => Some(*output),
@@ -420,11 +424,7 @@ fn gates_scale_channels_or_elements() {
 fn a_gate_is_a_module_of_its_own() {
     use crate::ir::Op;
     let src = "model M[16, 8, 8] { conv(16, 3, padding = 1) -> se: gate { adaptive_avgpool(1) -> fc1: conv(4, 1, bias = true) -> relu -> fc2: conv(16, 1, bias = true) -> sigmoid } -> gate { conv(16, 1) } }";
-    let ts: proc_macro2::TokenStream = src.parse().unwrap();
-    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let (_, mut inferred, cx) = crate::lower(&parsed);
-    assert!(cx.check().is_ok());
-    let (prog, out) = inferred.remove(0);
+    let (prog, out) = lowered(src);
     assert_eq!(out, Some(vec![16, 8, 8]));
     let paths: Vec<&str> = prog.fields.iter().map(|f| f.path.as_str()).collect();
     // Named: its layers under its name (torchvision's `SqueezeExcitation` keys); unnamed: under
@@ -508,11 +508,7 @@ fn optional_shortcuts_add_when_the_shape_is_kept() {
     use crate::ir::Op;
     let block = "block IR(oup, stride = 1) { residual { conv: (conv(in_channels * 4, 1) -> conv(oup, 3, stride = stride, padding = 1)) } shortcut optional }";
     let src = format!("{block} model M[8, 16, 16] {{ IR(8) -> IR(16) -> IR(16, 2) -> IR(16) }}");
-    let ts: proc_macro2::TokenStream = src.parse().unwrap();
-    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let (_, mut inferred, cx) = crate::lower(&parsed);
-    assert!(cx.check().is_ok());
-    let (prog, out) = inferred.remove(0);
+    let (prog, out) = lowered(&src);
     assert_eq!(out, Some(vec![16, 8, 8]));
     // Added in IR(8) on 8 channels and the last IR(16); not where channels or size change.
     assert_eq!(prog.ops.iter().filter(|op| matches!(op, Op::Add { .. })).count(), 2);
@@ -541,11 +537,7 @@ fn transposed_convs_follow_pytorchs_arithmetic() {
 fn numbered_names_make_sibling_copies() {
     let src = "block L(g) { tap(x) -> norm1: bn -> relu -> conv1: conv(g, 3, padding = 1) -> cat(x) }
                model M[4, 8, 8] { denseblock1: (denselayer{1}: L(2) x 3) -> layer{0}: conv(4, 1) x 2 }";
-    let ts: proc_macro2::TokenStream = src.parse().unwrap();
-    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let (_, mut inferred, cx) = crate::lower(&parsed);
-    assert!(cx.check().is_ok());
-    let (prog, out) = inferred.remove(0);
+    let (prog, out) = lowered(src);
     assert_eq!(out, Some(vec![4, 8, 8]));
     let paths: Vec<&str> = prog.fields.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
@@ -568,11 +560,7 @@ fn numbered_names_make_sibling_copies() {
 #[test]
 fn quoted_names_are_keys_that_are_no_identifiers() {
     let src = r#"model M[4, 8, 8] { stage: ("block-"{0}: conv(4, 1) x 2) -> "a-b": bn }"#;
-    let ts: proc_macro2::TokenStream = src.parse().unwrap();
-    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let (_, mut inferred, cx) = crate::lower(&parsed);
-    assert!(cx.check().is_ok());
-    let (prog, _) = inferred.remove(0);
+    let (prog, _) = lowered(src);
     let keys: Vec<(&str, &str)> = prog.fields.iter().map(|f| (f.path.as_str(), f.ident.as_str())).collect();
     assert_eq!(keys, [("stage.block-0", "stage_block_0"), ("stage.block-1", "stage_block_1"), ("a-b", "a_b")]);
     // Two names that meet in one field are an error, not a silent merge.
@@ -589,11 +577,7 @@ fn layer_scale_belongs_to_its_block() {
         "block B { conv(8, 3, padding = 1, groups = 8) -> layer_scale(1e-6) } model M[8, 4, 4] { stage: (B x 2) }";
     let out = expand_str(src);
     assert!(out.contains("LayerScale < 8 , 1000 , E , D >"), "{out}");
-    let ts: proc_macro2::TokenStream = src.parse().unwrap();
-    let parsed: crate::parse::Input = syn::parse2(ts).unwrap();
-    let (_, mut inferred, cx) = crate::lower(&parsed);
-    assert!(cx.check().is_ok());
-    let (prog, _) = inferred.remove(0);
+    let (prog, _) = lowered(src);
     let keys: Vec<(&str, &str)> = prog.fields.iter().map(|f| (f.path.as_str(), f.ident.as_str())).collect();
     // The blocks are `stage.0.0` and `stage.0.1` (`x 2` inside the group); each conv is the
     // block's step 0, and each scale is the block's own `layer_scale`.
