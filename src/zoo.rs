@@ -368,32 +368,26 @@ residual! {
         )
     }
 
-    /// MBConv with expansion 6 where the shape changes (the first block of a stage): expand,
-    /// depthwise `k x k` (strided), SE, project; no shortcut, so no stochastic depth.
-    block MBConv(oup, k, stride = 1, hidden = 6 * in_channels) {
-        block: (
-            ConvBnSilu(hidden) -> ConvBnSilu(hidden, k, stride, hidden)
-            -> gate {
-                adaptive_avgpool(1) -> fc1: conv(in_channels / 4, 1, bias = true) -> silu
-                -> fc2: conv(hidden, 1, bias = true) -> sigmoid
-            }
-            -> (conv(oup, 1) -> bn)
-        )
+    /// EfficientNet's MBConv body with expansion 6: expand, depthwise `k x k` (strided), SE
+    /// squeezing to a quarter of the input's channels, linear projection to `oup`.
+    block MBConvBody(oup, k, stride = 1, hidden = 6 * in_channels) {
+        ConvBnSilu(hidden) -> ConvBnSilu(hidden, k, stride, hidden)
+        -> gate {
+            adaptive_avgpool(1) -> fc1: conv(in_channels / 4, 1, bias = true) -> silu
+            -> fc2: conv(hidden, 1, bias = true) -> sigmoid
+        }
+        -> (conv(oup, 1) -> bn)
+    }
+
+    /// MBConv where the shape changes (the first block of a stage): no shortcut, so no
+    /// stochastic depth.
+    block MBConv(oup, k, stride = 1) {
+        block: MBConvBody(oup, k, stride)
     }
 
     /// MBConv where the shape is kept: the body, stochastic depth `p`, and the input added.
-    block MBConvRes(k, p, hidden = 6 * in_channels) {
-        residual {
-            block: (
-                ConvBnSilu(hidden) -> ConvBnSilu(hidden, k, 1, hidden)
-                -> gate {
-                    adaptive_avgpool(1) -> fc1: conv(in_channels / 4, 1, bias = true) -> silu
-                    -> fc2: conv(hidden, 1, bias = true) -> sigmoid
-                }
-                -> (conv(in_channels, 1) -> bn)
-            )
-            -> drop_path(p)
-        }
+    block MBConvRes(k, p) {
+        residual { block: MBConvBody(in_channels, k) -> drop_path(p) }
     }
 
     /// EfficientNet-B0 (Tan and Le 2019), torchvision's layout and keys: 5,288,548 parameters.
