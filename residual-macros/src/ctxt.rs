@@ -127,6 +127,10 @@ impl Ctxt {
     pub fn new() -> Self {
         Ctxt::default()
     }
+    /// Takes every error of `other` (a model's own context, see `lower`).
+    pub fn absorb(&mut self, other: Ctxt) {
+        self.diags.extend(other.diags);
+    }
     /// No error recorded so far.
     pub fn is_empty(&self) -> bool {
         self.diags.is_empty()

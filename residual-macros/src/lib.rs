@@ -86,52 +86,64 @@ type Inferred = (ir::Program, Option<Vec<usize>>);
 /// passes (MobileNetV2 has 17).
 const MAX_PASSES: usize = 256;
 
-/// Expansion and shape inference of every model (`model::build`, `infer`), with every error in
-/// the returned context. A block that reads its input's shape (`in_channels`, ..) is expanded
-/// once that shape is known: a pass that finds such instances records what flows into them, and
-/// the next pass (a fresh one, so nothing is reported twice) expands them with it. Models
-/// without such blocks take one pass.
+/// Expansion and shape inference of every model (`model::build_model`, `infer`), with every
+/// error in the returned context. A block that reads its input's shape (`in_channels`, ..) is
+/// expanded once that shape is known: a pass over its model that finds such instances records
+/// what flows into them, and the next pass over that model (a fresh one, so nothing is reported
+/// twice) expands them with it. Models without such blocks take one pass; other models of the
+/// invocation are not expanded again.
 pub(crate) fn lower(parsed: &parse::Input) -> (Vec<model::Model>, Vec<Inferred>, ctxt::Ctxt) {
-    let mut known = model::KnownInputs::new();
-    let mut passes = 0;
-    loop {
-        passes += 1;
-        let mut cx = ctxt::Ctxt::new();
-        let models = model::build(parsed, &mut cx, &known);
-        let inferred: Vec<Inferred> = models.iter().map(|m| infer::infer_with_output(m, &mut cx)).collect();
-        let mut learnt = false;
-        for (m, (prog, _)) in models.iter().zip(&inferred) {
-            for (path, shape, _) in &prog.needs_input {
-                if let std::collections::hash_map::Entry::Vacant(e) = known.entry((m.name.to_string(), path.clone())) {
+    let mut cx = ctxt::Ctxt::new();
+    let items = model::check_items(parsed, &mut cx);
+    let (mut models, mut inferred) = (Vec::new(), Vec::new());
+    // Model by model, so that only a model with such blocks is expanded again.
+    for def in &items.models {
+        let mut known = model::KnownInputs::new();
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            let mut model_cx = ctxt::Ctxt::new();
+            let built = model::build_model(&items, def, &mut model_cx, &known);
+            let result = built.as_ref().map(|m| infer::infer_with_output(m, &mut model_cx));
+            let needs: &[(String, Vec<usize>, ctxt::Sp)] = result.as_ref().map_or(&[], |(prog, _)| &prog.needs_input);
+            let mut learnt = false;
+            for (path, shape, _) in needs {
+                if let std::collections::hash_map::Entry::Vacant(e) = known.entry((def.name.to_string(), path.clone()))
+                {
                     e.insert(shape.clone());
                     learnt = true;
                 }
             }
-        }
-        if !learnt {
-            // What is still unexpanded had an unknown input, which an error explains.
-            if cx.is_empty() {
-                if let Some((path, _, sp)) = inferred.iter().find_map(|(prog, _)| prog.needs_input.first()) {
-                    cx.error(*sp, format!("internal error: block instance `{path}` was never expanded"));
+            // A chain of MAX_PASSES blocks is expanded by pass MAX_PASSES + 1; one more is too many.
+            let too_many = learnt && passes > MAX_PASSES;
+            if learnt && !too_many {
+                // A partial expansion: its errors are the next pass's to report.
+                let _ = model_cx.check();
+                continue;
+            }
+            if let Some((path, _, sp)) = needs.first() {
+                if too_many {
+                    model_cx.error(
+                        *sp,
+                        format!(
+                            "more than {MAX_PASSES} blocks in sequence read their input's shape (`in_channels`, ..); `{path}` is one too many"
+                        ),
+                    );
+                } else if model_cx.is_empty() {
+                    // Still unexpanded with nothing learnt: its input is unknown, which an error
+                    // explains; without one this is a bug.
+                    model_cx.error(*sp, format!("internal error: block instance `{path}` was never expanded"));
                 }
             }
-            return (models, inferred, cx);
-        }
-        // A chain of MAX_PASSES blocks is expanded by pass MAX_PASSES + 1; one more is too many.
-        if passes > MAX_PASSES {
-            if let Some((path, _, sp)) = inferred.iter().find_map(|(prog, _)| prog.needs_input.first()) {
-                cx.error(
-                    *sp,
-                    format!(
-                        "more than {MAX_PASSES} blocks in sequence read their input's shape (`in_channels`, ..); `{path}` is one too many"
-                    ),
-                );
+            cx.absorb(model_cx);
+            if let (Some(m), Some(r)) = (built, result) {
+                models.push(m);
+                inferred.push(r);
             }
-            return (models, inferred, cx);
+            break;
         }
-        // This pass's errors are those of a partial expansion: the next pass reports its own.
-        let _ = cx.check();
     }
+    (models, inferred, cx)
 }
 
 /// After a parse error, still declare the models we can see (`model Name`, with the input shape

@@ -122,10 +122,17 @@ pub(crate) enum Shortcut {
 /// earlier expansion pass: what `in_channels` and its kin are in that instance.
 pub(crate) type KnownInputs = HashMap<(String, String), Vec<usize>>;
 
-/// Instantiates every model of the input. Name errors go to `cx`.
+/// The items of an invocation, checked: block templates by name, and the models to build (a
+/// duplicate or badly named one is an error in `cx`, not built).
+pub(crate) struct Items<'a> {
+    blocks: HashMap<String, &'a BlockDef>,
+    pub models: Vec<&'a parse::ModelDef>,
+}
+
+/// Checks the invocation's names (blocks, their parameters, models); errors go to `cx`.
 // As on `seq_in`: duplicate checks written as if/else next to their errors.
 #[allow(clippy::map_entry)]
-pub(crate) fn build(input: &Input, cx: &mut Ctxt, known: &KnownInputs) -> Vec<Model> {
+pub(crate) fn check_items<'a>(input: &'a Input, cx: &mut Ctxt) -> Items<'a> {
     let mut blocks: HashMap<String, &BlockDef> = HashMap::new();
     let mut models: Vec<&parse::ModelDef> = Vec::new();
     let mut model_names: HashMap<String, Sp> = HashMap::new();
@@ -198,8 +205,13 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt, known: &KnownInputs) -> Vec<Mo
             }
         }
     }
-    let mut out = Vec::new();
-    for m in models {
+    Items { blocks, models }
+}
+
+/// Instantiates one model; its errors go to `cx`. `None` when its input shape is invalid (its
+/// body is still expanded, so that its other errors are reported).
+pub(crate) fn build_model(items: &Items<'_>, m: &parse::ModelDef, cx: &mut Ctxt, known: &KnownInputs) -> Option<Model> {
+    {
         let mut input_dims = Vec::new();
         let mut ok = true;
         for d in &m.dims {
@@ -244,7 +256,7 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt, known: &KnownInputs) -> Vec<Mo
         let name = m.name.to_string();
         let mut inst = Inst {
             cx,
-            blocks: &blocks,
+            blocks: &items.blocks,
             model: name,
             nodes: 0,
             exhausted: false,
@@ -257,9 +269,9 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt, known: &KnownInputs) -> Vec<Mo
         let body = inst.seq(&m.body, &Env::new(), "", &None, 0);
         let used = inst.used;
         if !ok {
-            continue;
+            return None;
         }
-        out.push(Model {
+        Some(Model {
             name: m.name.clone(),
             vis: m.vis.clone(),
             docs: m.attrs.docs.clone(),
@@ -268,7 +280,6 @@ pub(crate) fn build(input: &Input, cx: &mut Ctxt, known: &KnownInputs) -> Vec<Mo
             input: input_dims,
             body,
             blocks: used,
-        });
+        })
     }
-    out
 }
