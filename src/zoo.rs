@@ -18,6 +18,10 @@
 //!   stochastic depth), torchvision's layout and keys.
 //! - [`RegNetY400MF`] (grouped bottlenecks with SE gates), torchvision's layout and keys.
 //! - [`DenseNet121`] (dense blocks of `tap` and `cat`), torchvision's layout and keys.
+//! - Transformers: [`ViT_B_16`] (torchvision's Vision Transformer: patch embedding, class token,
+//!   position embedding, 12 pre-norm encoder blocks of attention and MLP), torchvision's layout
+//!   and keys; [`Gpt2Small`] (GPT-2 small: token and position embeddings, 12 pre-norm causal
+//!   blocks, the head tied to the token embedding).
 //! - Segmentation: a small [`UNet`] (long skips by `tap` and `cat`, bilinear upsampling), trained
 //!   by `examples/unet.rs`.
 #![allow(non_camel_case_types)]
@@ -540,5 +544,50 @@ residual! {
         -> up2: (upsample_bilinear(2) -> cat(skip2) -> DoubleConv(32))
         -> up3: (upsample_bilinear(2) -> cat(skip1) -> DoubleConv(16))
         -> outc: conv(3, 1, bias = true)
+    }
+
+    // ------------------------------------------------------------------ Transformers
+
+    /// torchvision's ViT `EncoderBlock`: `x + attention(ln_1(x))`, then `x + mlp(ln_2(x))`. The
+    /// dropouts stand where torchvision's `Dropout`s stand, so that the MLP's linear layers take
+    /// indices 0 and 3 of `mlp` (torchvision's `MLPBlock` keys).
+    block EncoderBlock(heads, mlp_dim, eps = 1e-6) {
+        residual { ln_1: layernorm(eps) -> self_attention: attention(heads) -> dropout(0.0) }
+        -> residual {
+            ln_2: layernorm(eps)
+            -> mlp: (linear(mlp_dim) -> gelu -> dropout(0.0) -> linear(in_features) -> dropout(0.0))
+        }
+    }
+
+    /// ViT-B/16 (Dosovitskiy et al. 2021), torchvision's layout and keys: 86,567,656
+    /// parameters. A 16x16 conv with stride 16 cuts the image into 196 patches, `to_tokens` makes
+    /// them a sequence, the class token goes first, then the encoder (position embedding, 12
+    /// blocks, layer norm), and the head reads the class token.
+    pub model ViT_B_16[3, 224, 224] {
+        conv_proj: conv(768, 16, stride = 16, bias = true) -> to_tokens -> class_token
+        -> encoder: (
+            pos_embedding -> dropout(0.0)
+            -> layers: (encoder_layer_{0}: EncoderBlock(12, 3072) x 12)
+            -> ln: layernorm(eps = 1e-6)
+        )
+        -> token(0)
+        -> heads: (head: linear(1000))
+    }
+
+    /// GPT-2's block (Radford et al. 2019): pre-norm, causal self-attention, a 4x MLP with
+    /// tanh-approximated GELU.
+    block GptBlock(heads) {
+        residual { ln_1: layernorm -> attn: attention(heads, causal = true) }
+        -> residual { ln_2: layernorm -> mlp: (c_fc: linear(4 * in_features) -> gelu(approximate = true) -> c_proj: linear(in_features)) }
+    }
+
+    /// GPT-2 small on its full context of 1024 token ids: 124,439,808 parameters, the head tied
+    /// to the token embedding (`unembed`: logits are `h @ wte.weight^T`, as GPT-2's `lm_head`).
+    /// Output: the next-token logits at each position, `[1024, 50257]`.
+    pub model Gpt2Small[1024] {
+        wte: embedding(50257, 768) -> pos_embedding -> dropout(0.1)
+        -> h: GptBlock(12) x 12
+        -> ln_f: layernorm
+        -> unembed
     }
 }

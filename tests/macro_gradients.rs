@@ -13,6 +13,10 @@
 //! upsampling between a tap and its `cat`, a transposed conv, uneven adaptive pooling, a layer
 //! norm over channels, a linear layer over channels and half-pixel bilinear upsampling.
 //!
+//! `TokNet`, `MeanNet` and `GptNet` cover the transformer layers: patch tokens, the class token,
+//! position embeddings (whole and sliced), attention with and without its causal mask, reading
+//! one token and the mean over tokens, token embedding and the tied head (`unembed`).
+//!
 //! `GradNet` has ops compiled plans do not run (silu, gelu, cat), so it exercises the
 //! layer-by-layer code. `PlanNet` holds only plan ops (conv with and without bias, batch norm in
 //! a conv chain and on its own, relu, residual and tap adds, auto and pad shortcuts, both pools,
@@ -81,14 +85,57 @@ residual! {
     }
 }
 
-type Input = Tensor<Rank4<2, 2, 6, 6>, f64, Cpu>;
+residual! {
+    /// A small ViT: patch embedding (a strided conv and `to_tokens`), the class token, a
+    /// position embedding, a pre-norm encoder block (attention and an MLP, both residual), a
+    /// causal block under a longer position embedding (the first rows of a `len = 12` table),
+    /// and the class token read out.
+    model TokNet[2, 6, 6] {
+        proj: conv(4, 2, stride = 2, bias = true) -> to_tokens -> class_token
+        -> enc: (
+            pos_embedding
+            -> residual { ln_1: layernorm -> att: attention(2) }
+            -> residual { ln_2: layernorm(eps = 1e-6) -> mlp: (linear(8) -> gelu -> linear(4)) }
+        )
+        -> dec: (pos_embedding(len = 12) -> residual { ln: layernorm -> att: attention(4, causal = true) })
+        -> token(0) -> fc: linear(3)
+    }
 
-/// The same finite-difference checks for each model.
+    /// One-head attention straight on the patch tokens, pooled by the mean over tokens.
+    model MeanNet[2, 6, 6] {
+        proj: conv(4, 2, stride = 2) -> to_tokens -> att: attention(1) -> global_avgpool -> fc: linear(3)
+    }
+
+    /// A small GPT: token ids in, the token and position embeddings, a causal pre-norm block, and
+    /// the head tied to the token embedding (whose gradient collects both of its uses).
+    model GptNet[5] {
+        wte: embedding(7, 4) -> pos_embedding(len = 6)
+        -> residual { ln_1: layernorm -> attn: attention(2, causal = true) }
+        -> residual { ln_2: layernorm -> mlp: (linear(8) -> gelu(approximate = true) -> linear(4)) }
+        -> ln_f: layernorm -> unembed
+    }
+}
+
+type Image = Tensor<Rank4<2, 2, 6, 6>, f64, Cpu>;
+
+/// A batch of two sequences of five token ids below 7.
+fn token_ids(dev: &Cpu) -> Tensor<Rank2<2, 5>, usize, Cpu> {
+    dev.tensor_from_vec(vec![3, 0, 6, 6, 1, 2, 5, 4, 0, 3], (Const, Const))
+}
+
+/// The same finite-difference checks for each model: on a batch of two `[2, 6, 6]` images with
+/// three logits each (the input's gradient checked too), or on any input made by `$input` with
+/// any output (`ids`: token ids, which have no gradient).
 macro_rules! gradient_checks {
     ($module:ident, $net:ty, $seed:expr, $min_checked:expr, $($mode:ident),*) => {
+        gradient_checks!($module, $net, $seed, $min_checked, Image, Rank2<2, 3>, |dev: &Cpu| dev.sample_normal(), image, $($mode),*);
+    };
+    ($module:ident, $net:ty, $seed:expr, $min_checked:expr, $in:ty, $out:ty, $input:expr, $kind:ident, $($mode:ident),*) => {
         mod $module {
             use super::*;
             type Net = $net;
+            type Input = $in;
+            type Output = $out;
 
             /// Reads every tensor's values, or its gradient, keyed by parameter path.
             struct Read<'g> {
@@ -164,7 +211,7 @@ macro_rules! gradient_checks {
             }
 
             /// The scalar the test differentiates: a fixed random projection of the logits.
-            fn loss_value(model: &mut Net, x: &Input, r: &Tensor<Rank2<2, 3>, f64, Cpu>, train: bool) -> f64 {
+            fn loss_value(model: &mut Net, x: &Input, r: &Tensor<Output, f64, Cpu>, train: bool) -> f64 {
                 let y = if train { model.forward_mut(x.clone()) } else { model.forward(x.clone()) };
                 (y * r.clone()).sum::<Rank0, _>().array()
             }
@@ -176,11 +223,12 @@ macro_rules! gradient_checks {
             fn check(train: bool) {
                 let dev = Cpu::seed_from_u64($seed);
                 let mut model = dev.build_module::<Net, f64>();
-                let x: Input = dev.sample_normal();
-                let r: Tensor<Rank2<2, 3>, f64, Cpu> = dev.sample_normal();
+                let make = $input;
+                let x: Input = make(&dev);
+                let r: Tensor<Output, f64, Cpu> = dev.sample_normal();
                 // Non-trivial running statistics so eval mode is not the identity normalisation.
                 for _ in 0..3 {
-                    let warm: Input = dev.sample_normal();
+                    let warm: Input = make(&dev);
                     let _ = model.forward_mut(warm);
                 }
 
@@ -190,7 +238,6 @@ macro_rules! gradient_checks {
                 let y = if train { model.forward_mut(x.trace(grads)) } else { model.forward(x.trace(grads)) };
                 let grads = (y * r.clone()).sum::<Rank0, _>().backward();
                 let analytic = read(&model, Some(&grads));
-                let grad_x = grads.get(&x).as_vec();
 
                 // A training-mode forward updates running statistics; keep them fixed while differencing
                 // (the training-mode output does not depend on them, eval mode does).
@@ -219,23 +266,28 @@ macro_rules! gradient_checks {
                 }
                 assert!(checked > $min_checked, "checked only {checked} parameters");
 
-                let xv = x.as_vec();
-                for i in 0..xv.len() {
-                    let shifted = |d: f64| {
-                        let mut v = xv.clone();
-                        v[i] += d;
-                        dev.tensor_from_vec(v, (Const, Const, Const, Const))
-                    };
-                    let mut m = model.clone();
-                    let plus = loss_value(&mut m, &shifted(h), &r, train);
-                    let mut m = model.clone();
-                    let minus = loss_value(&mut m, &shifted(-h), &r, train);
-                    let numeric = (plus - minus) / (2.0 * h);
-                    assert!(close(grad_x[i], numeric), "input[{i}]: tape {} vs finite difference {numeric}", grad_x[i]);
-                }
+                gradient_checks!(@input $kind, model, grads, x, r, train, h, dev);
             }
 
             $(gradient_checks!(@test $mode);)*
+        }
+    };
+    (@input ids, $($rest:tt)*) => {};
+    (@input image, $model:ident, $grads:ident, $x:ident, $r:ident, $train:ident, $h:ident, $dev:ident) => {
+        let grad_x = $grads.get(&$x).as_vec();
+        let xv = $x.as_vec();
+        for i in 0..xv.len() {
+            let shifted = |d: f64| {
+                let mut v = xv.clone();
+                v[i] += d;
+                $dev.tensor_from_vec(v, (Const, Const, Const, Const))
+            };
+            let mut m = $model.clone();
+            let plus = loss_value(&mut m, &shifted($h), &$r, $train);
+            let mut m = $model.clone();
+            let minus = loss_value(&mut m, &shifted(-$h), &$r, $train);
+            let numeric = (plus - minus) / (2.0 * $h);
+            assert!(close(grad_x[i], numeric), "input[{i}]: tape {} vs finite difference {numeric}", grad_x[i]);
         }
     };
     (@test eval) => {
@@ -262,6 +314,21 @@ gradient_checks!(layer_by_layer, GradNet<f64, Cpu>, 11, 1500, eval, train);
 gradient_checks!(fused_plan, PlanNet<f64, Cpu>, 12, 800, train, eval);
 gradient_checks!(gates, GateNet<f64, Cpu>, 13, 250, eval, train);
 gradient_checks!(upsampling, UpNet<f64, Cpu>, 14, 100, eval, train);
+
+gradient_checks!(tokens, TokNet<f64, Cpu>, 15, 150, eval, train);
+gradient_checks!(token_mean, MeanNet<f64, Cpu>, 16, 60, eval, train);
+gradient_checks!(
+    decoder,
+    GptNet<f64, Cpu>,
+    17,
+    200,
+    Tensor<Rank2<2, 5>, usize, Cpu>,
+    Rank3<2, 5, 7>,
+    token_ids,
+    ids,
+    eval,
+    train
+);
 
 #[test]
 fn plan_net_runs_as_a_fused_plan_and_grad_net_has_none() {

@@ -76,7 +76,7 @@ fn hashed(key: &str, shape: &[usize]) -> Vec<f32> {
                 0.1 * u
             } else if name == "weight" && shape.len() == 1 {
                 1.0 + 0.1 * u
-            } else if name == "bias" {
+            } else if name.ends_with("bias") {
                 0.1 * u
             } else {
                 let fan_in = n / shape[0];
@@ -162,6 +162,11 @@ fn densenet121_is_torchvisions() {
 #[test]
 fn regnet_y_400mf_is_torchvisions() {
     check::<zoo::RegNetY400MF<f32, Cpu>>("RegNetY400MF", 1e-5);
+}
+
+#[test]
+fn vit_b_16_is_torchvisions() {
+    check::<zoo::ViT_B_16<f32, Cpu>>("ViT_B_16", 1e-5);
 }
 
 #[test]

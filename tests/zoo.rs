@@ -120,3 +120,16 @@ fn cifar_resnet_runs_forward_to_finite_logits() {
     assert_eq!(y.shape().concrete(), [2, 10]);
     assert!(y.as_vec().iter().all(|v| v.is_finite()));
 }
+
+/// ViT-B/16: torchvision's 86,567,656 parameters and 17.56 GFLOPS (multiply-adds, its model
+/// table); GPT-2 small with its head tied to the token embedding: 124,439,808 (the head adds none,
+/// which dfdx's count of the built model confirms: `unembed` reuses `wte.weight`).
+#[test]
+fn transformers_have_the_published_counts() {
+    assert_params::<ViT_B_16<f32, Cpu>>(86_567_656);
+    let gmacs = ViT_B_16::<f32, Cpu>::MACS as f64 / 1e9;
+    assert!((17.555..17.565).contains(&gmacs), "ViT-B/16: {gmacs:.4} GMACs does not round to 17.56");
+    assert_params::<Gpt2Small<f32, Cpu>>(124_439_808);
+    assert_eq!(Gpt2Small::<f32, Cpu>::INPUT_SHAPE, &[1024]);
+    assert_eq!(Gpt2Small::<f32, Cpu>::OUTPUT_SHAPE, &[1024, 50257]);
+}

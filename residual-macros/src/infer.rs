@@ -281,6 +281,21 @@ impl Infer<'_> {
         output
     }
 
+    /// The model's token embedding, once inferred.
+    pub(crate) fn token_input(&self) -> Option<crate::ir::TokenInput> {
+        self.prog.token_input
+    }
+
+    /// The model reads token ids through `t.field`.
+    pub(crate) fn set_token_input(&mut self, t: crate::ir::TokenInput) {
+        self.prog.token_input = Some(t);
+    }
+
+    /// The struct field name of field `field`.
+    pub(crate) fn field_ident_of(&self, field: usize) -> String {
+        self.prog.fields.get(field).map(|f| f.ident.clone()).unwrap_or_default()
+    }
+
     /// A struct field for a parameter-bearing layer; its index.
     pub(crate) fn add_field(&mut self, node: &Node, path: &str, ident: String, ty: Box<dyn FieldType>) -> usize {
         self.prog.fields.push(Field { path: path.to_string(), ident, ty, sp: node.sp, origin: node.origin.clone() });

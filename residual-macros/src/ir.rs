@@ -148,4 +148,14 @@ pub(crate) struct Program {
     /// expands them with it (the span is the call's). Empty in the program that code generation
     /// reads.
     pub needs_input: Vec<(String, Vec<usize>, Sp)>,
+    /// The model reads token ids (its input is `[S]` of `usize`) through this `embedding`.
+    pub token_input: Option<TokenInput>,
+}
+
+/// A model's token embedding: the field reading the ids, and its table's size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenInput {
+    pub field: usize,
+    pub num: usize,
+    pub dim: usize,
 }

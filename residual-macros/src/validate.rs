@@ -4,11 +4,45 @@
 use std::collections::HashMap;
 
 use crate::ctxt::Ctxt;
-use crate::ir::{Field, Program};
+use crate::ir::{Field, Op, Program};
 
 /// Runs every rule on one model's program.
 pub(crate) fn validate(prog: &Program, cx: &mut Ctxt) {
     check_fields(&prog.fields, cx);
+    check_token_input(prog, cx);
+}
+
+/// A model that reads token ids (`embedding` first) has integers for its input: only the
+/// embedding may read them (a residual around it, or a tap of the ids, would add ids to vectors).
+fn check_token_input(prog: &Program, cx: &mut Ctxt) {
+    let Some(t) = prog.token_input else { return };
+    // The input and its second handles (the fork of a shortcut or a tap around the embedding).
+    let mut ids = vec![0];
+    for op in &prog.ops {
+        let (reads_ids, sp) = match op {
+            Op::Fork { input, output } => {
+                if ids.contains(input) {
+                    ids.push(*output);
+                }
+                continue;
+            }
+            Op::Field { input, field, sp, .. } => (ids.contains(input) && *field != t.field, *sp),
+            Op::Layer { input, sp, .. } => (ids.contains(input), *sp),
+            Op::Add { a, b, sp, .. } | Op::Mul { a, b, sp, .. } | Op::Cat { a, b, sp, .. } => {
+                (ids.contains(a) || ids.contains(b), *sp)
+            }
+        };
+        if reads_ids {
+            let origin = prog.fields.get(t.field).and_then(|f| f.origin.clone());
+            cx.push(
+                sp,
+                "this reads the model's input, which is token ids: only its `embedding` may read them",
+                Some("put the residual, tap or layer after the embedding".into()),
+                origin,
+            );
+            return;
+        }
+    }
 }
 
 /// Every parameter-bearing layer becomes one struct field named after its path (`.` -> `_`),

@@ -61,8 +61,8 @@ pub(crate) fn uniform_bound<E: Element>(fan: usize) -> Uniform<E> {
 
 /// `N(0, std)` sampled in f64 and cast, so no `StandardNormal: Distribution<E>` bound is needed.
 #[derive(Clone, Copy, Debug)]
-struct NormalAsE {
-    std: f64,
+pub(crate) struct NormalAsE {
+    pub std: f64,
 }
 
 impl<E: Element> Distribution<E> for NormalAsE {

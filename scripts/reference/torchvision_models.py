@@ -29,6 +29,7 @@ MODELS = {
     "DenseNet121": torchvision.models.densenet121,
     "RegNetY400MF": torchvision.models.regnet_y_400mf,
     "ConvNeXtTiny": torchvision.models.convnext_tiny,
+    "ViT_B_16": torchvision.models.vit_b_16,
 }
 
 
@@ -62,7 +63,8 @@ def hashed(key, shape):
         v = 0.1 * u
     elif name == "weight" and len(shape) == 1:
         v = 1.0 + 0.1 * u
-    elif name == "bias":
+    elif name.endswith("bias"):
+        # `bias`, and attention's packed `in_proj_bias`.
         v = 0.1 * u
     else:
         # A weight: uniform with variance 1 / fan_in.

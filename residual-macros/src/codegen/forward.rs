@@ -126,7 +126,11 @@ pub(crate) fn module_impls(m: &Model, prog: &Program) -> TokenStream {
     let d = dfdx();
     let p = private();
     let name = &m.name;
-    let in_ty = tensor_ty(&m.input);
+    // A model that starts with `embedding` reads token ids.
+    let in_ty = match prog.token_input {
+        Some(_) => super::ids_ty(&m.input),
+        None => tensor_ty(&m.input),
+    };
     let out_shape = prog.vars.get(prog.output).cloned().unwrap_or_default();
     let out_ty = tensor_ty(&out_shape);
     let x0 = var(0);

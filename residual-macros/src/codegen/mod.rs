@@ -94,6 +94,16 @@ pub(crate) fn tensor_ty(shape: &[usize]) -> TokenStream {
     quote!(#d::tensor::Tensor<(B, #(#dims,)*), E, D, T>)
 }
 
+/// The token-id tensor `Tensor<(B, Const<..>, ..), usize, D, T>` of a model that reads ids.
+pub(crate) fn ids_ty(shape: &[usize]) -> TokenStream {
+    let d = dfdx();
+    let dims = shape.iter().map(|n| {
+        let n = lit(*n);
+        quote!(#d::shapes::Const<#n>)
+    });
+    quote!(#d::tensor::Tensor<(B, #(#dims,)*), usize, D, T>)
+}
+
 /// Everything generated for one model.
 pub(crate) fn model(m: &Model, prog: &Program) -> TokenStream {
     let d = dfdx();

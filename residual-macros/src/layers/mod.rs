@@ -10,6 +10,7 @@
 //! every spec (a test checks it).
 
 mod activation;
+mod attention;
 mod conv;
 mod conv_transpose;
 mod dropout;
@@ -18,6 +19,7 @@ mod norm;
 mod pool;
 mod reshape;
 mod scale;
+mod sequence;
 pub(crate) mod shortcut;
 mod upsample;
 
@@ -42,6 +44,8 @@ const FAMILIES: &[&[Spec]] = &[
     linear::SPECS,
     dropout::SPECS,
     scale::SPECS,
+    sequence::SPECS,
+    attention::SPECS,
     activation::SPECS,
 ];
 
@@ -75,6 +79,9 @@ pub(crate) enum Dflt {
     Float(f64),
     /// The value of an earlier parameter (a pool's stride is its kernel).
     Same(&'static str),
+    /// Inferred from the value flowing in when not given (a position embedding's length is the
+    /// sequence's); the text is what the signature shows (`len = S`).
+    Inferred(&'static str),
 }
 
 /// `Param` in a `const` table: `p("stride", Dflt::Int(1))`.
@@ -136,7 +143,7 @@ impl Spec {
                     Dflt::Int(v) => Some(v.to_string()),
                     Dflt::Bool(v) => Some(v.to_string()),
                     Dflt::Float(v) => Some(format!("{v:?}")),
-                    Dflt::Same(other) => Some(other.to_string()),
+                    Dflt::Same(other) | Dflt::Inferred(other) => Some(other.to_string()),
                 };
                 (p.name.to_string(), d)
             })
@@ -174,8 +181,8 @@ mod tests {
         assert_eq!(alias("nothing"), None);
     }
 
-    /// Every layer builds from its signature with its required arguments set to 1, on an image or
-    /// a vector, in a named group (a layer scale belongs to one) (so a `build` that reads an argument its spec lacks, or drops the layer, fails).
+    /// Every layer builds from its signature with its required arguments set to 1, on an image, a
+    /// vector, a sequence or token ids, in a named group (a layer scale belongs to one) (so a `build` that reads an argument its spec lacks, or drops the layer, fails).
     #[test]
     fn every_layer_builds_from_its_signature() {
         for s in all() {
@@ -187,10 +194,12 @@ mod tests {
                 .map(|p| if p.name == "p" { "0.5" } else { "1" })
                 .collect();
             let call = format!("{}({})", s.name, req.join(", "));
-            let ok = ["[4, 8, 8]", "[8]"]
+            // An image, a vector, a sequence, and token ids (then after the model's embedding,
+            // which `unembed` needs).
+            let ok = ["[4, 8, 8] { g: (", "[8] { g: (", "[4, 8] { g: (", "[4] { wte: embedding(3, 8) -> g: ("]
                 .iter()
-                .any(|input| crate::tests::errors(&format!("model M{input} {{ g: ({call}) }}")).is_empty());
-            assert!(ok, "`{call}` fails on both an image and a vector");
+                .any(|head| crate::tests::errors(&format!("model M{head}{call}) }}")).is_empty());
+            assert!(ok, "`{call}` fails on an image, a vector, a sequence and after an embedding");
         }
     }
 

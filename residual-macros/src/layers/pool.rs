@@ -1,5 +1,5 @@
 //! Pooling: `maxpool` and `avgpool` (square window, stride defaulting to the kernel, padding at
-//! most half the kernel as in PyTorch) on `[C, H, W]`; `global_avgpool` and `global_maxpool`
+//! most half the kernel as in PyTorch) on `[C, H, W]`; `global_avgpool` and `global_maxpool` (also over the tokens of `[S, D]`)
 //! (`[C, H, W] -> [C]`); `adaptive_avgpool(out)` (`[C, H, W] -> [C, out, out]`, PyTorch's
 //! `AdaptiveAvgPool2d(out)`: a global mean when `out` is 1, an average pool when `out` splits the
 //! map into equal square bins, and PyTorch's uneven bins by separable resampling otherwise).
@@ -145,6 +145,12 @@ impl Layer for GlobalPool {
     fn infer(&self, inf: &mut Infer<'_>, at: &LayerAt<'_>) -> Option<Var> {
         let input = inf.shape(at.input);
         let name = if self.max { "global_maxpool" } else { "global_avgpool" };
+        // Over the tokens of a sequence: `[S, D] -> [D]` (timm's `global_pool = "avg"` of a ViT).
+        if let [_, d] = input[..] {
+            let v = inf.layer_op(at.input, vec![d], Rc::new(GlobalPoolCode { max: self.max }), at.node.sp);
+            inf.row(at.shown, format!("{name} over tokens"), &[d], 0, 0);
+            return Some(v);
+        }
         match shape::global_avgpool(&input) {
             Ok(o) => {
                 let v = inf.layer_op(at.input, o.to_vec(), Rc::new(GlobalPoolCode { max: self.max }), at.node.sp);
@@ -167,6 +173,13 @@ struct GlobalPoolCode {
 impl OpCode for GlobalPoolCode {
     fn forward(&self, cx: &ForwardCx<'_>) -> TokenStream {
         let (d, x) = (dfdx(), cx.x);
+        if cx.input.len() == 2 {
+            return if self.max {
+                quote!(#d::tensor_ops::MaxTo::try_max::<_, #d::shapes::Axis<1>>(#x)?)
+            } else {
+                quote!(#d::tensor_ops::MeanTo::try_mean::<_, #d::shapes::Axis<1>>(#x)?)
+            };
+        }
         if self.max {
             quote!(#d::nn::Module::try_forward(&#d::nn::modules::MaxPoolGlobal, #x)?)
         } else {

@@ -191,6 +191,8 @@ impl Inst<'_> {
                 (None, Dflt::Bool(b)) => (Value::Bool(b), name_sp),
                 (None, Dflt::Float(f)) => (Value::Float(f), name_sp),
                 (None, Dflt::Same(other)) => (vals.iter().find(|(n, _)| *n == other)?.1 .0, name_sp),
+                // Not bound: the layer infers it (`Args::size_or_inferred`).
+                (None, Dflt::Inferred(_)) => continue,
                 (None, Dflt::Required) => return None,
             };
             vals.push((param.name, v));
@@ -262,6 +264,15 @@ impl Args<'_> {
                 None
             }
         }
+    }
+
+    /// A size the layer infers when it is not given (`Dflt::Inferred`): `Some(None)` then;
+    /// `None` after reporting a bad one.
+    pub fn size_or_inferred(&mut self, what: &str, min: i128) -> Option<Option<V<usize>>> {
+        if !self.vals.iter().any(|(n, _)| *n == what) {
+            return Some(None);
+        }
+        self.size(what, min).map(Some)
     }
 
     pub fn boolean(&mut self, what: &str) -> Option<bool> {

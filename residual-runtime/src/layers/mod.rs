@@ -2,6 +2,7 @@
 //! Each is a `Module`/`ModuleMut` for inputs with any tape, a `TensorCollection` with
 //! torchvision's parameter names, and statically shaped by const parameters.
 
+mod attention;
 mod batchnorm2d;
 mod bias2d;
 mod conv2d;
@@ -12,7 +13,9 @@ mod layer_norm;
 mod layer_scale;
 mod pool2d;
 mod subsample_pad;
+mod tokens;
 
+pub use attention::SelfAttention;
 pub use batchnorm2d::BatchNorm2d;
 pub use bias2d::Bias2d;
 pub use conv2d::Conv2d;
@@ -23,3 +26,4 @@ pub use layer_norm::LayerNorm;
 pub use layer_scale::LayerScale;
 pub use pool2d::{AvgPool2d, MaxPool2d};
 pub use subsample_pad::SubsamplePad;
+pub use tokens::{ClassToken, PosEmbedding};
