@@ -4,6 +4,8 @@
 //! `zero_grads`), fp32, random weights and inputs.
 //!
 //! `cargo run --release --example bench_models [-- --rows r50-b1,r50-b8 --reps 7 --layers --cache]`
+//! (rows: r50-b1, r50-b8, r152-b8, r18-b8, r56-b128, vit-b1, vit-b8 for inference; r50-b8-train,
+//! r56-b16-train, r56-b128-train for a training step)
 //!
 //! `--layers` also times each row on the layer-by-layer path (one dfdx op per layer, what every
 //! model ran before compiled plans; `plan::with_plans_disabled`), in the same process.
@@ -281,6 +283,9 @@ fn run_row(row: &str, dev: &Cpu, reps: usize) -> Row {
             "r152-b8" => infer::<zoo::ResNet152, 3, 224, 224, 8>("resnet152", dev, reps),
             "r18-b8" => infer::<zoo::ResNet18, 3, 224, 224, 8>("resnet18", dev, reps),
             "r56-b128" => infer::<zoo::ResNet56, 3, 32, 32, 128>("resnet56", dev, reps),
+            // Transformers run layer by layer (no plan kernels for attention yet).
+            "vit-b1" => infer::<zoo::ViT_B_16, 3, 224, 224, 1>("vit_b_16", dev, reps),
+            "vit-b8" => infer::<zoo::ViT_B_16, 3, 224, 224, 8>("vit_b_16", dev, reps),
             "r50-b8-train" => train::<zoo::ResNet50, 3, 224, 224, 8, 1000>("resnet50", dev, reps),
             "r56-b16-train" => train::<zoo::ResNet56, 3, 32, 32, 16, 10>("resnet56", dev, reps),
             "r56-b128-train" => train::<zoo::ResNet56, 3, 32, 32, 128, 10>("resnet56", dev, reps),

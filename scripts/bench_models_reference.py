@@ -80,7 +80,7 @@ def cifar_resnet(depth):
 def parse_row(row):
     """'r50-b8-train' -> (model name, batch, mode)."""
     parts = row.split("-")
-    name = {"r18": "resnet18", "r50": "resnet50", "r152": "resnet152", "r56": "resnet56"}[parts[0]]
+    name = {"r18": "resnet18", "r50": "resnet50", "r152": "resnet152", "r56": "resnet56", "vit": "vit_b_16"}[parts[0]]
     batch = int(parts[1][1:])
     mode = "train" if len(parts) > 2 and parts[2] == "train" else "infer"
     return name, batch, mode

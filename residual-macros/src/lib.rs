@@ -67,6 +67,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                         docs: &m.attrs.docs,
                         input: built.map(|(b, _)| b.input.as_slice()),
                         output: built.and_then(|(_, (_, o))| o.as_deref()),
+                        ids: built.is_some_and(|(_, (p, _))| p.token_input.is_some()),
                     }));
                 }
             }
@@ -171,6 +172,9 @@ fn fallbacks_from_tokens(input: TokenStream) -> TokenStream {
                     docs: &[],
                     input: dims.as_deref(),
                     output: None,
+                    // Unknown after a parse error: a float input (a model on token ids gets a
+                    // follow-on type error here, beside the parse error that explains it).
+                    ids: false,
                 }));
             }
         }

@@ -18,6 +18,9 @@ pub(crate) struct Known<'a> {
     pub docs: &'a [syn::Attribute],
     pub input: Option<&'a [usize]>,
     pub output: Option<&'a [usize]>,
+    /// The model reads token ids (its `embedding` was inferred before the error): its input
+    /// is `usize`, as in the model without errors.
+    pub ids: bool,
 }
 
 pub(crate) fn fallback(k: &Known) -> TokenStream {
@@ -39,7 +42,7 @@ pub(crate) fn fallback(k: &Known) -> TokenStream {
     let body = quote!(::core::unreachable!("this model's declaration has errors"));
     let module = match k.input {
         Some(input) => {
-            let in_ty = tensor_ty(input);
+            let in_ty = if k.ids { super::ids_ty(input) } else { tensor_ty(input) };
             let out_ty = match k.output {
                 Some(o) => tensor_ty(o),
                 None => never.clone(),

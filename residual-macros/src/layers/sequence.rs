@@ -304,6 +304,15 @@ impl FieldType for EmbeddingField {
         let (n, m) = (lit(self.num), lit(self.dim));
         quote!(#d::nn::modules::Embedding<#n, #m, E, D>)
     }
+
+    /// The ids are checked against the table first (`check_token_ids` panics naming a bad one).
+    fn forward(&self, field: &TokenStream, cx: &ForwardCx<'_>) -> Option<TokenStream> {
+        let (d, p, x, n) = (dfdx(), private(), cx.x, lit(self.num));
+        Some(quote!({
+            #p::layers::check_token_ids(&#x, #n);
+            #d::nn::Module::try_forward(&#field, #x)?
+        }))
+    }
 }
 
 fn build_token(a: &mut Args<'_>) -> Option<Rc<dyn Layer>> {

@@ -36,7 +36,7 @@ impl<const M: usize, const M3: usize, const H: usize, const C: bool, E: Dtype, D
 {
     /// The width of one head, `M / H`; evaluating it checks the const parameters.
     pub const HEAD_DIM: usize = {
-        assert!(H > 0 && M % H == 0, "the model width must be a multiple of the number of heads");
+        assert!(H > 0 && M.is_multiple_of(H), "the model width must be a multiple of the number of heads");
         assert!(M3 == 3 * M, "M3 must be 3 * M");
         M / H
     };
@@ -167,6 +167,7 @@ mod tests {
     use dfdx::prelude::*;
 
     /// A naive f64 loop: `softmax(q k^T / sqrt(d)) v` per head with PyTorch's packing.
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         x: &[f64],
         s: usize,

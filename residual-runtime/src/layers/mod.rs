@@ -26,4 +26,4 @@ pub use layer_norm::LayerNorm;
 pub use layer_scale::LayerScale;
 pub use pool2d::{AvgPool2d, MaxPool2d};
 pub use subsample_pad::SubsamplePad;
-pub use tokens::{ClassToken, PosEmbedding};
+pub use tokens::{check_token_ids, ClassToken, PosEmbedding};

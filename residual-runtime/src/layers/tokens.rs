@@ -106,6 +106,20 @@ impl<B: Dim, const S: usize, const L: usize, const M: usize, E: Element, D: Devi
     }
 }
 
+/// Checks that every token id is below `num`, the size of the embedding table it indexes, before
+/// dfdx's gather reads row `id` (on the CPU an id past the table is an index panic deep inside
+/// dfdx; on a GPU, a read out of the buffer). The generated `forward` of a model on token ids
+/// calls it first.
+///
+/// # Panics
+/// On an id `>= num`, naming it, its position and the table's size: a model's `forward` returns
+/// the device's error type, which has no variant for a bad input value.
+pub fn check_token_ids<S: dfdx::shapes::Shape, D: Storage<usize>, T>(ids: &Tensor<S, usize, D, T>, num: usize) {
+    if let Some((at, id)) = ids.as_vec().into_iter().enumerate().find(|(_, id)| *id >= num) {
+        panic!("token id {id} (at flat position {at} of the ids) is out of range for an embedding of {num} tokens");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +139,16 @@ mod tests {
         .sum()
         .backward();
         assert_eq!(g.get(&ct.class_token).as_vec(), vec![4.0, 6.0]);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "token id 7 (at flat position 2 of the ids) is out of range for an embedding of 7 tokens"
+    )]
+    fn token_ids_past_the_table_are_refused_by_name() {
+        let dev: Cpu = Default::default();
+        let ids: Tensor<Rank2<1, 3>, usize, Cpu> = dev.tensor([[0, 6, 7]]);
+        check_token_ids(&ids, 6 + 1);
     }
 
     #[test]
