@@ -562,7 +562,11 @@ residual! {
     /// ViT-B/16 (Dosovitskiy et al. 2021), torchvision's layout and keys: 86,567,656
     /// parameters. A 16x16 conv with stride 16 cuts the image into 196 patches, `to_tokens` makes
     /// them a sequence, the class token goes first, then the encoder (position embedding, 12
-    /// blocks, layer norm), and the head reads the class token.
+    /// blocks, layer norm), and the head reads the class token. Initialisation is each layer's
+    /// own (PyTorch's defaults for `Linear` and `MultiheadAttention`, torchvision's for the class
+    /// token and position embedding), not torchvision's ViT-specific one (a zero head, a
+    /// truncated-normal patch conv): the same model, a different starting point when training
+    /// from scratch; loaded weights are unaffected.
     pub model ViT_B_16[3, 224, 224] {
         conv_proj: conv(768, 16, stride = 16, bias = true) -> to_tokens -> class_token
         -> encoder: (
