@@ -4,6 +4,7 @@
 //! unused rest would warn once per example.
 #![allow(dead_code)]
 
+pub mod classify;
 pub mod data;
 pub mod plot;
 pub mod progress;
