@@ -54,7 +54,11 @@ impl ConvInit for KaimingNormalFanOut {
 
 /// `U(-1 / sqrt(fan), 1 / sqrt(fan))`: PyTorch's default for conv weights and conv biases.
 pub(crate) fn uniform_bound<E: Element>(fan: usize) -> Uniform<E> {
-    let bound = 1.0 / (fan.max(1) as f64).sqrt();
+    uniform(1.0 / (fan.max(1) as f64).sqrt())
+}
+
+/// `U(-bound, bound)` in `E`.
+pub(crate) fn uniform<E: Element>(bound: f64) -> Uniform<E> {
     let bound = <E as num_traits::NumCast>::from(bound).unwrap_or_else(E::one);
     Uniform::new_inclusive(-bound, bound)
 }

@@ -86,22 +86,21 @@ pub(crate) fn ident(s: &str) -> Ident {
 
 /// The tensor type `Tensor<(B, Const<..>, ..), E, D, T>` for a shape without batch.
 pub(crate) fn tensor_ty(shape: &[usize]) -> TokenStream {
-    let d = dfdx();
-    let dims = shape.iter().map(|n| {
-        let n = lit(*n);
-        quote!(#d::shapes::Const<#n>)
-    });
-    quote!(#d::tensor::Tensor<(B, #(#dims,)*), E, D, T>)
+    tensor_ty_of(shape, quote!(E))
 }
 
 /// The token-id tensor `Tensor<(B, Const<..>, ..), usize, D, T>` of a model that reads ids.
 pub(crate) fn ids_ty(shape: &[usize]) -> TokenStream {
+    tensor_ty_of(shape, quote!(usize))
+}
+
+fn tensor_ty_of(shape: &[usize], elem: TokenStream) -> TokenStream {
     let d = dfdx();
     let dims = shape.iter().map(|n| {
         let n = lit(*n);
         quote!(#d::shapes::Const<#n>)
     });
-    quote!(#d::tensor::Tensor<(B, #(#dims,)*), usize, D, T>)
+    quote!(#d::tensor::Tensor<(B, #(#dims,)*), #elem, D, T>)
 }
 
 /// Everything generated for one model.

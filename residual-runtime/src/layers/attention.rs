@@ -63,7 +63,7 @@ impl<const M: usize, const M3: usize, const H: usize, const C: bool, E: Element,
                     |s| &mut s.in_proj_weight,
                     TensorOptions::reset_with(|t| {
                         // Xavier-uniform over the packed [3M, M] weight, as PyTorch.
-                        t.try_fill_with_distr(uniform::<E>((6.0 / (M + M3).max(1) as f64).sqrt()))
+                        t.try_fill_with_distr(crate::init::uniform::<E>((6.0 / (M + M3).max(1) as f64).sqrt()))
                     }),
                 ),
                 Self::tensor(
@@ -93,12 +93,6 @@ impl<const M: usize, const M3: usize, const H: usize, const C: bool, E: Element,
             },
         )
     }
-}
-
-/// `U(-bound, bound)` in `E`.
-fn uniform<E: Element>(bound: f64) -> rand_distr::Uniform<E> {
-    let b = E::from_f64(bound).unwrap_or_default();
-    rand_distr::Uniform::new_inclusive(-b, b)
 }
 
 impl<const M: usize, const M3: usize, const H: usize, const C: bool, E: Element, D: Device<E>> BuildOnDevice<D, E>
