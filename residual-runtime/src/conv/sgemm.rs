@@ -1,17 +1,20 @@
-//! An AVX-512 f32 GEMM for the conv kernels.
+//! The f32 GEMM of the conv kernels: AVX-512 where the CPU has it, AVX2 + FMA otherwise.
 //!
 //! Why: the `gemm` crate 0.15 (the one dfdx uses) enables its AVX-512 kernels only with its
-//! `nightly` feature, so on stable Rust it runs AVX2 (8 lanes). This machine's cores (AMD family
-//! 1Ah, full-width AVX-512) do twice the f32 FMAs per cycle with 16 lanes, and AVX-512
-//! intrinsics are stable since Rust 1.89. When the CPU lacks AVX-512F the caller falls back to
-//! the `gemm` crate.
+//! `nightly` feature, so on stable Rust it runs AVX2 (8 lanes); and its AVX2 path reached 98-100
+//! GFLOP/s on two Zen 3 cores (4096^3) where those cores' two 256-bit FMA pipes allow about 190.
+//! Cores with full-width AVX-512 do twice the f32 FMAs per cycle with 16 lanes (AVX-512
+//! intrinsics are stable since Rust 1.89). Where the CPU has neither AVX-512F nor AVX2 + FMA the
+//! caller falls back to the `gemm` crate.
 //!
 //! Layout: the classic Goto/BLIS blocking. `B` is packed in `KC x NR` slivers, `A` in `MR x KC`
-//! slivers, and a register tile of 24 zmm accumulators is updated per `k` step. Two tiles: `12 x 32`
-//! (two loads of `B`, twelve broadcasts of `A`) for large problems, and `8 x 48` (three loads,
-//! eight broadcasts) where `A` has few rows (conv output channels <= 256) and `C`'s columns fill
-//! its 48-wide slivers: 16 channels fill two 8-row slivers where the 12-row tile runs 67% full
-//! (BENCHMARKS.md has the A/B). Threads split the columns of `C`, or its rows when columns are few.
+//! slivers, and a register tile of accumulators is updated per `k` step. Two tiles per ISA: a tall
+//! one for large problems (AVX-512 `12 x 32`, AVX2 `6 x 16`: 24 zmm or 12 ymm accumulators, two
+//! loads of `B` per step) and a wide one for few rows (AVX-512 `8 x 48`, AVX2 `4 x 24`: three
+//! loads of `B`, fewer broadcasts of `A`) where `A` has few rows (conv output channels <= 256)
+//! and `C`'s columns fill its slivers: 16 channels fill two 8-row slivers where the 12-row tile
+//! runs 67% full (BENCHMARKS.md has the A/B). Threads split the columns of `C`, or its rows when
+//! columns are few.
 
 use std::cell::RefCell;
 
@@ -30,7 +33,7 @@ trait Tile {
     /// `c[MR x NR] (+)= ap[MR x kc] * bp[kc x NR]` from packed slivers.
     ///
     /// # Safety
-    /// AVX-512F is available; `ap`, `bp` hold `kc` packed steps; `c` has `MR` rows of `NR`.
+    /// The tile's ISA is available; `ap`, `bp` hold `kc` packed steps; `c` has `MR` rows of `NR`.
     unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool);
 }
 
@@ -61,19 +64,67 @@ impl Tile for Wide {
     }
 }
 
+/// AVX2 6 x 16: the large problems (12 ymm accumulators, two loads of `B`, six broadcasts).
+struct Tall2;
+impl Tile for Tall2 {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    // A 256 x 16 sliver of B (16 KiB) stays in a 32 KiB L1; A's 144 x 256 block (144 KiB) in L2.
+    const KC: usize = 256;
+    const MC: usize = 144;
+    const NC: usize = 2048;
+    unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+        kernel_6x16(kc, ap, bp, c, ldc, accumulate)
+    }
+}
+
+/// AVX2 4 x 24: few rows (16, 32, 64 channels fill it exactly, where 6 rows run 89-97% full).
+struct Wide2;
+impl Tile for Wide2 {
+    const MR: usize = 4;
+    const NR: usize = 24;
+    const KC: usize = 256;
+    const MC: usize = 144;
+    const NC: usize = 2016;
+    unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+        kernel_4x24(kc, ap, bp, c, ldc, accumulate)
+    }
+}
+
 /// The largest `MR * NR` of the tiles (the edge-tile buffer).
 const MAX_TILE: usize = 12 * 48;
 
-/// Whether [`sgemm`] can run here (checked once; `is_x86_feature_detected` caches).
-pub(crate) fn available() -> bool {
+/// The instruction sets [`sgemm`] has tiles for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2Fma,
+}
+
+/// The best [`Isa`] this CPU runs, if any (`is_x86_feature_detected` caches its answer).
+pub(crate) fn best_isa() -> Option<Isa> {
+    supported_isas().first().copied()
+}
+
+/// Every [`Isa`] this CPU runs, best first (the tests run each).
+pub(crate) fn supported_isas() -> Vec<Isa> {
+    #[allow(unused_mut)]
+    let mut isas = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        if is_x86_feature_detected!("avx512f") {
+            isas.push(Isa::Avx512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            isas.push(Isa::Avx2Fma);
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    isas
+}
+
+/// Whether [`sgemm`] can run here.
+pub(crate) fn available() -> bool {
+    best_isa().is_some()
 }
 
 /// A matrix operand: element `(i, j)` at `ptr + i * rs + j * cs`.
@@ -104,10 +155,37 @@ pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize
         }
         return;
     }
-    if m <= 256 && (n.is_multiple_of(Wide::NR) || n >= 1536) {
-        sgemm_with::<Wide>(m, n, k, c, ldc, accumulate, a, b)
-    } else {
-        sgemm_with::<Tall>(m, n, k, c, ldc, accumulate, a, b)
+    match best_isa() {
+        Some(isa) => sgemm_on(isa, m, n, k, c, ldc, accumulate, a, b),
+        None => unreachable!("sgemm called where available() is false"),
+    }
+}
+
+/// [`sgemm`] with the tiles of `isa`.
+///
+/// # Safety
+/// As [`sgemm`], and `isa` is one of [`supported_isas`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_on(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    match isa {
+        Isa::Avx512 if m <= 256 && (n.is_multiple_of(Wide::NR) || n >= 1536) => {
+            sgemm_with::<Wide>(m, n, k, c, ldc, accumulate, a, b)
+        }
+        Isa::Avx512 => sgemm_with::<Tall>(m, n, k, c, ldc, accumulate, a, b),
+        Isa::Avx2Fma if m <= 64 && m.is_multiple_of(Wide2::MR) && m % Tall2::MR != 0 => {
+            sgemm_with::<Wide2>(m, n, k, c, ldc, accumulate, a, b)
+        }
+        Isa::Avx2Fma => sgemm_with::<Tall2>(m, n, k, c, ldc, accumulate, a, b),
     }
 }
 
@@ -180,12 +258,17 @@ unsafe fn block<T: Tile>(
         };
         let pa_len = T::MC.div_ceil(T::MR) * T::MR * T::KC;
         let pb_len = T::NC.div_ceil(T::NR) * T::NR * T::KC;
-        if pa.len() < pa_len {
-            pa.resize(pa_len, 0.0);
+        // Slivers start on a cache line (16 floats of slack for the offset), so no vector load of
+        // a sliver row straddles two lines.
+        if pa.len() < pa_len + 16 {
+            pa.resize(pa_len + 16, 0.0);
         }
-        if pb.len() < pb_len {
-            pb.resize(pb_len, 0.0);
+        if pb.len() < pb_len + 16 {
+            pb.resize(pb_len + 16, 0.0);
         }
+        let (pa_off, pb_off) = (pa.as_ptr().align_offset(64), pb.as_ptr().align_offset(64));
+        let pa = &mut pa[pa_off..][..pa_len];
+        let pb = &mut pb[pb_off..][..pb_len];
         let mut jc = j0;
         while jc < j1 {
             let nc = T::NC.min(j1 - jc);
@@ -236,17 +319,38 @@ unsafe fn pack_b<T: Tile>(dst: &mut [f32], b: Mat, pc: usize, kc: usize, jc: usi
     for (s, j) in (0..nc).step_by(T::NR).enumerate() {
         let nr = T::NR.min(nc - j);
         let out = &mut dst[s * T::NR * kc..(s + 1) * T::NR * kc];
-        for p in 0..kc {
-            let row = &mut out[p * T::NR..(p + 1) * T::NR];
-            let src = b.ptr.add((pc + p) * b.rs + (jc + j) * b.cs);
-            if b.cs == 1 {
+        if b.cs == 1 {
+            for p in 0..kc {
+                let row = &mut out[p * T::NR..(p + 1) * T::NR];
+                let src = b.ptr.add((pc + p) * b.rs + jc + j);
                 row[..nr].copy_from_slice(std::slice::from_raw_parts(src, nr));
-            } else {
+                row[nr..].fill(0.0);
+            }
+        } else if b.rs == 1 {
+            // A transposed B (the weight gradient's im2col matrix, read as `cols^T`): its columns
+            // are contiguous, so read each one along `p` rather than striding across them (row by
+            // row, every element is a cache line of its own when the stride is a long image row).
+            for q in 0..T::NR {
+                if q < nr {
+                    let src = std::slice::from_raw_parts(b.ptr.add(pc + (jc + j + q) * b.cs), kc);
+                    for (p, v) in src.iter().enumerate() {
+                        out[p * T::NR + q] = *v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        out[p * T::NR + q] = 0.0;
+                    }
+                }
+            }
+        } else {
+            for p in 0..kc {
+                let row = &mut out[p * T::NR..(p + 1) * T::NR];
+                let src = b.ptr.add((pc + p) * b.rs + (jc + j) * b.cs);
                 for (q, v) in row[..nr].iter_mut().enumerate() {
                     *v = *src.add(q * b.cs);
                 }
+                row[nr..].fill(0.0);
             }
-            row[nr..].fill(0.0);
         }
     }
 }
@@ -338,6 +442,68 @@ unsafe fn kernel_8x48(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ld
     }
 }
 
+/// `c[6 x 16] (+)= ap[6 x kc] * bp[kc x 16]` from packed slivers: 12 ymm accumulators, two
+/// vector loads of `B` and six broadcasts of `A` per `k` step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    for p in 0..kc {
+        let b0 = _mm256_loadu_ps(bp.add(p * 16));
+        let b1 = _mm256_loadu_ps(bp.add(p * 16 + 8));
+        let a = ap.add(p * 6);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm256_broadcast_ss(&*a.add(i));
+            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+        }
+    }
+    store_rows_256(&acc, c, ldc, accumulate);
+}
+
+/// `c[4 x 24] (+)= ap[4 x kc] * bp[kc x 24]` from packed slivers: 12 ymm accumulators, three
+/// vector loads of `B` and four broadcasts of `A` per `k` step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_4x24(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+    for p in 0..kc {
+        let b0 = _mm256_loadu_ps(bp.add(p * 24));
+        let b1 = _mm256_loadu_ps(bp.add(p * 24 + 8));
+        let b2 = _mm256_loadu_ps(bp.add(p * 24 + 16));
+        let a = ap.add(p * 4);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm256_broadcast_ss(&*a.add(i));
+            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            row[2] = _mm256_fmadd_ps(ai, b2, row[2]);
+        }
+    }
+    store_rows_256(&acc, c, ldc, accumulate);
+}
+
+/// Writes (or adds) a tile of ymm accumulators, `R` rows of `V` vectors, to `c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_rows_256<const R: usize, const V: usize>(
+    acc: &[[__m256; V]; R],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    for (i, row) in acc.iter().enumerate() {
+        let cp = c.add(i * ldc);
+        for (j, v) in row.iter().enumerate() {
+            let cj = cp.add(8 * j);
+            if accumulate {
+                _mm256_storeu_ps(cj, _mm256_add_ps(_mm256_loadu_ps(cj), *v));
+            } else {
+                _mm256_storeu_ps(cj, *v);
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_12x32(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
     unreachable!("sgemm::available() is false off x86_64")
@@ -345,5 +511,15 @@ unsafe fn kernel_12x32(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: u
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_8x48(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+    unreachable!("sgemm::available() is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_6x16(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+    unreachable!("sgemm::available() is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_4x24(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
     unreachable!("sgemm::available() is false off x86_64")
 }

@@ -464,10 +464,9 @@ fn bias2d_adds_per_channel_and_inits_like_torch() {
 }
 
 #[test]
-fn avx512_sgemm_matches_naive_products() {
-    if !super::sgemm::available() {
-        return; // the gemm crate serves f32 on this CPU; it is covered by the tests above
-    }
+fn sgemm_matches_naive_products_on_every_isa_here() {
+    // Each instruction set this CPU runs (AVX-512, AVX2 + FMA), not only the one `sgemm` picks;
+    // none: the gemm crate serves f32 on this CPU, and the tests above cover it.
     // (m, n, k, a transposed, b transposed, accumulate): edge tiles, several K blocks, the
     // multi-threaded column split (m * n * k >= 2^21), strided operands.
     let cases = [
@@ -486,8 +485,14 @@ fn avx512_sgemm_matches_naive_products() {
         (150, 96, 500, true, false, false),
         (37, 2000, 70, false, false, true),
         (256, 1537, 200, true, true, false),
+        // the AVX2 4 x 24 tile (at most 64 rows, a multiple of 4 and not of 6): edge columns,
+        // several K blocks, threads on columns
+        (52, 100, 300, true, false, true),
+        (32, 3000, 70, false, true, false),
     ];
-    for (m, n, k, at, bt, acc) in cases {
+    for (isa, (m, n, k, at, bt, acc)) in
+        super::sgemm::supported_isas().into_iter().flat_map(|isa| cases.map(|c| (isa, c)))
+    {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
         let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
@@ -497,7 +502,8 @@ fn avx512_sgemm_matches_naive_products() {
         let mut c = c0.clone();
         // SAFETY: buffers sized for the strides above; c is separate.
         unsafe {
-            super::sgemm::sgemm(
+            super::sgemm::sgemm_on(
+                isa,
                 m,
                 n,
                 k,
@@ -517,7 +523,7 @@ fn avx512_sgemm_matches_naive_products() {
                 let got = c[i * n + j] as f64;
                 assert!(
                     (got - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * k as f64,
-                    "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                    "{isa:?} ({m},{n},{k}) [{i},{j}]: {got} vs {want}"
                 );
             }
         }
