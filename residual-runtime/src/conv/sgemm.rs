@@ -8,13 +8,15 @@
 //! caller falls back to the `gemm` crate.
 //!
 //! Layout: the classic Goto/BLIS blocking. `B` is packed in `KC x NR` slivers, `A` in `MR x KC`
-//! slivers, and a register tile of accumulators is updated per `k` step. Two tiles per ISA: a tall
-//! one for large problems (AVX-512 `12 x 32`, AVX2 `6 x 16`: 24 zmm or 12 ymm accumulators, two
-//! loads of `B` per step) and a wide one for few rows (AVX-512 `8 x 48`, AVX2 `4 x 24`: three
-//! loads of `B`, fewer broadcasts of `A`) where `A` has few rows (conv output channels <= 256)
-//! and `C`'s columns fill its slivers: 16 channels fill two 8-row slivers where the 12-row tile
-//! runs 67% full (BENCHMARKS.md has the A/B). Threads split the columns of `C`, or its rows when
-//! columns are few.
+//! slivers, and a register tile of accumulators is updated per `k` step. AVX-512 has two tiles:
+//! `12 x 32` (24 zmm accumulators, two loads of `B` per step) for large problems and `8 x 48`
+//! (three loads, eight broadcasts) where `A` has few rows (conv output channels <= 256) and `C`'s
+//! columns fill its slivers: 16 channels fill two 8-row slivers where the 12-row tile runs 67% full
+//! (BENCHMARKS.md has the A/B). AVX2 has one, `6 x 16` (12 of the 16 ymm registers accumulate,
+//! two hold `B`, one a broadcast of `A`): a `4 x 24` tile for few rows was tried and dropped, since
+//! LLVM spilled an accumulator to the stack in its loop (16 live registers), which made the
+//! ResNet-56 training step 38% slower than the `6 x 16` tile alone. Threads split the columns of
+//! `C`, or its rows when columns are few.
 
 use std::cell::RefCell;
 
@@ -75,19 +77,6 @@ impl Tile for Tall2 {
     const NC: usize = 2048;
     unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
         kernel_6x16(kc, ap, bp, c, ldc, accumulate)
-    }
-}
-
-/// AVX2 4 x 24: few rows (16, 32, 64 channels fill it exactly, where 6 rows run 89-97% full).
-struct Wide2;
-impl Tile for Wide2 {
-    const MR: usize = 4;
-    const NR: usize = 24;
-    const KC: usize = 256;
-    const MC: usize = 144;
-    const NC: usize = 2016;
-    unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-        kernel_4x24(kc, ap, bp, c, ldc, accumulate)
     }
 }
 
@@ -182,9 +171,6 @@ pub(crate) unsafe fn sgemm_on(
             sgemm_with::<Wide>(m, n, k, c, ldc, accumulate, a, b)
         }
         Isa::Avx512 => sgemm_with::<Tall>(m, n, k, c, ldc, accumulate, a, b),
-        Isa::Avx2Fma if m <= 64 && m.is_multiple_of(Wide2::MR) && m % Tall2::MR != 0 => {
-            sgemm_with::<Wide2>(m, n, k, c, ldc, accumulate, a, b)
-        }
         Isa::Avx2Fma => sgemm_with::<Tall2>(m, n, k, c, ldc, accumulate, a, b),
     }
 }
@@ -275,7 +261,14 @@ unsafe fn block<T: Tile>(
             let mut pc = 0;
             while pc < k {
                 let kc = T::KC.min(k - pc);
-                pack_b::<T>(&mut pb[..], b, pc, kc, jc, nc);
+                // Few rows (one block of A): each sliver of B is packed just before its tiles use
+                // it, so they read it from L1. Packing the whole panel first would leave it in L3
+                // (a 2048-column panel is 1-2 MiB), from where a 16-row A reuses each sliver only
+                // a few times: the conv GEMMs of CIFAR nets stalled on it.
+                let sliver_by_sliver = m <= T::MC;
+                if !sliver_by_sliver {
+                    pack_b::<T>(&mut pb[..], b, pc, kc, jc, nc);
+                }
                 let acc = accumulate || pc > 0;
                 let mut ic = 0;
                 while ic < m {
@@ -283,6 +276,9 @@ unsafe fn block<T: Tile>(
                     pack_a::<T>(&mut pa[..], a, ic, mc, pc, kc);
                     for jr in (0..nc).step_by(T::NR) {
                         let nr = T::NR.min(nc - jr);
+                        if sliver_by_sliver {
+                            pack_b::<T>(&mut pb[jr * kc..], b, pc, kc, jc + jr, nr);
+                        }
                         for ir in (0..mc).step_by(T::MR) {
                             let mr = T::MR.min(mc - ir);
                             let ap = pa.as_ptr().add(ir * kc);
@@ -461,27 +457,6 @@ unsafe fn kernel_6x16(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ld
     store_rows_256(&acc, c, ldc, accumulate);
 }
 
-/// `c[4 x 24] (+)= ap[4 x kc] * bp[kc x 24]` from packed slivers: 12 ymm accumulators, three
-/// vector loads of `B` and four broadcasts of `A` per `k` step.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_4x24(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-    let mut acc = [[_mm256_setzero_ps(); 3]; 4];
-    for p in 0..kc {
-        let b0 = _mm256_loadu_ps(bp.add(p * 24));
-        let b1 = _mm256_loadu_ps(bp.add(p * 24 + 8));
-        let b2 = _mm256_loadu_ps(bp.add(p * 24 + 16));
-        let a = ap.add(p * 4);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*a.add(i));
-            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-            row[2] = _mm256_fmadd_ps(ai, b2, row[2]);
-        }
-    }
-    store_rows_256(&acc, c, ldc, accumulate);
-}
-
 /// Writes (or adds) a tile of ymm accumulators, `R` rows of `V` vectors, to `c`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -516,10 +491,5 @@ unsafe fn kernel_8x48(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: us
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_6x16(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
-    unreachable!("sgemm::available() is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_4x24(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
     unreachable!("sgemm::available() is false off x86_64")
 }

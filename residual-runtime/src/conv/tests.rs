@@ -485,7 +485,7 @@ fn sgemm_matches_naive_products_on_every_isa_here() {
         (150, 96, 500, true, false, false),
         (37, 2000, 70, false, false, true),
         (256, 1537, 200, true, true, false),
-        // the AVX2 4 x 24 tile (at most 64 rows, a multiple of 4 and not of 6): edge columns,
+        // rows a multiple of 4 and not of 6 (edge row tiles of the AVX2 6 x 16), edge columns,
         // several K blocks, threads on columns
         (52, 100, 300, true, false, true),
         (32, 3000, 70, false, true, false),
