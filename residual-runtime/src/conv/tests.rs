@@ -226,9 +226,10 @@ fn f32_forward_and_grads_through_tape_match_numpy() {
 }
 
 /// Configurations the fixtures do not reach: planes large enough that each image gets its own
-/// GEMM (no column batching), more groups, batch edge cases.
+/// GEMM (no column batching), more groups, batch edge cases; in f64 (the gemm crate) and f32
+/// (our own GEMM, where the CPU has AVX2 or AVX-512).
 #[test]
-fn f64_matches_naive_loop_on_more_shapes() {
+fn matches_naive_loop_on_more_shapes() {
     let cases = [
         // P = 40 * 40 = 1600 columns: one image per GEMM; 1x1 also takes the no-im2col path.
         (2, 2, 3, 40, 40, Conv2dConfig::new(3).padding(1)),
@@ -251,11 +252,14 @@ fn f64_matches_naive_loop_on_more_shapes() {
     for (b, c, o, h, w, cfg) in cases {
         let case = Case { batched: true, b, c, o, h, w, cfg };
         let want = naive_grads(&case, &case.x(), &case.weight());
-        let (y, dx, dw) = run_taped::<f64>(&case);
         let name = format!("{case:?}");
-        assert_close(&format!("{name} y"), &y, &want.y, 1e-11);
-        assert_close(&format!("{name} dx"), &dx, &want.dx, 1e-11);
-        assert_close(&format!("{name} dw"), &dw, &want.dw, 1e-11);
+        for (dtype, (y, dx, dw), tol) in
+            [("f64", run_taped::<f64>(&case), 1e-11), ("f32", run_taped::<f32>(&case), 2e-5)]
+        {
+            assert_close(&format!("{dtype} {name} y"), &y, &want.y, tol);
+            assert_close(&format!("{dtype} {name} dx"), &dx, &want.dx, tol);
+            assert_close(&format!("{dtype} {name} dw"), &dw, &want.dw, tol);
+        }
     }
 }
 
