@@ -9,7 +9,7 @@
 //!   what the tape runs;
 //! - GFLOP/s = 2 * MACs / time (backward does twice the forward's MACs);
 //! - peaks, in the same process, 4096^3 f32, all rayon threads: the GEMM the conv kernels use
-//!   (`conv::cpu_sgemm`: AVX-512 where the CPU has it) and the `gemm` crate's (AVX2 on stable).
+//!   (`conv::cpu_sgemm`: AVX-512, else AVX2 + FMA) and the `gemm` crate's (AVX2 on stable).
 //!
 //! Compare with `scripts/bench_reference.py` (PyTorch, same layers); results in BENCHMARKS.md.
 

@@ -314,7 +314,7 @@ where
 }
 
 /// Row-major `c[m x n] = a[m x k] * b[k x n]` with the f32 GEMM the CPU conv kernels run on
-/// (AVX-512 where the CPU has it, else the `gemm` crate), so a benchmark can state the kernels'
+/// (AVX-512, else AVX2 + FMA, else the `gemm` crate), so a benchmark can state the kernels'
 /// speed as a fraction of their own GEMM's. Returns `false` when a length does not match.
 #[doc(hidden)]
 pub fn cpu_sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
