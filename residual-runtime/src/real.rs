@@ -53,9 +53,8 @@ pub struct Scratch<E> {
     pub(crate) col: Vec<E>,
     pub(crate) tmp: Vec<E>,
     pub(crate) dcol: Vec<E>,
-    /// The flipped, transposed weight and the input gradient of a stride-1 backward pass.
+    /// The flipped, transposed weight of a stride-1 backward pass.
     pub(crate) wt: Vec<E>,
-    pub(crate) dx: Vec<E>,
 }
 
 /// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers

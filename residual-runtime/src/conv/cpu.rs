@@ -222,8 +222,15 @@ fn col2im_add<E: Real>(op: &Conv2dOp, d: &Dims, dcol: &[E], b0: usize, n_img: us
 }
 
 pub(crate) fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
+    forward_into(op, x, w, out, false)
+}
+
+/// [`forward`], adding into `out` when `accumulate` (the input gradient of a stride-1 conv, run
+/// as a transposed conv's forward pass, adds into the gradient it is given). Depthwise convs only
+/// overwrite: their input gradient has its own loop.
+fn forward_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], accumulate: bool) {
     let d = Dims::new(op);
-    if d.depthwise {
+    if d.depthwise && !accumulate {
         return depthwise_forward(op, &d, x, w, out);
     }
     let nb = d.images_per_chunk(op);
@@ -250,7 +257,7 @@ pub(crate) fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
                             (d.og, d.p, d.kg),
                             dst.as_mut_ptr(),
                             d.p,
-                            false,
+                            accumulate,
                             w_g.as_ptr(),
                             (d.kg, 1),
                             rhs.as_ptr(),
@@ -275,7 +282,12 @@ pub(crate) fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
                     for img in 0..n_img {
                         let dst = &mut out[((b0 + img) * d.o + g * d.og) * d.p..][..d.og * d.p];
                         dst.par_chunks_mut(d.p).enumerate().for_each(|(oc, drow)| {
-                            drow.copy_from_slice(&tmp[oc * ncols + img * d.p..][..d.p]);
+                            let src = &tmp[oc * ncols + img * d.p..][..d.p];
+                            if accumulate {
+                                drow.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+                            } else {
+                                drow.copy_from_slice(src);
+                            }
                         });
                     }
                 }
@@ -384,11 +396,9 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
     if let Some(op_t) = transposed {
         // wt[c, o, ky, kx] = w[o, c, K-1-ky, K-1-kx]; dx += conv(dout, wt) with padding K-1-p.
         let kk = op.kernel * op.kernel;
-        // Borrowed out of this thread's scratch, since `forward` takes the scratch itself.
-        let (mut wt, mut dx) = E::with_scratch(|s| (std::mem::take(&mut s.wt), std::mem::take(&mut s.dx)));
-        grown(&mut wt, w.len());
-        grown(&mut dx, gx.len());
-        let (wt_s, dx_s) = (&mut wt[..w.len()], &mut dx[..gx.len()]);
+        // Borrowed out of this thread's scratch, since `forward_into` takes the scratch itself.
+        let mut wt = E::with_scratch(|s| std::mem::take(&mut s.wt));
+        let wt_s = &mut grown(&mut wt, w.len())[..w.len()];
         for o in 0..op.out_channels {
             for c in 0..op.in_channels {
                 let src = &w[(o * op.in_channels + c) * kk..][..kk];
@@ -398,14 +408,9 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
                 }
             }
         }
-        forward(&op_t, gout, wt_s, dx_s);
-        gx.par_chunks_mut(1 << 14).zip(dx_s.par_chunks(1 << 14)).for_each(|(g, d)| {
-            g.iter_mut().zip(d).for_each(|(g, &d)| *g += d);
-        });
-        E::with_scratch(|s| {
-            s.wt = wt;
-            s.dx = dx;
-        });
+        // Straight into gx: no separate buffer and pass to add it.
+        forward_into(&op_t, gout, wt_s, gx, true);
+        E::with_scratch(|s| s.wt = wt);
     }
 }
 
