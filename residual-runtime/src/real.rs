@@ -55,6 +55,8 @@ pub struct Scratch<E> {
     pub(crate) dcol: Vec<E>,
     /// The flipped, transposed weight of a stride-1 backward pass.
     pub(crate) wt: Vec<E>,
+    /// The other threads' weight-gradient parts when threads take whole chunks of images.
+    pub(crate) gw_parts: Vec<E>,
 }
 
 /// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers

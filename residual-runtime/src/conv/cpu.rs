@@ -100,6 +100,7 @@ pub(crate) unsafe fn matmul<E: Real>(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: *const E,
     (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
 ) {
     if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() && sgemm::available() {
         // SAFETY: E is f32 (checked above), so the casts only rename the pointee type; the
@@ -113,6 +114,7 @@ pub(crate) unsafe fn matmul<E: Real>(
             accumulate,
             sgemm::Mat { ptr: lhs as *const f32, rs: lhs_rs, cs: lhs_cs },
             sgemm::Mat { ptr: rhs as *const f32, rs: rhs_rs, cs: rhs_cs },
+            parallel,
         );
     }
     gemm::gemm(
@@ -134,16 +136,17 @@ pub(crate) unsafe fn matmul<E: Real>(
         false,
         false,
         false,
-        Parallelism::Rayon(0),
+        if parallel { Parallelism::Rayon(0) } else { Parallelism::None },
     );
 }
 
 /// Writes the im2col matrix of images `b0..b0 + n_img`, group `g`, into `col`
 /// (`[kg, n_img * p]`, row `(c * K + ky) * K + kx`, column `img * p + oy * OW + ox`).
-fn im2col<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], b0: usize, n_img: usize, g: usize, col: &mut [E]) {
+#[allow(clippy::too_many_arguments)]
+fn im2col<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], b0: usize, n_img: usize, g: usize, col: &mut [E], parallel: bool) {
     let ncols = n_img * d.p;
     let (k, s, w) = (op.kernel, op.stride, op.in_w);
-    col.par_chunks_mut(ncols).enumerate().for_each(|(r, row)| {
+    for_each_chunk(col, ncols, parallel, |r, row| {
         let c = r / (k * k);
         let ky = (r / k) % k;
         let kx = r % k;
@@ -180,11 +183,11 @@ fn im2col<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], b0: usize, n_img: usize, g:
 /// Adds the column gradient `dcol` (`[kg, n_img * p]`, laid out as in [`im2col`]) into the
 /// input gradient planes of images `b0..b0 + n_img`, group `g`. Parallel over planes, which are
 /// disjoint, so no two threads add into the same element.
-fn col2im_add<E: Real>(op: &Conv2dOp, d: &Dims, dcol: &[E], b0: usize, n_img: usize, g: usize, gx: &mut [E]) {
+/// `planes` holds exactly those images' input gradients.
+fn col2im_add<E: Real>(op: &Conv2dOp, d: &Dims, dcol: &[E], n_img: usize, g: usize, planes: &mut [E], parallel: bool) {
     let ncols = n_img * d.p;
     let (k, s, w) = (op.kernel, op.stride, op.in_w);
-    let planes = &mut gx[b0 * d.c * d.hw..(b0 + n_img) * d.c * d.hw];
-    planes.par_chunks_mut(d.hw).enumerate().for_each(|(i, plane)| {
+    for_each_chunk(planes, d.hw, parallel, |i, plane| {
         let (img, cc) = (i / d.c, i % d.c);
         if cc / d.cg != g {
             return;
@@ -225,6 +228,25 @@ pub(crate) fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
     forward_into(op, x, w, out, false)
 }
 
+/// Whether a conv's `chunks` of images go to the threads whole, each thread running the im2col,
+/// GEMMs and copies of its chunks alone; otherwise the chunks run one after another, every thread
+/// in each step. With many chunks (a CIFAR net at batch 128 has 64 per conv), whole chunks make a
+/// few large tasks instead of a fork and join per im2col, GEMM and copy of every chunk, where the
+/// threads waited for each other (rayon's yields were 14% of the CPU time of a ResNet-56 step).
+fn whole_chunks_per_thread(chunks: usize) -> bool {
+    let threads = rayon::current_num_threads();
+    threads > 1 && chunks >= 2 * threads
+}
+
+/// Runs `f` on each `len`-sized chunk of `buf` (with its index), on the threads or on this one.
+fn for_each_chunk<E: Send>(buf: &mut [E], len: usize, parallel: bool, f: impl Fn(usize, &mut [E]) + Send + Sync) {
+    if parallel {
+        buf.par_chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        buf.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
 /// [`forward`], adding into `out` when `accumulate` (the input gradient of a stride-1 conv, run
 /// as a transposed conv's forward pass, adds into the gradient it is given). Depthwise convs only
 /// overwrite: their input gradient has its own loop.
@@ -234,67 +256,95 @@ fn forward_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], accumul
         return depthwise_forward(op, &d, x, w, out);
     }
     let nb = d.images_per_chunk(op);
-    E::with_scratch(|scratch| {
-        let mut b0 = 0;
-        while b0 < op.batch {
-            let n_img = nb.min(op.batch - b0);
-            let ncols = n_img * d.p;
-            for g in 0..op.groups {
-                let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
-                let (rhs, rhs_rs): (&[E], usize) = if d.pointwise && n_img == 1 {
-                    (&x[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw], d.hw)
-                } else {
-                    let col = grown(&mut scratch.col, d.kg * ncols);
-                    im2col(op, &d, x, b0, n_img, g, col);
-                    (col, ncols)
-                };
-                if n_img == 1 {
-                    let dst = &mut out[(b0 * d.o + g * d.og) * d.p..][..d.og * d.p];
-                    // SAFETY: dst is og x p (row stride p), w_g og x kg, rhs kg x p (row stride
-                    // rhs_rs); the slices above hold exactly those elements and do not overlap.
-                    unsafe {
-                        matmul(
-                            (d.og, d.p, d.kg),
-                            dst.as_mut_ptr(),
-                            d.p,
-                            accumulate,
-                            w_g.as_ptr(),
-                            (d.kg, 1),
-                            rhs.as_ptr(),
-                            (rhs_rs, 1),
-                        );
-                    }
-                } else {
-                    let tmp = grown(&mut scratch.tmp, d.og * ncols);
-                    // SAFETY: tmp is og x ncols, rhs kg x ncols; disjoint buffers.
-                    unsafe {
-                        matmul(
-                            (d.og, ncols, d.kg),
-                            tmp.as_mut_ptr(),
-                            ncols,
-                            false,
-                            w_g.as_ptr(),
-                            (d.kg, 1),
-                            rhs.as_ptr(),
-                            (rhs_rs, 1),
-                        );
-                    }
-                    for img in 0..n_img {
-                        let dst = &mut out[((b0 + img) * d.o + g * d.og) * d.p..][..d.og * d.p];
-                        dst.par_chunks_mut(d.p).enumerate().for_each(|(oc, drow)| {
-                            let src = &tmp[oc * ncols + img * d.p..][..d.p];
-                            if accumulate {
-                                drow.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
-                            } else {
-                                drow.copy_from_slice(src);
-                            }
-                        });
-                    }
-                }
+    let chunk_len = nb * d.o * d.p;
+    if chunk_len == 0 {
+        return;
+    }
+    if whole_chunks_per_thread(op.batch.div_ceil(nb)) {
+        out.par_chunks_mut(chunk_len).enumerate().for_each(|(i, out_c)| {
+            E::with_scratch(|s| forward_chunk(op, &d, x, w, i * nb, out_c, accumulate, false, s));
+        });
+    } else {
+        E::with_scratch(|s| {
+            for (i, out_c) in out.chunks_mut(chunk_len).enumerate() {
+                forward_chunk(op, &d, x, w, i * nb, out_c, accumulate, true, s);
             }
-            b0 += n_img;
+        });
+    }
+}
+
+/// The forward pass of images `b0..` into `out_c`, their outputs (so `out_c.len() / (O * P)`
+/// images), on all threads or on this one (`parallel`).
+#[allow(clippy::too_many_arguments)]
+fn forward_chunk<E: Real>(
+    op: &Conv2dOp,
+    d: &Dims,
+    x: &[E],
+    w: &[E],
+    b0: usize,
+    out_c: &mut [E],
+    accumulate: bool,
+    parallel: bool,
+    scratch: &mut Scratch<E>,
+) {
+    let n_img = out_c.len() / (d.o * d.p);
+    let ncols = n_img * d.p;
+    for g in 0..op.groups {
+        let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
+        let (rhs, rhs_rs): (&[E], usize) = if d.pointwise && n_img == 1 {
+            (&x[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw], d.hw)
+        } else {
+            let col = grown(&mut scratch.col, d.kg * ncols);
+            im2col(op, d, x, b0, n_img, g, col, parallel);
+            (col, ncols)
+        };
+        if n_img == 1 {
+            let dst = &mut out_c[g * d.og * d.p..][..d.og * d.p];
+            // SAFETY: dst is og x p (row stride p), w_g og x kg, rhs kg x p (row stride
+            // rhs_rs); the slices above hold exactly those elements and do not overlap.
+            unsafe {
+                matmul(
+                    (d.og, d.p, d.kg),
+                    dst.as_mut_ptr(),
+                    d.p,
+                    accumulate,
+                    w_g.as_ptr(),
+                    (d.kg, 1),
+                    rhs.as_ptr(),
+                    (rhs_rs, 1),
+                    parallel,
+                );
+            }
+        } else {
+            let tmp = grown(&mut scratch.tmp, d.og * ncols);
+            // SAFETY: tmp is og x ncols, rhs kg x ncols; disjoint buffers.
+            unsafe {
+                matmul(
+                    (d.og, ncols, d.kg),
+                    tmp.as_mut_ptr(),
+                    ncols,
+                    false,
+                    w_g.as_ptr(),
+                    (d.kg, 1),
+                    rhs.as_ptr(),
+                    (rhs_rs, 1),
+                    parallel,
+                );
+            }
+            let tmp = &*tmp;
+            for img in 0..n_img {
+                let dst = &mut out_c[(img * d.o + g * d.og) * d.p..][..d.og * d.p];
+                for_each_chunk(dst, d.p, parallel, |oc, drow| {
+                    let src = &tmp[oc * ncols + img * d.p..][..d.p];
+                    if accumulate {
+                        drow.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+                    } else {
+                        drow.copy_from_slice(src);
+                    }
+                });
+            }
         }
-    });
+    }
 }
 
 pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
@@ -305,94 +355,45 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
         return;
     }
     let nb = d.images_per_chunk(op);
+    let chunks = op.batch.div_ceil(nb);
     // A stride-1 conv's input gradient is itself a conv (of the output gradient with the flipped,
     // transposed kernel): one long-K GEMM instead of a K = out_channels GEMM plus a col2im scatter,
     // which wins most where channels are few (CIFAR nets' 16-channel stages).
     let transposed = transposed_input_grad(op);
-    E::with_scratch(|scratch| {
-        let Scratch { col, tmp, dcol, .. } = scratch;
-        let mut b0 = 0;
-        while b0 < op.batch {
-            let n_img = nb.min(op.batch - b0);
-            let ncols = n_img * d.p;
-            for g in 0..op.groups {
-                let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
-                // The output gradient of this group as an og x ncols matrix.
-                let (dout, dout_rs): (&[E], usize) = if n_img == 1 {
-                    (&gout[(b0 * d.o + g * d.og) * d.p..][..d.og * d.p], d.p)
-                } else {
-                    let t = grown(tmp, d.og * ncols);
-                    t.par_chunks_mut(ncols).enumerate().for_each(|(oc, trow)| {
-                        for img in 0..n_img {
-                            trow[img * d.p..][..d.p]
-                                .copy_from_slice(&gout[((b0 + img) * d.o + g * d.og + oc) * d.p..][..d.p]);
-                        }
-                    });
-                    (t, ncols)
-                };
-                let direct = d.pointwise && n_img == 1;
-                let (cols, cols_rs): (&[E], usize) = if direct {
-                    (&x[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw], d.hw)
-                } else {
-                    let c = grown(col, d.kg * ncols);
-                    im2col(op, &d, x, b0, n_img, g, c);
-                    (c, ncols)
-                };
-                let gw_g = &mut gw[g * d.og * d.kg..][..d.og * d.kg];
-                // dW_g [og x kg] += dout [og x ncols] * cols^T [ncols x kg]
-                // SAFETY: sizes as stated; gw_g is disjoint from dout and cols.
-                unsafe {
-                    matmul(
-                        (d.og, d.kg, ncols),
-                        gw_g.as_mut_ptr(),
-                        d.kg,
-                        true,
-                        dout.as_ptr(),
-                        (dout_rs, 1),
-                        cols.as_ptr(),
-                        (1, cols_rs),
-                    );
-                }
-                if transposed.is_some() {
-                    // The input gradient follows the loop.
-                } else if direct {
-                    let gx_g = &mut gx[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw];
-                    // dx_g [cg x hw] += W_g^T [cg x og] * dout [og x hw]
-                    // SAFETY: sizes as stated; gx_g is disjoint from w_g and dout.
-                    unsafe {
-                        matmul(
-                            (d.kg, ncols, d.og),
-                            gx_g.as_mut_ptr(),
-                            d.hw,
-                            true,
-                            w_g.as_ptr(),
-                            (1, d.kg),
-                            dout.as_ptr(),
-                            (dout_rs, 1),
-                        );
+    let image_len = d.c * d.hw;
+    if chunks > 0 && image_len > 0 && whole_chunks_per_thread(chunks) {
+        // Each thread takes a run of whole chunks; its weight gradients go to a part of its own
+        // (thread 0's is gw itself), summed into gw afterwards.
+        let threads = rayon::current_num_threads();
+        let per_thread = chunks.div_ceil(threads);
+        let mut parts = E::with_scratch(|s| std::mem::take(&mut s.gw_parts));
+        let gw_len = gw.len().max(1);
+        let parts_s = grown(&mut parts, (threads - 1) * gw_len);
+        parts_s.fill(E::ZERO);
+        let mut gws: Vec<&mut [E]> = std::iter::once(&mut *gw).chain(parts_s.chunks_mut(gw_len)).collect();
+        let has_tr = transposed.is_some();
+        gx.par_chunks_mut(per_thread * nb * image_len).zip(gws.par_iter_mut()).enumerate().for_each(
+            |(t, (gx_t, gw_t))| {
+                E::with_scratch(|s| {
+                    for (i, gx_c) in gx_t.chunks_mut(nb * image_len).enumerate() {
+                        let b0 = (t * per_thread + i) * nb;
+                        backward_chunk(op, &d, x, w, b0, gx_c, gw_t, gout, has_tr, false, s);
                     }
-                } else {
-                    let dc = grown(dcol, d.kg * ncols);
-                    // dcol [kg x ncols] = W_g^T [kg x og] * dout [og x ncols]
-                    // SAFETY: sizes as stated; dc is its own buffer.
-                    unsafe {
-                        matmul(
-                            (d.kg, ncols, d.og),
-                            dc.as_mut_ptr(),
-                            ncols,
-                            false,
-                            w_g.as_ptr(),
-                            (1, d.kg),
-                            dout.as_ptr(),
-                            (dout_rs, 1),
-                        );
-                    }
-                    col2im_add(op, &d, dc, b0, n_img, g, gx);
-                }
-            }
-            b0 += n_img;
+                });
+            },
+        );
+        drop(gws);
+        for part in parts_s.chunks(gw_len) {
+            add_into(gw, part);
         }
-    });
+        E::with_scratch(|s| s.gw_parts = parts);
+    } else if image_len > 0 {
+        E::with_scratch(|s| {
+            for (i, gx_c) in gx.chunks_mut(nb * image_len).enumerate() {
+                backward_chunk(op, &d, x, w, i * nb, gx_c, gw, gout, transposed.is_some(), true, s);
+            }
+        });
+    }
     if let Some(op_t) = transposed {
         // wt[c, o, ky, kx] = w[o, c, K-1-ky, K-1-kx]; dx += conv(dout, wt) with padding K-1-p.
         let kk = op.kernel * op.kernel;
@@ -411,6 +412,110 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
         // Straight into gx: no separate buffer and pass to add it.
         forward_into(&op_t, gout, wt_s, gx, true);
         E::with_scratch(|s| s.wt = wt);
+    }
+}
+
+/// `dst += src`, elementwise.
+fn add_into<E: Real>(dst: &mut [E], src: &[E]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+}
+
+/// The weight gradient of images `b0..` added into `gw`, and (unless `skip_input_grad`, when the
+/// transposed conv computes it afterwards) their input gradient added into `gx_c`, which holds
+/// exactly those images; on all threads or on this one (`parallel`).
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk<E: Real>(
+    op: &Conv2dOp,
+    d: &Dims,
+    x: &[E],
+    w: &[E],
+    b0: usize,
+    gx_c: &mut [E],
+    gw: &mut [E],
+    gout: &[E],
+    skip_input_grad: bool,
+    parallel: bool,
+    scratch: &mut Scratch<E>,
+) {
+    let Scratch { col, tmp, dcol, .. } = scratch;
+    let n_img = gx_c.len() / (d.c * d.hw);
+    let ncols = n_img * d.p;
+    for g in 0..op.groups {
+        let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
+        // The output gradient of this group as an og x ncols matrix.
+        let (dout, dout_rs): (&[E], usize) = if n_img == 1 {
+            (&gout[(b0 * d.o + g * d.og) * d.p..][..d.og * d.p], d.p)
+        } else {
+            let t = grown(tmp, d.og * ncols);
+            for_each_chunk(t, ncols, parallel, |oc, trow| {
+                for img in 0..n_img {
+                    trow[img * d.p..][..d.p].copy_from_slice(&gout[((b0 + img) * d.o + g * d.og + oc) * d.p..][..d.p]);
+                }
+            });
+            (t, ncols)
+        };
+        let direct = d.pointwise && n_img == 1;
+        let (cols, cols_rs): (&[E], usize) = if direct {
+            (&x[(b0 * d.c + g * d.cg) * d.hw..][..d.cg * d.hw], d.hw)
+        } else {
+            let c = grown(col, d.kg * ncols);
+            im2col(op, d, x, b0, n_img, g, c, parallel);
+            (c, ncols)
+        };
+        let gw_g = &mut gw[g * d.og * d.kg..][..d.og * d.kg];
+        // dW_g [og x kg] += dout [og x ncols] * cols^T [ncols x kg]
+        // SAFETY: sizes as stated; gw_g is disjoint from dout and cols.
+        unsafe {
+            matmul(
+                (d.og, d.kg, ncols),
+                gw_g.as_mut_ptr(),
+                d.kg,
+                true,
+                dout.as_ptr(),
+                (dout_rs, 1),
+                cols.as_ptr(),
+                (1, cols_rs),
+                parallel,
+            );
+        }
+        if skip_input_grad {
+            // The caller runs the transposed conv.
+        } else if direct {
+            let gx_g = &mut gx_c[g * d.cg * d.hw..][..d.cg * d.hw];
+            // dx_g [cg x hw] += W_g^T [cg x og] * dout [og x hw]
+            // SAFETY: sizes as stated; gx_g is disjoint from w_g and dout.
+            unsafe {
+                matmul(
+                    (d.kg, ncols, d.og),
+                    gx_g.as_mut_ptr(),
+                    d.hw,
+                    true,
+                    w_g.as_ptr(),
+                    (1, d.kg),
+                    dout.as_ptr(),
+                    (dout_rs, 1),
+                    parallel,
+                );
+            }
+        } else {
+            let dc = grown(dcol, d.kg * ncols);
+            // dcol [kg x ncols] = W_g^T [kg x og] * dout [og x ncols]
+            // SAFETY: sizes as stated; dc is its own buffer.
+            unsafe {
+                matmul(
+                    (d.kg, ncols, d.og),
+                    dc.as_mut_ptr(),
+                    ncols,
+                    false,
+                    w_g.as_ptr(),
+                    (1, d.kg),
+                    dout.as_ptr(),
+                    (dout_rs, 1),
+                    parallel,
+                );
+            }
+            col2im_add(op, d, dc, n_img, g, gx_c, parallel);
+        }
     }
 }
 
@@ -626,6 +731,6 @@ pub(crate) fn sgemm_row_major(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]
         return false;
     }
     // SAFETY: lengths checked above; c is a distinct &mut slice.
-    unsafe { matmul((m, n, k), c.as_mut_ptr(), n, false, a.as_ptr(), (k, 1), b.as_ptr(), (n, 1)) };
+    unsafe { matmul((m, n, k), c.as_mut_ptr(), n, false, a.as_ptr(), (k, 1), b.as_ptr(), (n, 1), true) };
     true
 }

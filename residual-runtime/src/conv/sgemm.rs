@@ -132,7 +132,18 @@ pub(crate) struct Mat {
 // BLAS's own argument list (sizes, C and its stride, the accumulate flag, A, B): grouping them in a
 // struct would only rename the same eight values at every call.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, accumulate: bool, a: Mat, b: Mat) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -145,7 +156,7 @@ pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize
         return;
     }
     match best_isa() {
-        Some(isa) => sgemm_on(isa, m, n, k, c, ldc, accumulate, a, b),
+        Some(isa) => sgemm_on(isa, m, n, k, c, ldc, accumulate, a, b, parallel),
         None => unreachable!("sgemm called where available() is false"),
     }
 }
@@ -165,19 +176,30 @@ pub(crate) unsafe fn sgemm_on(
     accumulate: bool,
     a: Mat,
     b: Mat,
+    parallel: bool,
 ) {
+    let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     match isa {
         Isa::Avx512 if m <= 256 && (n.is_multiple_of(Wide::NR) || n >= 1536) => {
-            sgemm_with::<Wide>(m, n, k, c, ldc, accumulate, a, b)
+            sgemm_with::<Wide>(threads, m, n, k, c, ldc, accumulate, a, b)
         }
-        Isa::Avx512 => sgemm_with::<Tall>(m, n, k, c, ldc, accumulate, a, b),
-        Isa::Avx2Fma => sgemm_with::<Tall2>(m, n, k, c, ldc, accumulate, a, b),
+        Isa::Avx512 => sgemm_with::<Tall>(threads, m, n, k, c, ldc, accumulate, a, b),
+        Isa::Avx2Fma => sgemm_with::<Tall2>(threads, m, n, k, c, ldc, accumulate, a, b),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_with<T: Tile>(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, accumulate: bool, a: Mat, b: Mat) {
-    let threads = rayon::current_num_threads().max(1);
+unsafe fn sgemm_with<T: Tile>(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
     // Columns per thread, a multiple of T::NR; small problems stay on one thread.
     let per = n.div_ceil(threads).div_ceil(T::NR) * T::NR;
     let work = m.saturating_mul(n).saturating_mul(k);

@@ -248,6 +248,13 @@ fn matches_naive_loop_on_more_shapes() {
         (2, 3, 5, 6, 7, Conv2dConfig::new(3).padding(2)),
         (2, 4, 3, 9, 8, Conv2dConfig::new(5)),
         (9, 4, 3, 5, 6, Conv2dConfig::new(3).padding(1)),
+        // at least two chunks of images per thread (one image per chunk here): the threads take
+        // whole chunks, each adding its weight gradients into a part of its own; the stride-1
+        // transposed input gradient, col2im (stride 2), groups, and the 1x1 direct path
+        (5, 3, 4, 40, 40, Conv2dConfig::new(3).padding(1)),
+        (6, 3, 4, 80, 80, Conv2dConfig::new(3).stride(2).padding(1)),
+        (4, 4, 6, 40, 40, Conv2dConfig::new(3).padding(1).groups(2)),
+        (5, 3, 4, 40, 41, Conv2dConfig::new(1)),
     ];
     for (b, c, o, h, w, cfg) in cases {
         let case = Case { batched: true, b, c, o, h, w, cfg };
@@ -494,9 +501,9 @@ fn sgemm_matches_naive_products_on_every_isa_here() {
         (52, 100, 300, true, false, true),
         (32, 3000, 70, false, true, false),
     ];
-    for (isa, (m, n, k, at, bt, acc)) in
-        super::sgemm::supported_isas().into_iter().flat_map(|isa| cases.map(|c| (isa, c)))
-    {
+    let isas = super::sgemm::supported_isas();
+    let runs = isas.iter().flat_map(|&isa| [true, false].map(|parallel| (isa, parallel)));
+    for ((isa, parallel), (m, n, k, at, bt, acc)) in runs.flat_map(|run| cases.map(|c| (run, c))) {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
         let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
@@ -516,6 +523,7 @@ fn sgemm_matches_naive_products_on_every_isa_here() {
                 acc,
                 super::sgemm::Mat { ptr: a.as_ptr(), rs: a_rs, cs: a_cs },
                 super::sgemm::Mat { ptr: b.as_ptr(), rs: b_rs, cs: b_cs },
+                parallel,
             );
         }
         for i in 0..m {
@@ -527,7 +535,7 @@ fn sgemm_matches_naive_products_on_every_isa_here() {
                 let got = c[i * n + j] as f64;
                 assert!(
                     (got - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * k as f64,
-                    "{isa:?} ({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                    "{isa:?} parallel {parallel} ({m},{n},{k}) [{i},{j}]: {got} vs {want}"
                 );
             }
         }

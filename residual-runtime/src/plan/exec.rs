@@ -557,6 +557,7 @@ impl Compiled {
                         (i, 1),
                         w.as_ptr(),
                         (1, i),
+                        true,
                     );
                 }
                 if let Some(b) = bias {
@@ -761,6 +762,7 @@ impl Compiled {
                         (o, 1),
                         w.as_ptr(),
                         (i, 1),
+                        true,
                     );
                     let gw = &mut pgrads[weight];
                     crate::conv::cpu::matmul(
@@ -772,6 +774,7 @@ impl Compiled {
                         (1, o),
                         xs.as_ptr(),
                         (i, 1),
+                        true,
                     );
                 }
                 if let Some(b) = bias {
