@@ -128,10 +128,10 @@ pub(crate) struct Mat {
 ///
 /// # Safety
 /// [`available`] must be true; every pointer must be valid for the elements the sizes and strides
-/// address; `c` must not overlap `a` or `b`.
-// BLAS's own argument list (sizes, C and its stride, the accumulate flag, A, B): grouping them in a
-// struct would only rename the same eight values at every call.
-#[allow(clippy::too_many_arguments)]
+/// address; `c` must not overlap `a` or `b`. `parallel`: split the work over rayon's threads
+/// (false when the caller already runs one task per thread).
+// BLAS's own argument list (sizes, C and its stride, the accumulate flag, A, B) and the threading
+// flag: grouping them in a struct would only rename the same values at every call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm(
     m: usize,
