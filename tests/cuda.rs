@@ -5,9 +5,9 @@
 //! bundle, `scripts/cuda/build.sh`). Without a GPU each test prints why and passes.
 //!
 //! Tolerances: f64 `1e-10` relative (both sides sum in a different order, nothing else differs);
-//! f32 `2e-4` relative to the reference's largest magnitude for single ops and `2e-3` after a
-//! whole network and an SGD step (cuBLAS and the CPU GEMM block their sums differently, and
-//! batch norm amplifies the difference). Pooling and the shortcut are exact on both devices
+//! f32 `2e-4` relative to the reference's largest magnitude for single ops; whole networks and
+//! an SGD step in f64 to `1e-9`, in f32 to `2e-3` or twice the spread between the CPU's own two
+//! paths (plan and layers), whichever is larger (see `check_model`). Pooling and the shortcut are exact on both devices
 //! (same arithmetic, same order), so they are compared with tolerance 0.
 #![cfg(feature = "cuda")]
 
@@ -221,29 +221,41 @@ fn subsample_pad_matches_cpu() {
 /// Builds `M` on the CPU, copies its parameters and buffers to the GPU (safetensors round trip),
 /// and compares: the training-mode forward, the input gradient, and the forward after one SGD
 /// step with momentum (which every parameter's gradient feeds).
-fn check_model<MC, MG, const C: usize, const H: usize, const W: usize, const OUT: usize>(
+///
+/// The tolerance is `rtol` or, where the CPU's own two paths differ by more, twice that spread:
+/// the CPU runs each model as a compiled plan (batch norm fused, its own GEMM blocking) and, as
+/// the reference path, layer by layer; in f32 the two drift apart through deep batch-normalised
+/// networks (tests/plan_vs_layers.rs), so the GPU may be as far from the plan as the layer path
+/// is, and no further. Every quantity is printed before any assertion fails.
+fn check_model<E, MC, MG, const C: usize, const H: usize, const W: usize, const OUT: usize>(
     gpu: &Cuda,
     batch: usize,
     rtol: f64,
 ) where
-    MC: BuildOnDevice<Cpu, f32>,
-    MG: BuildOnDevice<Cuda, f32>,
+    E: Element + residual::dfdx::tensor::safetensors::SafeDtype,
+    Cpu: Backend<E>,
+    Cuda: Backend<E>,
+    MC: BuildOnDevice<Cpu, E>,
+    MG: BuildOnDevice<Cuda, E>,
     MC::Built: ModuleMut<
-            Tensor<(usize, Const<C>, Const<H>, Const<W>), f32, Cpu, OwnedTape<f32, Cpu>>,
-            Output = Tensor<(usize, Const<OUT>), f32, Cpu, OwnedTape<f32, Cpu>>,
-        > + TensorCollection<f32, Cpu>
-        + SaveToSafetensors<f32, Cpu>,
+            Tensor<(usize, Const<C>, Const<H>, Const<W>), E, Cpu, OwnedTape<E, Cpu>>,
+            Output = Tensor<(usize, Const<OUT>), E, Cpu, OwnedTape<E, Cpu>>,
+        > + TensorCollection<E, Cpu>
+        + SaveToSafetensors<E, Cpu>
+        + LoadFromSafetensors<E, Cpu>,
     MG::Built: ModuleMut<
-            Tensor<(usize, Const<C>, Const<H>, Const<W>), f32, Cuda, OwnedTape<f32, Cuda>>,
-            Output = Tensor<(usize, Const<OUT>), f32, Cuda, OwnedTape<f32, Cuda>>,
-        > + TensorCollection<f32, Cuda>
-        + LoadFromSafetensors<f32, Cuda>,
+            Tensor<(usize, Const<C>, Const<H>, Const<W>), E, Cuda, OwnedTape<E, Cuda>>,
+            Output = Tensor<(usize, Const<OUT>), E, Cuda, OwnedTape<E, Cuda>>,
+        > + TensorCollection<E, Cuda>
+        + LoadFromSafetensors<E, Cuda>,
 {
     let cpu = Cpu::seed_from_u64(0);
-    let mut cpu_model = cpu.build_module::<MC, f32>();
-    let mut gpu_model = gpu.build_module::<MG, f32>();
+    let mut cpu_model = cpu.build_module::<MC, E>();
+    let mut layered_model = cpu.build_module::<MC, E>();
+    let mut gpu_model = gpu.build_module::<MG, E>();
     let path = std::env::temp_dir().join(format!("residual-cuda-test-{}-{OUT}.safetensors", std::process::id()));
     cpu_model.save_safetensors(&path).expect("save");
+    layered_model.load_safetensors(&path).expect("load");
     gpu_model.load_safetensors(&path).expect("load");
     let _ = std::fs::remove_file(&path);
 
@@ -256,45 +268,80 @@ fn check_model<MC, MG, const C: usize, const H: usize, const W: usize, const OUT
         weight_decay: Some(residual::dfdx::optim::WeightDecay::L2(1e-4)),
     };
 
-    // CPU.
-    let xc = cpu.tensor_from_vec(cast::<f32>(&x), shape);
-    let yc = cpu.tensor_from_vec(cast::<f32>(&labels), (batch, Const::<OUT>));
-    let mut grads = cpu_model.alloc_grads();
-    let logits = cpu_model.forward_mut(xc.trace(grads));
-    let cpu_logits = logits.retaped::<NoneTape>().as_vec();
-    grads = cross_entropy_with_logits_loss(logits, yc.clone()).backward();
-    let cpu_gx = grads.get(&xc).as_vec();
-    Sgd::new(&cpu_model, sgd).update(&mut cpu_model, &grads).expect("sgd");
-    let cpu_after = cpu_model.forward_mut(xc.leaky_trace()).retaped::<NoneTape>().as_vec();
+    // CPU, plan and layers. Leaky gradients: `alloc_grads` would keep only the parameters'
+    // gradients after `backward`, and the input's is compared too.
+    let xc = cpu.tensor_from_vec(cast::<E>(&x), shape);
+    let yc = cpu.tensor_from_vec(cast::<E>(&labels), (batch, Const::<OUT>));
+    let cpu_step = |model: &mut MC::Built| {
+        let logits = model.forward_mut(xc.clone().trace(Gradients::leaky()));
+        let out = logits.retaped::<NoneTape>().as_vec();
+        let grads = cross_entropy_with_logits_loss(logits, yc.clone()).backward();
+        let gx = grads.get(&xc).as_vec();
+        Sgd::new(model, sgd).update(model, &grads).expect("sgd");
+        let after = model.forward_mut(xc.leaky_trace()).retaped::<NoneTape>().as_vec();
+        [out, gx, after]
+    };
+    let plan = cpu_step(&mut cpu_model);
+    let layers = residual::runtime::plan::with_plans_disabled(|| cpu_step(&mut layered_model));
 
     // GPU.
-    let xg = gpu.tensor_from_vec(cast::<f32>(&x), shape);
-    let yg = gpu.tensor_from_vec(cast::<f32>(&labels), (batch, Const::<OUT>));
-    let mut grads = gpu_model.alloc_grads();
-    let logits = gpu_model.forward_mut(xg.trace(grads));
+    let xg = gpu.tensor_from_vec(cast::<E>(&x), shape);
+    let yg = gpu.tensor_from_vec(cast::<E>(&labels), (batch, Const::<OUT>));
+    let logits = gpu_model.forward_mut(xg.trace(Gradients::leaky()));
     let gpu_logits = logits.retaped::<NoneTape>().as_vec();
-    grads = cross_entropy_with_logits_loss(logits, yg).backward();
+    let grads = cross_entropy_with_logits_loss(logits, yg).backward();
     let gpu_gx = grads.get(&xg).as_vec();
     Sgd::new(&gpu_model, sgd).update(&mut gpu_model, &grads).expect("sgd");
     let gpu_after = gpu_model.forward_mut(xg.leaky_trace()).retaped::<NoneTape>().as_vec();
+    let cuda = [gpu_logits, gpu_gx, gpu_after];
 
-    assert_close("model: logits", &gpu_logits, &cpu_logits, rtol);
-    assert_close("model: input gradient", &gpu_gx, &cpu_gx, rtol);
-    assert_close("model: logits after one SGD step", &gpu_after, &cpu_after, rtol);
+    let mut failed = Vec::new();
+    for (i, what) in ["logits", "input gradient", "logits after one SGD step"].into_iter().enumerate() {
+        let err = max_rel_err(&cuda[i], &plan[i]);
+        let spread = max_rel_err(&layers[i], &plan[i]);
+        let tol = rtol.max(2.0 * spread);
+        eprintln!(
+            "model {}: {what}: |cuda - cpu plan| {err:.2e}, |cpu layers - cpu plan| {spread:.2e} (relative to max(1, max |cpu plan|)); tolerance {tol:.1e}",
+            std::any::type_name::<E>()
+        );
+        if err > tol || err.is_nan() {
+            failed.push(what);
+        }
+    }
+    assert!(failed.is_empty(), "model: {failed:?} out of tolerance (figures above)");
 }
 
-/// ResNet-20 (CIFAR, option-A shortcuts): conv, batch norm, the shortcut, global pooling.
+/// `max |got - want| / max(1, max |want|)`.
+fn max_rel_err<E: Element>(got: &[E], want: &[E]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.to_f64().unwrap().abs()));
+    got.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((g.to_f64().unwrap() - w.to_f64().unwrap()).abs() / scale))
+}
+
+/// ResNet-20 (CIFAR, option-A shortcuts): conv, batch norm, the shortcut, global pooling. f64
+/// first: both devices do the same arithmetic in different summation orders, so they agree to
+/// rounding.
 #[test]
 fn resnet20_step_matches_cpu() {
     let Some(gpu) = gpu() else { return };
-    check_model::<residual::zoo::ResNet20<f32, Cpu>, residual::zoo::ResNet20<f32, Cuda>, 3, 32, 32, 10>(&gpu, 4, 2e-3);
+    check_model::<f64, residual::zoo::ResNet20<f64, Cpu>, residual::zoo::ResNet20<f64, Cuda>, 3, 32, 32, 10>(
+        &gpu, 4, 1e-9,
+    );
+    check_model::<f32, residual::zoo::ResNet20<f32, Cpu>, residual::zoo::ResNet20<f32, Cuda>, 3, 32, 32, 10>(
+        &gpu, 4, 2e-3,
+    );
 }
 
-/// ResNet-50 at 224x224 (7x7 stem, max pool, bottlenecks with 1x1 convs and projections).
+/// ResNet-50 at 224x224 (7x7 stem, max pool, bottlenecks with 1x1 convs and projections), at
+/// batch 2: the last stage's batch norms see 98 values a channel, which amplifies f32 rounding
+/// (on an H200 the input gradient differed from the CPU plan's by 4e-2 of its largest magnitude).
 #[test]
 fn resnet50_step_matches_cpu() {
     let Some(gpu) = gpu() else { return };
-    check_model::<residual::zoo::ResNet50<f32, Cpu>, residual::zoo::ResNet50<f32, Cuda>, 3, 224, 224, 1000>(
+    check_model::<f64, residual::zoo::ResNet50<f64, Cpu>, residual::zoo::ResNet50<f64, Cuda>, 3, 224, 224, 1000>(
+        &gpu, 2, 1e-9,
+    );
+    check_model::<f32, residual::zoo::ResNet50<f32, Cpu>, residual::zoo::ResNet50<f32, Cuda>, 3, 224, 224, 1000>(
         &gpu, 2, 2e-3,
     );
 }

@@ -12,6 +12,11 @@ struct Pool2dOp {
 #define GRID_STRIDE(i, n) \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
 
+// A product rounded on its own: NVRTC runs with fmad on (cuda.rs), which would fuse
+// `acc += g * inv_area` into one FMA (one rounding) where the CPU rounds the product, then the sum.
+__device__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 template <typename T> __device__ T neg_inf();
 template <> __device__ float neg_inf<float>() { return -__int_as_float(0x7f800000); }
 template <> __device__ double neg_inf<double>() { return -__longlong_as_double(0x7ff0000000000000LL); }
@@ -117,7 +122,7 @@ __device__ void avg_bwd(const Pool2dOp op, T *grad_in, const T *grad_out) {
         covering(x, op.out_w, op, ox0, ox1);
         T acc = grad_in[i];
         for (u64 oy = oy0; oy < oy1; oy++)
-            for (u64 ox = ox0; ox < ox1; ox++) acc += go[oy * op.out_w + ox] * inv_area;
+            for (u64 ox = ox0; ox < ox1; ox++) acc += mul_rn(go[oy * op.out_w + ox], inv_area);
         grad_in[i] = acc;
     }
 }
