@@ -9,6 +9,9 @@
 //!
 //! `--layers` also times each row on the layer-by-layer path (one dfdx op per layer, what every
 //! model ran before compiled plans; `plan::with_plans_disabled`), in the same process.
+//! `--crate-gemm-rows N`: f32 GEMMs of at least N rows run on the `gemm` crate instead of our own
+//! kernel on AVX-512 CPUs (default 128; 0: every GEMM; a huge N: none), to measure one against the
+//! other on the machine at hand.
 //! `--no-header` leaves out the header (the script runs one process per row, so that each row's
 //! peak RSS is its own: plans keep their buffers in a per-thread pool).
 //!
@@ -234,6 +237,10 @@ fn main() {
     let cache = args.contains("--cache");
     let layers = args.contains("--layers");
     let header = !args.contains("--no-header");
+    let crate_gemm_rows: Option<usize> = args.opt_value_from_str("--crate-gemm-rows").unwrap_or(None);
+    if let Some(rows) = crate_gemm_rows {
+        residual::runtime::conv::set_crate_gemm_min_rows(rows);
+    }
 
     let dev = Cpu::default();
     if cache {
@@ -241,9 +248,10 @@ fn main() {
     }
     let peak = gemm_peak();
     println!(
-        "# residual, fp32, {} rayon threads, dfdx cache {}; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
+        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
         rayon::current_num_threads(),
-        if cache { "on" } else { "off" }
+        if cache { "on" } else { "off" },
+        crate_gemm_rows.map_or("128 (default)".to_string(), |r| r.to_string()),
     );
     if header {
         println!(

@@ -1,5 +1,6 @@
-//! CPU conv kernels: im2col + GEMM (the `gemm` crate, the one dfdx itself uses) for dense and
-//! grouped convs, a direct loop for depthwise ones.
+//! CPU conv kernels: im2col + GEMM for dense and grouped convs, a direct loop for depthwise ones.
+//! The f32 GEMM is our own (`sgemm.rs`) or the `gemm` crate's, whichever measured faster for the
+//! shape on this CPU (`crate_runs`); f64 always runs on the crate.
 //!
 //! Forward, per group: `out_g [Og, P] = W_g [Og, Kg] x col [Kg, P]`, where `col` is the im2col
 //! matrix (`Kg = C/groups * K * K` rows, `P = OH * OW` columns). Backward: `dW_g += dout_g x
@@ -16,6 +17,8 @@
 //! and grown, never shrunk, so a training loop allocates them once.
 
 use dfdx::tensor::{Cpu, CpuError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -85,6 +88,30 @@ fn valid_range(out_len: usize, in_len: usize, stride: usize, offset: isize) -> (
     ((lo as usize).min(hi), hi)
 }
 
+/// Rows of `C` from which an f32 GEMM goes to the `gemm` crate (0.19, `x86-v4`: AVX-512 on
+/// stable) instead of [`sgemm`], on CPUs with AVX-512 (see [`crate_runs`]).
+static CRATE_MIN_ROWS: AtomicUsize = AtomicUsize::new(128);
+
+/// Sets the rows of `C` from which an f32 GEMM on an AVX-512 CPU goes to the `gemm` crate rather
+/// than our own kernel (default 128; 0: always the crate; `usize::MAX`: never), for benchmarks
+/// that measure one against the other on the machine at hand (`bench_models --crate-gemm-rows`).
+/// Returns the previous setting.
+#[doc(hidden)]
+pub fn set_crate_gemm_min_rows(rows: usize) -> usize {
+    CRATE_MIN_ROWS.swap(rows, Ordering::Relaxed)
+}
+
+/// Whether an f32 GEMM of `m` rows runs on the `gemm` crate. Measured whole-model on an AVX-512
+/// Xeon (BENCHMARKS.md, A/B in one session): the crate's AVX-512 kernels are faster on GEMMs with
+/// many rows (ResNet-50: -10% inference at batch 8, -11% a training step; 4096^3: 329 against 259
+/// GFLOP/s) and slower with few (the 16-64 channels of ResNet-56, where our 8 x 48 tile fills its
+/// slivers: all-crate made that training step 10-20% slower). 128 rows was the best threshold of
+/// 0, 128, 256 and never. Without AVX-512 our AVX2 tile was measured against the gemm crate (0.15)
+/// only, so there it keeps every f32 GEMM.
+fn crate_runs(m: usize) -> bool {
+    sgemm::best_isa() == Some(sgemm::Isa::Avx512) && m >= CRATE_MIN_ROWS.load(Ordering::Relaxed)
+}
+
 /// `dst[m x n] (row stride dst_rs) = [dst +] lhs[m x k] * rhs[k x n]`, all strides in elements.
 ///
 /// # Safety
@@ -102,7 +129,7 @@ pub(crate) unsafe fn matmul<E: Real>(
     (rhs_rs, rhs_cs): (usize, usize),
     parallel: bool,
 ) {
-    if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() && sgemm::available() {
+    if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() && sgemm::available() && !crate_runs(m) {
         // SAFETY: E is f32 (checked above), so the casts only rename the pointee type; the
         // caller's guarantees carry over.
         return sgemm::sgemm(
@@ -136,7 +163,7 @@ pub(crate) unsafe fn matmul<E: Real>(
         false,
         false,
         false,
-        if parallel { Parallelism::Rayon(0) } else { Parallelism::None },
+        if parallel { Parallelism::Rayon(rayon::current_num_threads()) } else { Parallelism::None },
     );
 }
 
@@ -727,7 +754,9 @@ impl_conv_kernel!(f64);
 /// Row-major `c[m x n] = a[m x k] * b[k x n]` through [`matmul`], the f32 GEMM the conv kernels
 /// use. Returns `false` (and does nothing) when a length does not match.
 pub(crate) fn sgemm_row_major(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
-    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+    // checked: sizes whose product wraps would otherwise pass with short buffers
+    let len = |r: usize, c: usize| r.checked_mul(c);
+    if len(m, k) != Some(a.len()) || len(k, n) != Some(b.len()) || len(m, n) != Some(c.len()) {
         return false;
     }
     // SAFETY: lengths checked above; c is a distinct &mut slice.

@@ -6,6 +6,8 @@
 //! arithmetic and weight layout as PyTorch's `nn.Conv2d(bias=False)`.
 
 pub(crate) mod cpu;
+#[doc(hidden)]
+pub use cpu::set_crate_gemm_min_rows;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod sgemm;
@@ -313,9 +315,10 @@ where
     Ok(out.put_tape(tape))
 }
 
-/// Row-major `c[m x n] = a[m x k] * b[k x n]` with the f32 GEMM the CPU conv kernels run on
-/// (AVX-512, else AVX2 + FMA, else the `gemm` crate), so a benchmark can state the kernels'
-/// speed as a fraction of their own GEMM's. Returns `false` when a length does not match.
+/// Row-major `c[m x n] = a[m x k] * b[k x n]` with the f32 GEMM the CPU conv kernels run for
+/// this shape (our AVX-512 or AVX2 + FMA kernels, or the `gemm` crate: `cpu::crate_runs`), so a
+/// benchmark can state the kernels' speed as a fraction of their own GEMM's. Returns `false`
+/// when a length does not match (or a size product overflows).
 #[doc(hidden)]
 pub fn cpu_sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     cpu::sgemm_row_major(m, n, k, a, b, c)

@@ -5,7 +5,9 @@
 //! GFLOP/s on two Zen 3 cores (4096^3) where those cores' two 256-bit FMA pipes allow about 190.
 //! Cores with full-width AVX-512 do twice the f32 FMAs per cycle with 16 lanes (AVX-512
 //! intrinsics are stable since Rust 1.89). Where the CPU has neither AVX-512F nor AVX2 + FMA the
-//! caller falls back to the `gemm` crate.
+//! caller falls back to the `gemm` crate. The `gemm` crate 0.19 with its `x86-v4` feature has
+//! AVX-512 kernels on stable too; measured against these tiles it wins on GEMMs with many rows and
+//! loses on few, so the conv kernels run it from 128 rows on AVX-512 CPUs (`cpu::crate_runs`).
 //!
 //! Layout: the classic Goto/BLIS blocking. `B` is packed in `KC x NR` slivers, `A` in `MR x KC`
 //! slivers, and a register tile of accumulators is updated per `k` step. AVX-512 has two tiles:

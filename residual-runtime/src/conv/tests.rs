@@ -503,43 +503,93 @@ fn sgemm_matches_naive_products_on_every_isa_here() {
     ];
     let isas = super::sgemm::supported_isas();
     let runs = isas.iter().flat_map(|&isa| [true, false].map(|parallel| (isa, parallel)));
-    for ((isa, parallel), (m, n, k, at, bt, acc)) in runs.flat_map(|run| cases.map(|c| (run, c))) {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
-        let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
-        // a stored [m, k] or, transposed, [k, m]; b stored [k, n] or [n, k]
-        let (a_rs, a_cs) = if at { (1, m) } else { (k, 1) };
-        let (b_rs, b_cs) = if bt { (1, k) } else { (n, 1) };
-        let mut c = c0.clone();
-        // SAFETY: buffers sized for the strides above; c is separate.
-        unsafe {
-            super::sgemm::sgemm_on(
-                isa,
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                n,
-                acc,
-                super::sgemm::Mat { ptr: a.as_ptr(), rs: a_rs, cs: a_cs },
-                super::sgemm::Mat { ptr: b.as_ptr(), rs: b_rs, cs: b_cs },
-                parallel,
+    for ((isa, parallel), case) in runs.flat_map(|run| cases.map(|c| (run, c))) {
+        check_gemm(&format!("{isa:?} parallel {parallel}"), case, |(m, n, k), c, acc, a, b| {
+            // SAFETY: `check_gemm` sizes the buffers for these strides; c is separate.
+            unsafe { super::sgemm::sgemm_on(isa, m, n, k, c.as_mut_ptr(), n, acc, a, b, parallel) }
+        });
+    }
+}
+
+/// The f32 GEMM the conv kernels call, whichever of our kernels or the `gemm` crate it picks for
+/// the shape (the crate from 128 rows on AVX-512 CPUs): every stride combination the convs use.
+#[test]
+fn conv_matmul_matches_naive_products_on_both_sides_of_the_crate_threshold() {
+    let cases = [
+        (127, 300, 200, false, false, false),
+        (128, 300, 200, true, false, true),
+        (256, 49, 2304, false, false, true),
+        (576, 1568, 64, true, false, false),
+        (1024, 196, 256, false, true, true),
+        (2048, 49, 512, false, false, false),
+        (16, 2048, 144, false, true, true),
+    ];
+    for (parallel, case) in [true, false].into_iter().flat_map(|p| cases.map(|c| (p, c))) {
+        check_gemm(&format!("matmul parallel {parallel}"), case, |(m, n, k), c, acc, a, b| {
+            // SAFETY: as above.
+            unsafe {
+                super::cpu::matmul::<f32>(
+                    (m, n, k),
+                    c.as_mut_ptr(),
+                    n,
+                    acc,
+                    a.ptr,
+                    (a.rs, a.cs),
+                    b.ptr,
+                    (b.rs, b.cs),
+                    parallel,
+                )
+            }
+        });
+    }
+}
+
+/// Runs `gemm` on `case` = `(m, n, k, a transposed, b transposed, accumulate)` with patterned
+/// operands and checks every element of `C` against an f64 loop.
+fn check_gemm(
+    label: &str,
+    (m, n, k, at, bt, acc): (usize, usize, usize, bool, bool, bool),
+    gemm: impl Fn((usize, usize, usize), &mut [f32], bool, super::sgemm::Mat, super::sgemm::Mat),
+) {
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+    let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
+    // a stored [m, k] or, transposed, [k, m]; b stored [k, n] or [n, k]
+    let (a_rs, a_cs) = if at { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if bt { (1, k) } else { (n, 1) };
+    let mut c = c0.clone();
+    gemm(
+        (m, n, k),
+        &mut c,
+        acc,
+        super::sgemm::Mat { ptr: a.as_ptr(), rs: a_rs, cs: a_cs },
+        super::sgemm::Mat { ptr: b.as_ptr(), rs: b_rs, cs: b_cs },
+    );
+    for i in 0..m {
+        for j in 0..n {
+            let mut want: f64 = if acc { c0[i * n + j] as f64 } else { 0.0 };
+            for p in 0..k {
+                want += a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64;
+            }
+            let got = c[i * n + j] as f64;
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * k as f64,
+                "{label} ({m},{n},{k}) [{i},{j}]: {got} vs {want}"
             );
         }
-        for i in 0..m {
-            for j in 0..n {
-                let mut want: f64 = if acc { c0[i * n + j] as f64 } else { 0.0 };
-                for p in 0..k {
-                    want += a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64;
-                }
-                let got = c[i * n + j] as f64;
-                assert!(
-                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * k as f64,
-                    "{isa:?} parallel {parallel} ({m},{n},{k}) [{i},{j}]: {got} vs {want}"
-                );
-            }
-        }
     }
+}
+
+#[test]
+fn cpu_sgemm_refuses_sizes_whose_products_wrap() {
+    // 2^32 * 2^32 wraps to 0 in usize: unchecked, empty buffers would pass the length check.
+    let big = 1usize << 32;
+    assert!(!super::cpu_sgemm(big, 1, big, &[], &[], &mut []));
+    assert!(!super::cpu_sgemm(1, big, big, &[], &[], &mut []));
+    assert!(!super::cpu_sgemm(2, 2, 2, &[0.0; 4], &[0.0; 4], &mut [0.0; 3]));
+    let mut c = [0.0f32; 4];
+    assert!(super::cpu_sgemm(2, 2, 1, &[1.0, 2.0], &[3.0, 4.0], &mut c));
+    assert_eq!(c, [3.0, 4.0, 6.0, 8.0]);
 }
 
 #[test]
