@@ -7,6 +7,7 @@ pub mod conv;
 mod cuda;
 pub mod error;
 pub mod init;
+mod kernel_check;
 pub mod layers;
 pub mod model;
 pub mod plan;

@@ -674,33 +674,10 @@ fn depthwise_backward_weight<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], gw: &mut
     });
 }
 
-/// The buffer lengths `op` implies, checked before any raw-pointer GEMM touches them.
-fn check_lens(lens: &[(usize, usize)]) -> Result<(), CpuError> {
-    if lens.iter().all(|(have, want)| have == want) {
-        Ok(())
-    } else {
-        Err(CpuError::WrongNumElements)
-    }
-}
-
-/// The input, weight and output lengths `op` implies.
-pub(crate) fn sizes(op: &Conv2dOp) -> (usize, usize, usize) {
-    let x = op.batch * op.in_channels * op.in_h * op.in_w;
-    let w = op.out_channels * op.in_per_group() * op.kernel * op.kernel;
-    let y = op.batch * op.out_channels * op.out_h * op.out_w;
-    (x, w, y)
-}
-
-/// Parameters the kernels divide by or index with; zero would be a bug in the caller.
-fn check_op(op: &Conv2dOp) -> Result<(), CpuError> {
-    let ok = op.groups > 0
-        && op.stride > 0
-        && op.kernel > 0
-        && op.dilation > 0
-        && op.in_channels.is_multiple_of(op.groups)
-        && op.out_channels.is_multiple_of(op.groups)
-        && op.in_channels > 0;
-    if ok {
+/// `Ok` when `op` is valid and the buffers have the lengths it implies (`kernel_check.rs`): the
+/// GEMMs below write through raw pointers sized from `op`.
+pub(crate) fn check_buffers(op: &Conv2dOp, x: usize, w: usize, y: usize) -> Result<(), CpuError> {
+    if crate::kernel_check::lens_match(op.buffer_lens(), [x, w, y]) {
         Ok(())
     } else {
         Err(CpuError::WrongNumElements)
@@ -717,9 +694,7 @@ macro_rules! impl_conv_kernel {
                 weight: &Self::Vec,
                 output: &mut Self::Vec,
             ) -> Result<(), Self::Err> {
-                check_op(op)?;
-                let (x, w, y) = sizes(op);
-                check_lens(&[(input.len(), x), (weight.len(), w), (output.len(), y)])?;
+                check_buffers(op, input.len(), weight.len(), output.len())?;
                 forward::<$t>(op, input, weight, output);
                 Ok(())
             }
@@ -733,15 +708,8 @@ macro_rules! impl_conv_kernel {
                 grad_weight: &mut Self::Vec,
                 grad_output: &Self::Vec,
             ) -> Result<(), Self::Err> {
-                check_op(op)?;
-                let (x, w, y) = sizes(op);
-                check_lens(&[
-                    (input.len(), x),
-                    (weight.len(), w),
-                    (grad_input.len(), x),
-                    (grad_weight.len(), w),
-                    (grad_output.len(), y),
-                ])?;
+                check_buffers(op, input.len(), weight.len(), grad_output.len())?;
+                check_buffers(op, grad_input.len(), grad_weight.len(), grad_output.len())?;
                 backward::<$t>(op, input, weight, grad_input, grad_weight, grad_output);
                 Ok(())
             }

@@ -10,11 +10,11 @@
 //! the scratch buffers stay under `MAX_SCRATCH` elements.
 
 use cudarc::cublas::{CudaBlas, Gemm};
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchAsync};
+use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync};
 use dfdx::tensor::{Cuda, CudaError};
 
 use super::{Conv2dKernel, Conv2dOp};
-use crate::cuda::{blas, gemm_row_major, launch_cfg, CudaElem, KernelSource};
+use crate::cuda::{blas, check, gemm_row_major, launch_cfg, CudaElem, KernelSource};
 
 pub(crate) static SOURCE: KernelSource = KernelSource::new(
     "residual_conv2d",
@@ -77,6 +77,7 @@ fn forward<E: CudaElem>(
 where
     CudaBlas: Gemm<E>,
 {
+    check(crate::kernel_check::lens_match(op.buffer_lens(), [input.len(), weight.len(), output.len()]))?;
     let plan = Plan::new(op);
     if op.batch == 0 || plan.plane == 0 {
         return Ok(());
@@ -124,6 +125,9 @@ fn backward<E: CudaElem>(
 where
     CudaBlas: Gemm<E>,
 {
+    let lens = op.buffer_lens();
+    check(crate::kernel_check::lens_match(lens, [input.len(), weight.len(), grad_output.len()]))?;
+    check(crate::kernel_check::lens_match(lens, [grad_input.len(), grad_weight.len(), grad_output.len()]))?;
     let plan = Plan::new(op);
     if op.batch == 0 || plan.plane == 0 {
         return Ok(());

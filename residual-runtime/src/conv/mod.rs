@@ -20,6 +20,7 @@ use dfdx::tensor::{Merge, PutTape, SplitTape, Storage, Tape, Tensor};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 
 use crate::error::fmt_dims;
+use crate::kernel_check::product;
 use crate::storage::TensorStorage;
 use crate::tape::two_mut_one_ref;
 use crate::Error;
@@ -78,9 +79,44 @@ impl Conv2dOp {
         self.in_channels / self.groups
     }
 
-    /// Multiply-accumulates of the forward pass.
+    /// Multiply-accumulates of the forward pass (saturating at `usize::MAX`, never wrapping).
     pub fn macs(&self) -> usize {
-        self.batch * self.out_channels * self.out_h * self.out_w * self.in_per_group() * self.kernel * self.kernel
+        let per_output = self.in_per_group().saturating_mul(self.kernel).saturating_mul(self.kernel);
+        [self.batch, self.out_channels, self.out_h, self.out_w].iter().fold(per_output, |acc, &d| acc.saturating_mul(d))
+    }
+
+    /// The lengths of the input, weight and output buffers this op reads and writes, or `None`
+    /// when no `Conv2dOp::new` builds this op (a zero parameter, channel count or input size,
+    /// channels not divisible by the groups, an output size that does not follow from the input) or a size, or one image's
+    /// im2col matrix, overflows `usize`. Every kernel entry checks its buffers against these
+    /// (`kernel_check.rs`).
+    pub fn buffer_lens(&self) -> Option<[usize; 3]> {
+        let cfg = Conv2dConfig {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+        };
+        // Zero channels or planes would make the kernels chunk by zero.
+        let valid = self.groups > 0
+            && self.in_channels > 0
+            && self.out_channels > 0
+            && self.in_h > 0
+            && self.in_w > 0
+            && self.in_channels.is_multiple_of(self.groups)
+            && self.out_channels.is_multiple_of(self.groups)
+            && Conv2dOp::new(cfg, self.batch, self.in_channels, self.out_channels, self.in_h, self.in_w) == Some(*self);
+        if !valid {
+            return None;
+        }
+        let kk = [self.in_per_group(), self.kernel, self.kernel];
+        product(&[kk[0], kk[1], kk[2], self.out_h, self.out_w])?;
+        Some([
+            product(&[self.batch, self.in_channels, self.in_h, self.in_w])?,
+            product(&[self.out_channels, kk[0], kk[1], kk[2]])?,
+            product(&[self.batch, self.out_channels, self.out_h, self.out_w])?,
+        ])
     }
 }
 
@@ -97,8 +133,11 @@ pub const fn conv_out_size(
     if kernel == 0 || stride == 0 || dilation == 0 {
         return None;
     }
-    let span = dilation * (kernel - 1) + 1;
-    let padded = size + 2 * padding;
+    // Checked: sizes a user passes at run time must give `None`, not a wrapped size.
+    let Some(reach) = dilation.checked_mul(kernel - 1) else { return None };
+    let Some(span) = reach.checked_add(1) else { return None };
+    let Some(both_sides) = padding.checked_mul(2) else { return None };
+    let Some(padded) = size.checked_add(both_sides) else { return None };
     if padded < span {
         return None;
     }

@@ -610,3 +610,46 @@ fn f32_matches_naive_loop_on_large_planes() {
         assert_close(&format!("{name} dw"), &dw, &want.dw, 2e-5);
     }
 }
+
+#[test]
+fn kernel_entries_refuse_ops_that_do_not_fit_their_buffers() {
+    let dev = Cpu::default();
+    let buf = |n: usize| -> <Cpu as Storage<f32>>::Vec { dev.try_alloc_len(n).unwrap() };
+    let good = Conv2dOp::new(Conv2dConfig::new(3).padding(1), 2, 4, 6, 5, 5).unwrap();
+    assert_eq!(good.buffer_lens(), Some([2 * 4 * 25, 6 * 4 * 9, 2 * 6 * 25]));
+    let (mut y, mut gx, mut gw) = (buf(300), buf(200), buf(216));
+    assert!(dev.conv2d_forward(&good, &buf(200), &buf(216), &mut y).is_ok());
+    assert!(dev.conv2d_backward(&good, &buf(200), &buf(216), &mut gx, &mut gw, &buf(300)).is_ok());
+    // A short output buffer, a short gradient.
+    assert!(dev.conv2d_forward(&good, &buf(200), &buf(216), &mut buf(299)).is_err());
+    assert!(dev.conv2d_backward(&good, &buf(200), &buf(216), &mut buf(199), &mut gw, &buf(300)).is_err());
+    // Ops no constructor builds, with buffers their own (unchecked) arithmetic would accept: an
+    // output larger than the input allows, zero planes, zero output channels, and sizes whose
+    // products wrap around usize to small numbers.
+    let taller = Conv2dOp { out_h: 6, ..good };
+    assert!(dev.conv2d_forward(&taller, &buf(200), &buf(216), &mut buf(2 * 6 * 30)).is_err());
+    let empty_plane = Conv2dOp { in_h: 0, in_w: 0, out_h: 0, out_w: 0, padding: 0, kernel: 1, ..good };
+    assert!(dev.conv2d_forward(&empty_plane, &buf(0), &buf(24), &mut buf(0)).is_err());
+    let no_outputs = Conv2dOp { out_channels: 0, ..good };
+    assert!(dev.conv2d_forward(&no_outputs, &buf(200), &buf(0), &mut buf(0)).is_err());
+    let big = 1usize << 32;
+    let wrapping = Conv2dOp {
+        batch: big,
+        in_channels: big,
+        out_channels: 1,
+        groups: 1,
+        kernel: 1,
+        padding: 0,
+        in_h: 1,
+        in_w: 1,
+        out_h: 1,
+        out_w: 1,
+        ..good
+    };
+    assert_eq!(wrapping.buffer_lens(), None);
+    assert!(dev.conv2d_forward(&wrapping, &buf(0), &buf(0), &mut buf(0)).is_err());
+    // The shape arithmetic itself saturates to None rather than wrapping.
+    assert_eq!(conv_out_size(usize::MAX, 3, 1, usize::MAX / 2 + 1, 1), None);
+    assert_eq!(conv_out_size(5, usize::MAX, 1, 0, 2), None);
+    assert_eq!(wrapping.macs(), usize::MAX);
+}

@@ -951,8 +951,15 @@ fn check_len(have: usize, want: usize) -> Result<(), PlanError> {
 
 // ---------------------------------------------------------------- kernels on buffers
 
+fn conv_lens(op: &Conv2dOp) -> Result<[usize; 3], PlanError> {
+    match op.buffer_lens() {
+        Some(lens) => Ok(lens),
+        None => err(format!("an invalid conv op {op:?}")),
+    }
+}
+
 fn conv_fwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(), PlanError> {
-    let (xl, wl, yl) = crate::conv::cpu::sizes(op);
+    let [xl, wl, yl] = conv_lens(op)?;
     check_len(x.len(), xl)?;
     check_len(w.len(), wl)?;
     check_len(y.len(), yl)?;
@@ -961,7 +968,7 @@ fn conv_fwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(),
 }
 
 fn conv_bwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gy: &[E]) -> Result<(), PlanError> {
-    let (xl, wl, yl) = crate::conv::cpu::sizes(op);
+    let [xl, wl, yl] = conv_lens(op)?;
     check_len(x.len(), xl)?;
     check_len(gx.len(), xl)?;
     check_len(w.len(), wl)?;

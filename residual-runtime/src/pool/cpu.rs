@@ -5,6 +5,8 @@ use dfdx::tensor::{Cpu, CpuError};
 use num_traits::Float;
 use rayon::prelude::*;
 
+use crate::kernel_check::lens_match;
+
 use super::{Pool2dKernel, Pool2dOp, PoolKind};
 
 /// The input rows or columns a window covers: `[lo, hi)` clipped to `[0, len)`.
@@ -123,6 +125,9 @@ macro_rules! impl_pool2d_cpu {
                 input: &Self::Vec,
                 output: &mut Self::Vec,
             ) -> Result<(), CpuError> {
+                if !lens_match(op.buffer_lens(), [input.len(), output.len()]) {
+                    return Err(CpuError::WrongNumElements);
+                }
                 forward::<$e>(kind, op, input, output);
                 Ok(())
             }
@@ -132,10 +137,16 @@ macro_rules! impl_pool2d_cpu {
                 kind: PoolKind,
                 op: &Pool2dOp,
                 input: &Self::Vec,
-                _output: &Self::Vec,
+                output: &Self::Vec,
                 grad_input: &mut Self::Vec,
                 grad_output: &Self::Vec,
             ) -> Result<(), CpuError> {
+                let lens = op.buffer_lens();
+                if !lens_match(lens, [input.len(), output.len()])
+                    || !lens_match(lens, [grad_input.len(), grad_output.len()])
+                {
+                    return Err(CpuError::WrongNumElements);
+                }
                 // Max recomputes each window's argmax from the input rather than comparing with
                 // the output, so ties go to the first maximum exactly as in the forward pass.
                 backward::<$e>(kind, op, input, grad_input, grad_output);

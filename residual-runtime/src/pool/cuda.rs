@@ -1,11 +1,12 @@
 //! Max and average pooling on dfdx's `Cuda`: one thread per output (forward) or per input
 //! element (backward, gathering from the windows that cover it: no atomics, the CPU's order).
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchAsync};
+use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync};
 use dfdx::tensor::{Cuda, CudaError};
 
 use super::{Pool2dKernel, Pool2dOp, PoolKind};
-use crate::cuda::{launch_cfg, CudaElem, KernelSource};
+use crate::cuda::{check, launch_cfg, CudaElem, KernelSource};
+use crate::kernel_check::lens_match;
 
 pub(crate) static SOURCE: KernelSource = KernelSource::new(
     "residual_pool2d",
@@ -31,6 +32,7 @@ fn forward<E: CudaElem>(
     input: &CudaSlice<E>,
     output: &mut CudaSlice<E>,
 ) -> Result<(), CudaError> {
+    check(lens_match(op.buffer_lens(), [input.len(), output.len()]))?;
     let n = op.batch * op.channels * op.out_h * op.out_w;
     if n == 0 {
         return Ok(());
@@ -49,9 +51,12 @@ fn backward<E: CudaElem>(
     kind: PoolKind,
     op: &Pool2dOp,
     input: &CudaSlice<E>,
+    output_len: usize,
     grad_input: &mut CudaSlice<E>,
     grad_output: &CudaSlice<E>,
 ) -> Result<(), CudaError> {
+    let lens = op.buffer_lens();
+    check(lens_match(lens, [input.len(), output_len]) && lens_match(lens, [grad_input.len(), grad_output.len()]))?;
     let n = op.batch * op.channels * op.in_h * op.in_w;
     if n == 0 || op.out_h * op.out_w == 0 {
         return Ok(());
@@ -88,13 +93,13 @@ macro_rules! impl_pool2d_cuda {
                 kind: PoolKind,
                 op: &Pool2dOp,
                 input: &Self::Vec,
-                _output: &Self::Vec,
+                output: &Self::Vec,
                 grad_input: &mut Self::Vec,
                 grad_output: &Self::Vec,
             ) -> Result<(), Self::Err> {
                 // Max recomputes each window's argmax from the input, as the CPU kernel does, so ties
                 // resolve identically on both devices.
-                backward::<$e>(kind, op, input, grad_input, grad_output)
+                backward::<$e>(kind, op, input, output.len(), grad_input, grad_output)
             }
         }
     };

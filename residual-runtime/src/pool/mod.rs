@@ -15,6 +15,7 @@ use dfdx::tensor::{PutTape, SplitTape, Storage, Tape, Tensor};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 
 use crate::error::{fmt_dims, Error};
+use crate::kernel_check::product;
 use crate::storage::TensorStorage;
 use crate::tape::one_mut_one_ref;
 
@@ -91,7 +92,7 @@ impl Pool2dConfig {
     /// `floor((input + 2 * padding - kernel) / stride) + 1`, or `None` when the padded input is
     /// smaller than the window or the config itself is unusable.
     pub fn output_size(&self, input: usize) -> Option<usize> {
-        let padded = input.checked_add(2 * self.padding)?;
+        let padded = input.checked_add(self.padding.checked_mul(2)?)?;
         if self.stride == 0 || input == 0 || padded < self.kernel {
             return None;
         }
@@ -220,6 +221,31 @@ where
     })?;
     let out_shape = shape.resized(op.out_h, op.out_w);
     pool2d_unchecked(x, kind, op, out_shape).map_err(Error::device)
+}
+
+impl Pool2dOp {
+    /// The lengths of the input and output buffers this op reads and writes, or `None` when the
+    /// op is not one the checked pooling functions build (a zero kernel, stride or input size,
+    /// padding over half the kernel, an output size that does not follow from the input) or a
+    /// size overflows `usize`. Every kernel entry checks its buffers against these
+    /// (`kernel_check.rs`).
+    pub fn buffer_lens(&self) -> Option<[usize; 2]> {
+        let cfg = Pool2dConfig { kernel: self.kernel, stride: self.stride, padding: self.padding };
+        // Wider padding leaves windows made only of padding, which would index outside the plane.
+        let valid = self.kernel > 0
+            && self.padding <= self.kernel / 2
+            && self.in_h > 0
+            && self.in_w > 0
+            && cfg.output_size(self.in_h) == Some(self.out_h)
+            && cfg.output_size(self.in_w) == Some(self.out_w);
+        if !valid {
+            return None;
+        }
+        Some([
+            product(&[self.batch, self.channels, self.in_h, self.in_w])?,
+            product(&[self.batch, self.channels, self.out_h, self.out_w])?,
+        ])
+    }
 }
 
 /// The op for `shape` under `config`, or `None` when the input is too small for the window.

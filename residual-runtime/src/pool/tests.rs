@@ -265,3 +265,27 @@ fn bad_inputs_are_errors_that_name_the_shapes() {
     let err = try_max_pool2d(unbatched, Pool2dConfig::new(1)).unwrap_err().to_string();
     assert!(err.contains("[C, H, W]") && err.contains("[3, 0, 4]"), "{err}");
 }
+
+#[test]
+fn kernel_entries_refuse_ops_that_do_not_fit_their_buffers() {
+    let dev = Cpu::default();
+    let buf = |n: usize| -> <Cpu as Storage<f32>>::Vec { dev.try_alloc_len(n).unwrap() };
+    let good = pool2d_op(&(2usize, 3usize, 6usize, 6usize), Pool2dConfig::new(2)).unwrap();
+    assert_eq!(good.buffer_lens(), Some([216, 54]));
+    assert!(dev.pool2d_forward(PoolKind::Max, &good, &buf(216), &mut buf(54)).is_ok());
+    assert!(dev.pool2d_backward(PoolKind::Avg, &good, &buf(216), &buf(54), &mut buf(216), &buf(54)).is_ok());
+    // Short buffers are an error, not a panic or a partial result.
+    assert!(dev.pool2d_forward(PoolKind::Max, &good, &buf(215), &mut buf(54)).is_err());
+    assert!(dev.pool2d_backward(PoolKind::Max, &good, &buf(216), &buf(54), &mut buf(216), &buf(53)).is_err());
+    // Windows made only of padding (max pooling would index outside the plane), an output size
+    // that does not follow from the input, a zero plane, a product that overflows.
+    let all_padding = Pool2dOp { padding: 2, out_h: 5, out_w: 5, ..good };
+    assert!(dev.pool2d_forward(PoolKind::Max, &all_padding, &buf(216), &mut buf(150)).is_err());
+    let wider = Pool2dOp { out_w: 4, ..good };
+    assert!(dev.pool2d_forward(PoolKind::Avg, &wider, &buf(216), &mut buf(72)).is_err());
+    let empty = Pool2dOp { in_h: 0, out_h: 0, ..good };
+    assert!(dev.pool2d_forward(PoolKind::Avg, &empty, &buf(0), &mut buf(0)).is_err());
+    let huge = Pool2dOp { batch: 1 << 40, channels: 1 << 40, ..good };
+    assert_eq!(huge.buffer_lens(), None);
+    assert_eq!(Pool2dConfig::new(3).with_padding(usize::MAX / 2 + 1).output_size(4), None);
+}

@@ -4,6 +4,8 @@ use dfdx::tensor::{Cpu, CpuError};
 use num_traits::Float;
 use rayon::prelude::*;
 
+use crate::kernel_check::lens_match;
+
 use super::{SubsamplePadKernel, SubsamplePadOp};
 
 /// The input channel that output channel `oc` copies, or `None` for a padding channel.
@@ -66,6 +68,9 @@ macro_rules! impl_subsample_pad_cpu {
                 input: &Self::Vec,
                 output: &mut Self::Vec,
             ) -> Result<(), CpuError> {
+                if !lens_match(op.buffer_lens(), [input.len(), output.len()]) {
+                    return Err(CpuError::WrongNumElements);
+                }
                 forward::<$e>(op, input, output);
                 Ok(())
             }
@@ -76,6 +81,9 @@ macro_rules! impl_subsample_pad_cpu {
                 grad_input: &mut Self::Vec,
                 grad_output: &Self::Vec,
             ) -> Result<(), CpuError> {
+                if !lens_match(op.buffer_lens(), [grad_input.len(), grad_output.len()]) {
+                    return Err(CpuError::WrongNumElements);
+                }
                 backward::<$e>(op, grad_input, grad_output);
                 Ok(())
             }

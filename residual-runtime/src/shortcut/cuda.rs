@@ -1,11 +1,12 @@
 //! The option-A shortcut on dfdx's `Cuda`: one thread per output element (forward) or per kept
 //! input pixel (backward; each receives at most one gradient, so no atomics).
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchAsync};
+use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync};
 use dfdx::tensor::{Cuda, CudaError};
 
 use super::{SubsamplePadKernel, SubsamplePadOp};
-use crate::cuda::{launch_cfg, CudaElem, KernelSource};
+use crate::cuda::{check, launch_cfg, CudaElem, KernelSource};
+use crate::kernel_check::lens_match;
 
 pub(crate) static SOURCE: KernelSource = KernelSource::new(
     "residual_subsample_pad",
@@ -18,6 +19,7 @@ pub(crate) static SOURCE: KernelSource = KernelSource::new(
 unsafe impl DeviceRepr for SubsamplePadOp {}
 
 fn forward<E: CudaElem>(op: &SubsamplePadOp, input: &CudaSlice<E>, output: &mut CudaSlice<E>) -> Result<(), CudaError> {
+    check(lens_match(op.buffer_lens(), [input.len(), output.len()]))?;
     let n = op.batch * op.out_channels * op.out_h * op.out_w;
     if n == 0 {
         return Ok(());
@@ -33,6 +35,7 @@ fn backward<E: CudaElem>(
     grad_input: &mut CudaSlice<E>,
     grad_output: &CudaSlice<E>,
 ) -> Result<(), CudaError> {
+    check(lens_match(op.buffer_lens(), [grad_input.len(), grad_output.len()]))?;
     let n = op.batch * op.in_channels * op.out_h * op.out_w;
     if n == 0 {
         return Ok(());

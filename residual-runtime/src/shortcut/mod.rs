@@ -15,6 +15,7 @@ use dfdx::tensor::{PutTape, SplitTape, Storage, Tape, Tensor};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 
 use crate::error::{fmt_dims, Error};
+use crate::kernel_check::product;
 use crate::pool::ImageShape;
 use crate::storage::TensorStorage;
 use crate::tape::one_mut_one_ref;
@@ -54,6 +55,23 @@ impl SubsamplePadOp {
             out_h: (in_h - 1) / stride + 1,
             out_w: (in_w - 1) / stride + 1,
         })
+    }
+}
+
+impl SubsamplePadOp {
+    /// The lengths of the input and output buffers this op reads and writes, or `None` when
+    /// `SubsamplePadOp::new` would not build this op or a size overflows `usize`. Every kernel
+    /// entry checks its buffers against these (`kernel_check.rs`).
+    pub fn buffer_lens(&self) -> Option<[usize; 2]> {
+        let rebuilt =
+            SubsamplePadOp::new([self.batch, self.in_channels, self.in_h, self.in_w], self.out_channels, self.stride);
+        if rebuilt != Some(*self) {
+            return None;
+        }
+        Some([
+            product(&[self.batch, self.in_channels, self.in_h, self.in_w])?,
+            product(&[self.batch, self.out_channels, self.out_h, self.out_w])?,
+        ])
     }
 }
 

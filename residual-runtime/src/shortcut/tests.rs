@@ -76,3 +76,21 @@ fn bad_inputs_are_errors_that_name_the_shapes() {
     let err = try_subsample_pad(x, 16, 0).unwrap_err().to_string();
     assert!(err.contains("stride >= 1"), "{err}");
 }
+
+#[test]
+fn kernel_entries_refuse_ops_that_do_not_fit_their_buffers() {
+    let dev = Cpu::default();
+    let buf = |n: usize| -> <Cpu as Storage<f32>>::Vec { dev.try_alloc_len(n).unwrap() };
+    let good = SubsamplePadOp::new([2, 4, 6, 6], 8, 2).unwrap();
+    assert_eq!(good.buffer_lens(), Some([288, 144]));
+    assert!(dev.subsample_pad_forward(&good, &buf(288), &mut buf(144)).is_ok());
+    assert!(dev.subsample_pad_backward(&good, &mut buf(288), &buf(144)).is_ok());
+    assert!(dev.subsample_pad_forward(&good, &buf(287), &mut buf(144)).is_err());
+    assert!(dev.subsample_pad_backward(&good, &mut buf(288), &buf(143)).is_err());
+    // Fields no constructor sets: padding past the output channels, an output size that does
+    // not follow from the stride.
+    let off_the_end = SubsamplePadOp { pad_front: 6, ..good };
+    assert!(dev.subsample_pad_forward(&off_the_end, &buf(288), &mut buf(144)).is_err());
+    let taller = SubsamplePadOp { out_h: 6, ..good };
+    assert!(dev.subsample_pad_forward(&taller, &buf(288), &mut buf(288)).is_err());
+}
