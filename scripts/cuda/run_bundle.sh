@@ -6,6 +6,17 @@
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export LD_LIBRARY_PATH="$HERE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# A bundle sent without lib/ (its cuBLAS is ~600 MB, more than some transfers allow) uses the
+# CUDA 13.0 libraries of the machine's PyTorch wheels (nvidia/cu13/lib), as on the H200 where this
+# ran (README, "Verification status").
+if [[ ! -e "$HERE/lib/libcublas.so.13" ]]; then
+    py_prefix=$(python3 -c 'import sys; print(sys.prefix)' 2>/dev/null || true)
+    wheel_lib=$(find "${py_prefix:-/nonexistent}" -name libcublas.so.13 -printf '%h\n' 2>/dev/null | head -n1)
+    if [[ -n "$wheel_lib" ]]; then
+        echo "run.sh: no lib/ in the bundle; using $wheel_lib"
+        export LD_LIBRARY_PATH="$wheel_lib:$LD_LIBRARY_PATH"
+    fi
+fi
 what="${1:-all}"
 status=0
 
