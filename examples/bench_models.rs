@@ -237,8 +237,7 @@ fn main() {
     let cache = args.contains("--cache");
     let layers = args.contains("--layers");
     let header = !args.contains("--no-header");
-    let crate_gemm_rows: Option<usize> = args.opt_value_from_str("--crate-gemm-rows").unwrap_or(None);
-    if let Some(rows) = crate_gemm_rows {
+    if let Some(rows) = args.opt_value_from_str("--crate-gemm-rows").unwrap_or(None) {
         residual::runtime::conv::set_crate_gemm_min_rows(rows);
     }
 
@@ -251,7 +250,7 @@ fn main() {
         "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
         rayon::current_num_threads(),
         if cache { "on" } else { "off" },
-        crate_gemm_rows.map_or("128 (default)".to_string(), |r| r.to_string()),
+        residual::runtime::conv::crate_gemm_min_rows(),
     );
     if header {
         println!(

@@ -7,8 +7,8 @@
 //! Tolerances: f64 `1e-10` relative (both sides sum in a different order, nothing else differs);
 //! f32 `2e-4` relative to the reference's largest magnitude for single ops; whole networks and
 //! an SGD step in f64 to `1e-9`, in f32 to `2e-3` or twice the spread between the CPU's own two
-//! paths (plan and layers), whichever is larger (see `check_model`). Pooling and the shortcut are exact on both devices
-//! (same arithmetic, same order), so they are compared with tolerance 0.
+//! paths (plan and layers), whichever is larger (see `check_model`). Pooling and the shortcut are
+//! exact on both devices (same arithmetic, same order), so they are compared with tolerance 0.
 #![cfg(feature = "cuda")]
 
 use residual::dfdx::optim::{Momentum, Sgd, SgdConfig};
@@ -58,12 +58,17 @@ fn cast<E: Element>(v: &[f64]) -> Vec<E> {
 /// `max |a - b| <= rtol * max(1, max |b|)`, with a message naming the first offending index.
 fn assert_close<E: Element>(what: &str, got: &[E], want: &[E], rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.to_f64().unwrap().abs()));
+    let scale = scale_of(want);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let (g, w) = (g.to_f64().unwrap(), w.to_f64().unwrap());
         let ok = (g - w).abs() <= rtol * scale || (g.is_nan() && w.is_nan());
         assert!(ok, "{what}: element {i}: cuda {g} vs cpu {w} (tolerance {rtol} x {scale})");
     }
+}
+
+/// `max(1, max |want|)`: what both comparisons divide by.
+fn scale_of<E: Element>(want: &[E]) -> f64 {
+    want.iter().fold(1.0f64, |m, v| m.max(v.to_f64().unwrap().abs()))
 }
 
 /// One op under test.
@@ -314,7 +319,7 @@ fn check_model<E, MC, MG, const C: usize, const H: usize, const W: usize, const 
 /// `max |got - want| / max(1, max |want|)`.
 fn max_rel_err<E: Element>(got: &[E], want: &[E]) -> f64 {
     assert_eq!(got.len(), want.len(), "lengths differ");
-    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.to_f64().unwrap().abs()));
+    let scale = scale_of(want);
     got.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((g.to_f64().unwrap() - w.to_f64().unwrap()).abs() / scale))
 }
 

@@ -204,16 +204,6 @@ macro_rules! impl_tensor_storage_cuda {
 impl_tensor_storage_cuda!(f32);
 impl_tensor_storage_cuda!(f64);
 
-/// `Ok` when a kernel entry's op and buffer lengths passed `kernel_check`, else the error dfdx
-/// uses for a buffer of the wrong length: a kernel is never launched on buffers it would overrun.
-pub(crate) fn check(lens_ok: bool) -> Result<(), CudaError> {
-    if lens_ok {
-        Ok(())
-    } else {
-        Err(CudaError::Cpu(dfdx::tensor::CpuError::WrongNumElements))
-    }
-}
-
 /// Test helper: NVRTC compiles `src` and the PTX defines every listed function. Needs libnvrtc
 /// at run time, not a GPU, so it runs wherever the CUDA tests are built.
 #[cfg(test)]

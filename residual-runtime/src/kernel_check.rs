@@ -5,14 +5,21 @@
 //! or inconsistent field, an output size that does not follow from the input, a product past
 //! `usize::MAX`), and a kernel runs only when every buffer has exactly that length.
 
+use dfdx::tensor::CpuError;
+
 /// The product of `dims`, or `None` when it overflows `usize`.
 pub(crate) fn product(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
-/// Whether `lens` is known (the op is valid) and every `(buffer length, expected)` pair matches.
-pub(crate) fn lens_match<const N: usize>(lens: Option<[usize; N]>, have: [usize; N]) -> bool {
-    lens.is_some_and(|want| want == have)
+/// `Ok` when `lens` is known (the op is valid) and every buffer length in `have` equals it, else
+/// the error dfdx uses for a buffer of the wrong length (CUDA entries wrap it in `CudaError::Cpu`).
+pub(crate) fn check_lens<const N: usize>(lens: Option<[usize; N]>, have: [usize; N]) -> Result<(), CpuError> {
+    if lens.is_some_and(|want| want == have) {
+        Ok(())
+    } else {
+        Err(CpuError::WrongNumElements)
+    }
 }
 
 #[cfg(test)]
@@ -28,9 +35,9 @@ mod tests {
     }
 
     #[test]
-    fn lens_match_needs_a_valid_op_and_equal_lengths() {
-        assert!(lens_match(Some([3, 4]), [3, 4]));
-        assert!(!lens_match(Some([3, 4]), [3, 5]));
-        assert!(!lens_match(None, [0, 0]));
+    fn check_lens_needs_a_valid_op_and_equal_lengths() {
+        assert!(check_lens(Some([3, 4]), [3, 4]).is_ok());
+        assert!(check_lens(Some([3, 4]), [3, 5]).is_err());
+        assert!(check_lens(None, [0, 0]).is_err());
     }
 }

@@ -16,13 +16,14 @@
 //! bottom), so it is compiled and optimised in this crate. Scratch buffers are kept per thread
 //! and grown, never shrunk, so a training loop allocates them once.
 
-use dfdx::tensor::{Cpu, CpuError};
+use dfdx::tensor::Cpu;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{sgemm, Conv2dKernel, Conv2dOp};
+use crate::kernel_check::{check_lens, product};
 use crate::real::{grown, Real, Scratch};
 
 /// Aim for at least this many GEMM columns by batching images (measured on the ResNet-50 layers
@@ -101,6 +102,12 @@ pub fn set_crate_gemm_min_rows(rows: usize) -> usize {
     CRATE_MIN_ROWS.swap(rows, Ordering::Relaxed)
 }
 
+/// The current setting of [`set_crate_gemm_min_rows`], for benchmarks to print.
+#[doc(hidden)]
+pub fn crate_gemm_min_rows() -> usize {
+    CRATE_MIN_ROWS.load(Ordering::Relaxed)
+}
+
 /// Whether an f32 GEMM of `m` rows runs on the `gemm` crate. Measured whole-model on an AVX-512
 /// Xeon (BENCHMARKS.md, A/B in one session): the crate's AVX-512 kernels are faster on GEMMs with
 /// many rows (ResNet-50: -10% inference at batch 8, -11% a training step; 4096^3: 329 against 259
@@ -109,7 +116,7 @@ pub fn set_crate_gemm_min_rows(rows: usize) -> usize {
 /// 0, 128, 256 and never. Without AVX-512 our AVX2 tile was measured against the gemm crate (0.15)
 /// only, so there it keeps every f32 GEMM.
 fn crate_runs(m: usize) -> bool {
-    sgemm::best_isa() == Some(sgemm::Isa::Avx512) && m >= CRATE_MIN_ROWS.load(Ordering::Relaxed)
+    sgemm::best_isa() == Some(sgemm::Isa::Avx512) && m >= crate_gemm_min_rows()
 }
 
 /// `dst[m x n] (row stride dst_rs) = [dst +] lhs[m x k] * rhs[k x n]`, all strides in elements.
@@ -674,16 +681,6 @@ fn depthwise_backward_weight<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], gw: &mut
     });
 }
 
-/// `Ok` when `op` is valid and the buffers have the lengths it implies (`kernel_check.rs`): the
-/// GEMMs below write through raw pointers sized from `op`.
-pub(crate) fn check_buffers(op: &Conv2dOp, x: usize, w: usize, y: usize) -> Result<(), CpuError> {
-    if crate::kernel_check::lens_match(op.buffer_lens(), [x, w, y]) {
-        Ok(())
-    } else {
-        Err(CpuError::WrongNumElements)
-    }
-}
-
 macro_rules! impl_conv_kernel {
     ($t:ty) => {
         impl Conv2dKernel<$t> for Cpu {
@@ -694,7 +691,8 @@ macro_rules! impl_conv_kernel {
                 weight: &Self::Vec,
                 output: &mut Self::Vec,
             ) -> Result<(), Self::Err> {
-                check_buffers(op, input.len(), weight.len(), output.len())?;
+                // The GEMMs write through raw pointers sized from `op`.
+                check_lens(op.buffer_lens(), [input.len(), weight.len(), output.len()])?;
                 forward::<$t>(op, input, weight, output);
                 Ok(())
             }
@@ -708,8 +706,9 @@ macro_rules! impl_conv_kernel {
                 grad_weight: &mut Self::Vec,
                 grad_output: &Self::Vec,
             ) -> Result<(), Self::Err> {
-                check_buffers(op, input.len(), weight.len(), grad_output.len())?;
-                check_buffers(op, grad_input.len(), grad_weight.len(), grad_output.len())?;
+                let lens = op.buffer_lens();
+                check_lens(lens, [input.len(), weight.len(), grad_output.len()])?;
+                check_lens(lens, [grad_input.len(), grad_weight.len(), grad_output.len()])?;
                 backward::<$t>(op, input, weight, grad_input, grad_weight, grad_output);
                 Ok(())
             }
@@ -722,9 +721,9 @@ impl_conv_kernel!(f64);
 /// Row-major `c[m x n] = a[m x k] * b[k x n]` through [`matmul`], the f32 GEMM the conv kernels
 /// use. Returns `false` (and does nothing) when a length does not match.
 pub(crate) fn sgemm_row_major(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
-    // checked: sizes whose product wraps would otherwise pass with short buffers
-    let len = |r: usize, c: usize| r.checked_mul(c);
-    if len(m, k) != Some(a.len()) || len(k, n) != Some(b.len()) || len(m, n) != Some(c.len()) {
+    // Checked products: sizes whose product wraps would otherwise pass with short buffers.
+    let lens = (|| Some([product(&[m, k])?, product(&[k, n])?, product(&[m, n])?]))();
+    if check_lens(lens, [a.len(), b.len(), c.len()]).is_err() {
         return false;
     }
     // SAFETY: lengths checked above; c is a distinct &mut slice.

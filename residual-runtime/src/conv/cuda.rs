@@ -14,7 +14,8 @@ use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync};
 use dfdx::tensor::{Cuda, CudaError};
 
 use super::{Conv2dKernel, Conv2dOp};
-use crate::cuda::{blas, check, gemm_row_major, launch_cfg, CudaElem, KernelSource};
+use crate::cuda::{blas, gemm_row_major, launch_cfg, CudaElem, KernelSource};
+use crate::kernel_check::check_lens;
 
 pub(crate) static SOURCE: KernelSource = KernelSource::new(
     "residual_conv2d",
@@ -77,7 +78,7 @@ fn forward<E: CudaElem>(
 where
     CudaBlas: Gemm<E>,
 {
-    check(crate::kernel_check::lens_match(op.buffer_lens(), [input.len(), weight.len(), output.len()]))?;
+    check_lens(op.buffer_lens(), [input.len(), weight.len(), output.len()]).map_err(CudaError::Cpu)?;
     let plan = Plan::new(op);
     if op.batch == 0 || plan.plane == 0 {
         return Ok(());
@@ -126,8 +127,8 @@ where
     CudaBlas: Gemm<E>,
 {
     let lens = op.buffer_lens();
-    check(crate::kernel_check::lens_match(lens, [input.len(), weight.len(), grad_output.len()]))?;
-    check(crate::kernel_check::lens_match(lens, [grad_input.len(), grad_weight.len(), grad_output.len()]))?;
+    check_lens(lens, [input.len(), weight.len(), grad_output.len()]).map_err(CudaError::Cpu)?;
+    check_lens(lens, [grad_input.len(), grad_weight.len(), grad_output.len()]).map_err(CudaError::Cpu)?;
     let plan = Plan::new(op);
     if op.batch == 0 || plan.plane == 0 {
         return Ok(());

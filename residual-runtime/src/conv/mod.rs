@@ -7,7 +7,7 @@
 
 pub(crate) mod cpu;
 #[doc(hidden)]
-pub use cpu::set_crate_gemm_min_rows;
+pub use cpu::{crate_gemm_min_rows, set_crate_gemm_min_rows};
 #[cfg(feature = "cuda")]
 mod cuda;
 mod sgemm;
@@ -87,9 +87,9 @@ impl Conv2dOp {
 
     /// The lengths of the input, weight and output buffers this op reads and writes, or `None`
     /// when no `Conv2dOp::new` builds this op (a zero parameter, channel count or input size,
-    /// channels not divisible by the groups, an output size that does not follow from the input) or a size, or one image's
-    /// im2col matrix, overflows `usize`. Every kernel entry checks its buffers against these
-    /// (`kernel_check.rs`).
+    /// channels not divisible by the groups, an output size that does not follow from the input)
+    /// or a size, or one image's im2col matrix, overflows `usize`. Every kernel entry checks its
+    /// buffers against these (`kernel_check.rs`).
     pub fn buffer_lens(&self) -> Option<[usize; 3]> {
         let cfg = Conv2dConfig {
             kernel: self.kernel,

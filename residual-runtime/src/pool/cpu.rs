@@ -5,7 +5,7 @@ use dfdx::tensor::{Cpu, CpuError};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use crate::kernel_check::lens_match;
+use crate::kernel_check::check_lens;
 
 use super::{Pool2dKernel, Pool2dOp, PoolKind};
 
@@ -125,9 +125,7 @@ macro_rules! impl_pool2d_cpu {
                 input: &Self::Vec,
                 output: &mut Self::Vec,
             ) -> Result<(), CpuError> {
-                if !lens_match(op.buffer_lens(), [input.len(), output.len()]) {
-                    return Err(CpuError::WrongNumElements);
-                }
+                check_lens(op.buffer_lens(), [input.len(), output.len()])?;
                 forward::<$e>(kind, op, input, output);
                 Ok(())
             }
@@ -142,11 +140,8 @@ macro_rules! impl_pool2d_cpu {
                 grad_output: &Self::Vec,
             ) -> Result<(), CpuError> {
                 let lens = op.buffer_lens();
-                if !lens_match(lens, [input.len(), output.len()])
-                    || !lens_match(lens, [grad_input.len(), grad_output.len()])
-                {
-                    return Err(CpuError::WrongNumElements);
-                }
+                check_lens(lens, [input.len(), output.len()])?;
+                check_lens(lens, [grad_input.len(), grad_output.len()])?;
                 // Max recomputes each window's argmax from the input rather than comparing with
                 // the output, so ties go to the first maximum exactly as in the forward pass.
                 backward::<$e>(kind, op, input, grad_input, grad_output);

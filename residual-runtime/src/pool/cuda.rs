@@ -5,8 +5,8 @@ use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync};
 use dfdx::tensor::{Cuda, CudaError};
 
 use super::{Pool2dKernel, Pool2dOp, PoolKind};
-use crate::cuda::{check, launch_cfg, CudaElem, KernelSource};
-use crate::kernel_check::lens_match;
+use crate::cuda::{launch_cfg, CudaElem, KernelSource};
+use crate::kernel_check::check_lens;
 
 pub(crate) static SOURCE: KernelSource = KernelSource::new(
     "residual_pool2d",
@@ -32,7 +32,7 @@ fn forward<E: CudaElem>(
     input: &CudaSlice<E>,
     output: &mut CudaSlice<E>,
 ) -> Result<(), CudaError> {
-    check(lens_match(op.buffer_lens(), [input.len(), output.len()]))?;
+    check_lens(op.buffer_lens(), [input.len(), output.len()]).map_err(CudaError::Cpu)?;
     let n = op.batch * op.channels * op.out_h * op.out_w;
     if n == 0 {
         return Ok(());
@@ -56,7 +56,8 @@ fn backward<E: CudaElem>(
     grad_output: &CudaSlice<E>,
 ) -> Result<(), CudaError> {
     let lens = op.buffer_lens();
-    check(lens_match(lens, [input.len(), output_len]) && lens_match(lens, [grad_input.len(), grad_output.len()]))?;
+    check_lens(lens, [input.len(), output_len]).map_err(CudaError::Cpu)?;
+    check_lens(lens, [grad_input.len(), grad_output.len()]).map_err(CudaError::Cpu)?;
     let n = op.batch * op.channels * op.in_h * op.in_w;
     if n == 0 || op.out_h * op.out_w == 0 {
         return Ok(());

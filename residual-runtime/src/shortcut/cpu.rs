@@ -4,7 +4,7 @@ use dfdx::tensor::{Cpu, CpuError};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use crate::kernel_check::lens_match;
+use crate::kernel_check::check_lens;
 
 use super::{SubsamplePadKernel, SubsamplePadOp};
 
@@ -68,9 +68,7 @@ macro_rules! impl_subsample_pad_cpu {
                 input: &Self::Vec,
                 output: &mut Self::Vec,
             ) -> Result<(), CpuError> {
-                if !lens_match(op.buffer_lens(), [input.len(), output.len()]) {
-                    return Err(CpuError::WrongNumElements);
-                }
+                check_lens(op.buffer_lens(), [input.len(), output.len()])?;
                 forward::<$e>(op, input, output);
                 Ok(())
             }
@@ -81,9 +79,7 @@ macro_rules! impl_subsample_pad_cpu {
                 grad_input: &mut Self::Vec,
                 grad_output: &Self::Vec,
             ) -> Result<(), CpuError> {
-                if !lens_match(op.buffer_lens(), [grad_input.len(), grad_output.len()]) {
-                    return Err(CpuError::WrongNumElements);
-                }
+                check_lens(op.buffer_lens(), [grad_input.len(), grad_output.len()])?;
                 backward::<$e>(op, grad_input, grad_output);
                 Ok(())
             }

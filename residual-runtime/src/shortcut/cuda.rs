@@ -5,8 +5,8 @@ use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync};
 use dfdx::tensor::{Cuda, CudaError};
 
 use super::{SubsamplePadKernel, SubsamplePadOp};
-use crate::cuda::{check, launch_cfg, CudaElem, KernelSource};
-use crate::kernel_check::lens_match;
+use crate::cuda::{launch_cfg, CudaElem, KernelSource};
+use crate::kernel_check::check_lens;
 
 pub(crate) static SOURCE: KernelSource = KernelSource::new(
     "residual_subsample_pad",
@@ -19,7 +19,7 @@ pub(crate) static SOURCE: KernelSource = KernelSource::new(
 unsafe impl DeviceRepr for SubsamplePadOp {}
 
 fn forward<E: CudaElem>(op: &SubsamplePadOp, input: &CudaSlice<E>, output: &mut CudaSlice<E>) -> Result<(), CudaError> {
-    check(lens_match(op.buffer_lens(), [input.len(), output.len()]))?;
+    check_lens(op.buffer_lens(), [input.len(), output.len()]).map_err(CudaError::Cpu)?;
     let n = op.batch * op.out_channels * op.out_h * op.out_w;
     if n == 0 {
         return Ok(());
@@ -35,7 +35,7 @@ fn backward<E: CudaElem>(
     grad_input: &mut CudaSlice<E>,
     grad_output: &CudaSlice<E>,
 ) -> Result<(), CudaError> {
-    check(lens_match(op.buffer_lens(), [grad_input.len(), grad_output.len()]))?;
+    check_lens(op.buffer_lens(), [grad_input.len(), grad_output.len()]).map_err(CudaError::Cpu)?;
     let n = op.batch * op.in_channels * op.out_h * op.out_w;
     if n == 0 {
         return Ok(());

@@ -56,9 +56,7 @@ impl SubsamplePadOp {
             out_w: (in_w - 1) / stride + 1,
         })
     }
-}
 
-impl SubsamplePadOp {
     /// The lengths of the input and output buffers this op reads and writes, or `None` when
     /// `SubsamplePadOp::new` would not build this op or a size overflows `usize`. Every kernel
     /// entry checks its buffers against these (`kernel_check.rs`).
