@@ -268,6 +268,15 @@ fn hand_built_plans_are_checked_not_trusted() {
             "before any step writes it",
         ),
     ];
+    let bn = Step::BatchNorm { input: 1, output: 2, weight: 1, bias: 2, running_mean: 3, running_var: 4 };
+    let (w, c) = (ParamSpec { len: 4 * 2 * 9, trainable: true }, ParamSpec { len: 4, trainable: true });
+    let trainable_stats = Plan {
+        values: &[[2, 5, 5], [4, 5, 5], [4, 5, 5]],
+        params: &[w, c, c, c, ParamSpec { len: 4, trainable: false }],
+        steps: &[conv, bn],
+        output: 2,
+    };
+    let cases = cases.into_iter().chain([(trainable_stats, "must not be trainable")]);
     for (plan, words) in cases {
         let e = fusion(&plan).expect_err(words).to_string();
         assert!(e.contains(words), "`{e}` should say `{words}`");
@@ -276,8 +285,28 @@ fn hand_built_plans_are_checked_not_trusted() {
     let dev = Cpu::default();
     let wrong: Tensor<Rank1<7>, f32, Cpu> = dev.zeros();
     let mut params = residual::runtime::plan::Params::<f32, Cpu>::with_capacity(1);
-    params.push(&wrong, true);
+    params.push(&wrong, true).unwrap();
     let x: Tensor<Rank4<1, 2, 5, 5>, f32, Cpu> = dev.zeros();
     let r = residual::runtime::plan::infer(&ok, &params, x, (Const::<1>, Const::<4>, Const::<5>, Const::<5>));
     assert!(r.is_err());
+}
+
+#[test]
+fn plans_read_parameters_in_place() {
+    use residual::runtime::plan::{Flat, PlanDevice};
+    let dev = Cpu::default();
+    let mut t: Tensor<Rank2<2, 3>, f32, Cpu> = dev.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+    let flat: Flat<f32, Cpu> = t.clone().reshape_like(&(6usize,));
+    let view = <Cpu as PlanDevice<f32>>::host_view(&flat);
+    assert_eq!(view, Some(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0][..]));
+    // Writing the model's tensor while a plan holds a handle copies the buffer first (dfdx's
+    // copy-on-write): the handle keeps what it had.
+    t.copy_from(&[0.0; 6]);
+    assert_eq!(<Cpu as PlanDevice<f32>>::host_view(&flat), Some(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0][..]));
+    assert_eq!(t.as_vec(), vec![0.0; 6]);
+    // A tensor whose elements are not laid out one after another is not viewed.
+    let broadcast: Flat<f32, Cpu> = dev.tensor(1.0f32).broadcast_like(&(4usize,));
+    assert_eq!(<Cpu as PlanDevice<f32>>::host_view(&broadcast), None);
+    let empty: Flat<f32, Cpu> = dev.zeros_like(&(0usize,));
+    assert_eq!(<Cpu as PlanDevice<f32>>::host_view(&empty), Some(&[][..]));
 }

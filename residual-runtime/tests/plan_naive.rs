@@ -134,7 +134,7 @@ fn fused_plan_matches_naive_loops_in_inference_and_training() {
 
     let mut params = plan::Params::<f64, Cpu>::with_capacity(PARAMS.len());
     for (t, s) in tensors.iter().zip(&PARAMS) {
-        params.push(t, s.trainable);
+        params.push(t, s.trainable).expect("a contiguous tensor");
     }
     let y = plan::infer(&plan, &params, x.clone(), out_shape).expect("runs").as_vec();
     let (want, _, _) = naive(&xv, &p, false);
@@ -144,7 +144,7 @@ fn fused_plan_matches_naive_loops_in_inference_and_training() {
 
     let mut params = plan::Params::<f64, Cpu>::with_capacity(PARAMS.len());
     for (t, s) in tensors.iter().zip(&PARAMS) {
-        params.push(t, s.trainable);
+        params.push(t, s.trainable).expect("a contiguous tensor");
     }
     let y = plan::train(&plan, &mut params, x, out_shape).expect("runs").as_vec();
     let (want, rm, rv) = naive(&xv, &p, true);

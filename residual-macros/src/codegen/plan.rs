@@ -104,11 +104,11 @@ pub(crate) fn lower(prog: &Program) -> Option<Lowered> {
     Some(Lowered { plan: plan_tokens, params, running })
 }
 
-/// `params.push(&self.field.tensor, trainable);` for every plan parameter.
+/// `params.push(&self.field.tensor, trainable)?;` for every plan parameter.
 pub(crate) fn push_params(l: &Lowered) -> TokenStream {
     let pushes = l.params.iter().map(|(f, t, trainable)| {
         let (f, t) = (ident(f), ident(t));
-        quote!(params.push(&self.#f.#t, #trainable);)
+        quote!(params.push(&self.#f.#t, #trainable)?;)
     });
     quote!(#(#pushes)*)
 }

@@ -142,7 +142,7 @@ fn numel(d: [usize; 3]) -> Option<usize> {
 impl Compiled {
     /// Checks `plan` (indices, order, every shape rule, parameter lengths against `params`) and
     /// fuses it.
-    pub(crate) fn new<E>(plan: &Plan, params: &[Vec<E>]) -> Result<Self, PlanError> {
+    pub(crate) fn new<E>(plan: &Plan, params: &[&[E]]) -> Result<Self, PlanError> {
         if params.len() != plan.params.len() {
             return err(format!("{} parameter tensors for {} declared", params.len(), plan.params.len()));
         }
@@ -331,7 +331,7 @@ impl Compiled {
         pool: &mut BufPool<E>,
         batch: usize,
         input: Vec<E>,
-        params: &[Vec<E>],
+        params: &[&[E]],
     ) -> Result<Vec<E>, PlanError> {
         if input.len() != self.len(0, batch)? {
             return err("input length does not match the plan");
@@ -359,7 +359,8 @@ impl Compiled {
         pool: &mut BufPool<E>,
         batch: usize,
         input: Vec<E>,
-        params: &mut [Vec<E>],
+        params: &[&[E]],
+        running: &mut [Vec<E>],
         save: bool,
     ) -> Result<(Vec<E>, Option<Saved<E>>), PlanError> {
         if input.len() != self.len(0, batch)? {
@@ -372,7 +373,7 @@ impl Compiled {
             for (n, node) in self.nodes.iter().enumerate() {
                 let y = node.output();
                 let mut out = pool.take(self.len(y, batch)?);
-                aux[n] = self.forward_train(pool, node, batch, &vals, &mut out, params)?;
+                aux[n] = self.forward_train(pool, node, batch, &vals, &mut out, params, running)?;
                 vals[y] = Some(out);
                 if !save {
                     if let Some(a) = aux[n].take() {
@@ -403,7 +404,7 @@ impl Compiled {
         batch: usize,
         vals: &[Option<Vec<E>>],
         out: &mut [E],
-        params: &[Vec<E>],
+        params: &[&[E]],
     ) -> Result<(), PlanError> {
         let val = |v: usize| live(vals, v);
         match *node {
@@ -426,8 +427,8 @@ impl Compiled {
                         epilogue(out, op.out_h * op.out_w, op.out_channels, Some(&shift), res, relu);
                     }
                     None => {
-                        conv_fwd(&op, val(x)?, &params[weight], out)?;
-                        epilogue(out, op.out_h * op.out_w, op.out_channels, bias.map(|b| &params[b][..]), res, relu);
+                        conv_fwd(&op, val(x)?, params[weight], out)?;
+                        epilogue(out, op.out_h * op.out_w, op.out_channels, bias.map(|b| params[b]), res, relu);
                     }
                 }
             }
@@ -441,6 +442,7 @@ impl Compiled {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward_train<E: Real>(
         &self,
         pool: &mut BufPool<E>,
@@ -448,7 +450,8 @@ impl Compiled {
         batch: usize,
         vals: &[Option<Vec<E>>],
         out: &mut [E],
-        params: &mut [Vec<E>],
+        params: &[&[E]],
+        running: &mut [Vec<E>],
     ) -> Result<Option<Aux<E>>, PlanError> {
         let val = |v: usize| live(vals, v);
         match *node {
@@ -459,11 +462,11 @@ impl Compiled {
                 match bn {
                     Some(bn) => {
                         let mut pre = pool.take(out.len());
-                        conv_fwd(&op, val(x)?, &params[weight], &mut pre)?;
+                        conv_fwd(&op, val(x)?, params[weight], &mut pre)?;
                         if let Some(b) = bias {
-                            epilogue(&mut pre, plane, op.out_channels, Some(&params[b]), None, false);
+                            epilogue(&mut pre, plane, op.out_channels, Some(params[b]), None, false);
                         }
-                        let (mean, invstd) = batch_stats(pool, &pre, plane, op.out_channels, bn, params);
+                        let (mean, invstd) = batch_stats(pool, &pre, plane, op.out_channels, bn, running);
                         normalize(
                             &pre,
                             out,
@@ -471,16 +474,16 @@ impl Compiled {
                             op.out_channels,
                             &mean,
                             &invstd,
-                            &params[bn.weight],
-                            &params[bn.bias],
+                            params[bn.weight],
+                            params[bn.bias],
                             res,
                             relu,
                         );
                         Ok(Some(Aux { pre, mean, invstd }))
                     }
                     None => {
-                        conv_fwd(&op, val(x)?, &params[weight], out)?;
-                        epilogue(out, plane, op.out_channels, bias.map(|b| &params[b][..]), res, relu);
+                        conv_fwd(&op, val(x)?, params[weight], out)?;
+                        epilogue(out, plane, op.out_channels, bias.map(|b| params[b]), res, relu);
                         Ok(None)
                     }
                 }
@@ -488,8 +491,8 @@ impl Compiled {
             Node::Norm { x, bn, relu, .. } => {
                 let [c, h, w] = self.values[x];
                 let xs = val(x)?;
-                let (mean, invstd) = batch_stats(pool, xs, h * w, c, bn, params);
-                normalize(xs, out, h * w, c, &mean, &invstd, &params[bn.weight], &params[bn.bias], None, relu);
+                let (mean, invstd) = batch_stats(pool, xs, h * w, c, bn, running);
+                normalize(xs, out, h * w, c, &mean, &invstd, params[bn.weight], params[bn.bias], None, relu);
                 Ok(Some(Aux { pre: Vec::new(), mean, invstd }))
             }
             _ => {
@@ -506,7 +509,7 @@ impl Compiled {
         batch: usize,
         vals: &[Option<Vec<E>>],
         out: &mut [E],
-        params: &[Vec<E>],
+        params: &[&[E]],
     ) -> Result<(), PlanError> {
         let val = |v: usize| live(vals, v);
         match *node {
@@ -561,7 +564,7 @@ impl Compiled {
                     );
                 }
                 if let Some(b) = bias {
-                    let b = &params[b];
+                    let b = params[b];
                     check_len(b.len(), o)?;
                     out.chunks_mut(o).for_each(|row| row.iter_mut().zip(b).for_each(|(y, &b)| *y += b));
                 }
@@ -609,7 +612,7 @@ impl<E: Real> Saved<E> {
         self,
         pool: &mut BufPool<E>,
         grad_out: Vec<E>,
-        params: &[Vec<E>],
+        params: &[&[E]],
     ) -> Result<(Vec<E>, Vec<Vec<E>>), PlanError> {
         let Saved { compiled: c, batch, vals, mut aux } = self;
         let mut grads: Vec<Option<Vec<E>>> = (0..c.values.len()).map(|_| None).collect();
@@ -673,7 +676,7 @@ impl Compiled {
         gy: &[E],
         grads: &mut [Option<Vec<E>>],
         pgrads: &mut [Vec<E>],
-        params: &[Vec<E>],
+        params: &[&[E]],
     ) -> Result<(), PlanError> {
         let val = |v: usize| live(vals, v);
         let len = |v: usize| self.len(v, batch);
@@ -695,7 +698,7 @@ impl Compiled {
                     channel_sums_into(&g, plane, op.out_channels, &mut pgrads[b]);
                 }
                 let gx = grad_of(pool, grads, x, len(x)?);
-                let r = conv_bwd(&op, val(x)?, &params[weight], gx, &mut pgrads[weight], &g);
+                let r = conv_bwd(&op, val(x)?, params[weight], gx, &mut pgrads[weight], &g);
                 pool.give(g);
                 r?;
             }
@@ -897,6 +900,11 @@ fn check_step(plan: &Plan, step: &Step) -> Result<(), PlanError> {
             for p in [weight, bias, running_mean, running_var] {
                 param(p, c)?;
             }
+            // Training updates the running statistics in copies made of the non-trainable
+            // parameters (plan::train); a trainable one would have no copy.
+            if plan.params[running_mean].trainable || plan.params[running_var].trainable {
+                return err(format!("running statistics {running_mean} and {running_var} must not be trainable"));
+            }
             Ok(())
         }
         Step::Relu { input, output } => same(input, output),
@@ -979,7 +987,7 @@ fn conv_bwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E]
 }
 
 /// Running-statistics batch norm folded to `y = x * scale + shift` (with a conv bias before it).
-fn fold<E: Real>(bn: Bn, bias: Option<usize>, params: &[Vec<E>]) -> (Vec<E>, Vec<E>) {
+fn fold<E: Real>(bn: Bn, bias: Option<usize>, params: &[&[E]]) -> (Vec<E>, Vec<E>) {
     let (g, b, m, v) = (&params[bn.weight], &params[bn.bias], &params[bn.mean], &params[bn.var]);
     let mut scale = Vec::with_capacity(g.len());
     let mut shift = Vec::with_capacity(g.len());
@@ -1033,7 +1041,7 @@ fn batch_stats<E: Real>(
     plane: usize,
     channels: usize,
     bn: Bn,
-    params: &mut [Vec<E>],
+    running: &mut [Vec<E>],
 ) -> (Vec<E>, Vec<E>) {
     let batch = x.len() / (plane * channels);
     let n = (batch * plane) as f64;
@@ -1061,10 +1069,10 @@ fn batch_stats<E: Real>(
     for (c, &(m, v)) in stats.iter().enumerate() {
         mean[c] = E::from_f64_lossy(m);
         invstd[c] = E::from_f64_lossy(1.0 / (v + EPS).sqrt());
-        let rm = &mut params[bn.mean][c];
+        let rm = &mut running[bn.mean][c];
         *rm = E::from_f64_lossy((1.0 - MOMENTUM) * rm.to_f64_lossless() + MOMENTUM * m);
         if n > 1.0 {
-            let rv = &mut params[bn.var][c];
+            let rv = &mut running[bn.var][c];
             *rv = E::from_f64_lossy((1.0 - MOMENTUM) * rv.to_f64_lossless() + MOMENTUM * v * n / (n - 1.0));
         }
     }
@@ -1149,7 +1157,7 @@ fn norm_backward<E: Real>(
     invstd: &[E],
     bn: Bn,
     pgrads: &mut [Vec<E>],
-    params: &[Vec<E>],
+    params: &[&[E]],
 ) {
     let batch = g.len() / (plane * channels);
     let n = (batch * plane) as f64;

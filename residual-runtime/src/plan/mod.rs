@@ -3,9 +3,9 @@
 //! The `residual!` macro knows every layer and every shape when it expands, so for a
 //! convolutional model it emits, beside the layer-by-layer `Module` code, a static [`Plan`]: the
 //! model's steps over numbered values (activation buffers) and parameters. Running a plan
-//! ([`infer`], [`train`]) copies the input and the parameters out of their tensors once (dfdx 0.13
-//! lends no buffer: see `storage.rs`), then runs fused kernels on buffers drawn from a per-thread
-//! pool:
+//! ([`infer`], [`train`]) reads the parameters in place (a shared handle to each tensor's buffer:
+//! [`PlanDevice::host_view`]), copies the input once (dfdx 0.13 lends no buffer: see `storage.rs`),
+//! then runs fused kernels on buffers drawn from a per-thread pool:
 //!
 //! - conv -> (bias) -> batch norm -> (add shortcut) -> (relu) is one kernel; in inference the
 //!   batch norm is folded into the conv's weights and bias (recomputed per call, since parameters
@@ -30,7 +30,7 @@ mod exec;
 use std::cell::Cell;
 
 use dfdx::shapes::{Dtype, HasShape, Shape};
-use dfdx::tensor::{Cpu, Gradients, HasErr, PutTape, SplitTape, Storage, Tape, Tensor};
+use dfdx::tensor::{Cpu, Gradients, HasErr, NoneTape, PutTape, SplitTape, Storage, Tape, Tensor};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 
 use crate::real::Real;
@@ -164,6 +164,8 @@ pub trait PlanDevice<E: Dtype>: Storage<E> {
     const RUNS_PLANS: bool;
     /// A gradient buffer as a host slice, or `None` where buffers live elsewhere.
     fn host_mut(buf: &mut Self::Vec) -> Option<&mut [E]>;
+    /// `t`'s elements as a host slice, read in place, or `None` where buffers live elsewhere.
+    fn host_view(t: &Flat<E, Self>) -> Option<&[E]>;
     /// The device error a failed plan check becomes (the `Module` error type is the device's).
     fn plan_error(e: PlanError) -> Self::Err;
 }
@@ -172,6 +174,26 @@ impl<E: Dtype> PlanDevice<E> for Cpu {
     const RUNS_PLANS: bool = true;
     fn host_mut(buf: &mut Self::Vec) -> Option<&mut [E]> {
         Some(&mut buf[..])
+    }
+    fn host_view(t: &Flat<E, Self>) -> Option<&[E]> {
+        // dfdx 0.13 lends no slice of a tensor's buffer, but `Index` lends a reference to one
+        // element of it (the buffer is a `Vec`, and the index is bounds-checked against it). The
+        // first and the last element, n - 1 elements apart, make the stride 1, so the n elements
+        // from the first are the tensor's, in order, inside one initialised allocation.
+        let n = t.shape().0;
+        if n == 0 {
+            return Some(&[]);
+        }
+        let first: *const E = &t[[0]];
+        let last: *const E = &t[[n - 1]];
+        // SAFETY: both pointers point into the same `Vec` (see above).
+        if unsafe { last.offset_from(first) } != (n - 1) as isize {
+            return None;
+        }
+        // SAFETY: `[first, last]` lies in one allocation of initialised `E`s (above). The slice
+        // borrows `t`, which holds a reference count of the buffer: dfdx mutates a CPU buffer only
+        // through `Arc::make_mut`, which copies a shared one, so nothing writes it meanwhile.
+        Some(unsafe { std::slice::from_raw_parts(first, n) })
     }
     fn plan_error(_: PlanError) -> Self::Err {
         // CpuError has no variant that carries a message. Plans the macro emits pass every check;
@@ -185,6 +207,9 @@ impl<E: Dtype> PlanDevice<E> for dfdx::tensor::Cuda {
     // Not verified on a GPU yet: CUDA models keep the layer-by-layer path.
     const RUNS_PLANS: bool = false;
     fn host_mut(_: &mut Self::Vec) -> Option<&mut [E]> {
+        None
+    }
+    fn host_view(_: &Flat<E, Self>) -> Option<&[E]> {
         None
     }
     fn plan_error(_: PlanError) -> Self::Err {
@@ -217,23 +242,31 @@ pub fn plans_enabled() -> bool {
 
 type GradSlot<E, D> = Box<dyn Fn(&mut Gradients<E, D>) -> Result<&mut <D as Storage<E>>::Vec, <D as HasErr>::Err>>;
 
-/// The parameter values of one call, copied out of the model's tensors in [`Plan::params`] order,
-/// and (for training) how to find each trainable tensor's gradient.
+/// A parameter tensor as a plan holds it: a handle to the model tensor's own buffer (dfdx's
+/// `Arc`, cloned, not the values), flattened.
+pub type Flat<E, D> = Tensor<(usize,), E, D>;
+
+/// The parameters of one call in [`Plan::params`] order: shared handles to the model's tensors
+/// (nothing copied), and (for training) how to find each trainable tensor's gradient and a copy of
+/// each running statistic to update.
 pub struct Params<E: Element, D: Storage<E>> {
-    host: Vec<Vec<E>>,
+    tensors: Vec<Option<Flat<E, D>>>,
     slots: Vec<Option<GradSlot<E, D>>>,
+    /// After [`train`]: the updated running statistics (the non-trainable parameters), empty
+    /// for trainable ones.
+    running: Vec<Vec<E>>,
 }
 
 impl<E: Element, D: Device<E> + PlanDevice<E>> Params<E, D> {
     pub fn with_capacity(n: usize) -> Self {
-        Params { host: Vec::with_capacity(n), slots: Vec::with_capacity(n) }
+        Params { tensors: Vec::with_capacity(n), slots: Vec::with_capacity(n), running: Vec::new() }
     }
 
-    /// Appends `t`'s values; `trainable` tensors also get a gradient slot for [`train`].
-    pub fn push<S: Shape, T>(&mut self, t: &Tensor<S, E, D, T>, trainable: bool) {
-        let mut buf = E::with_pool(|p| p.take(t.shape().num_elements()));
-        t.copy_into(&mut buf);
-        self.host.push(buf);
+    /// Appends a handle to `t`'s buffer; `trainable` tensors also get a gradient slot for [`train`].
+    pub fn push<S: Shape, T>(&mut self, t: &Tensor<S, E, D, T>, trainable: bool) -> Result<(), D::Err> {
+        // A reshape of a contiguous tensor (a parameter always is) shares its buffer.
+        let flat = t.retaped::<NoneTape>().try_reshape_like(&(t.shape().num_elements(),))?;
+        self.tensors.push(Some(flat));
         self.slots.push(if trainable {
             let ghost = t.ghost();
             let slot: GradSlot<E, D> = Box::new(move |g: &mut Gradients<E, D>| g.get_or_alloc_mut(&ghost));
@@ -241,22 +274,38 @@ impl<E: Element, D: Device<E> + PlanDevice<E>> Params<E, D> {
         } else {
             None
         });
+        Ok(())
     }
 
     /// Writes parameter `index` (a running statistic updated by [`train`]) back into `t`.
     pub fn store<S: Shape>(&self, index: usize, t: &mut Tensor<S, E, D>) {
-        if let Some(v) = self.host.get(index) {
-            if v.len() == t.shape().num_elements() {
+        if let Some(v) = self.running.get(index) {
+            if !v.is_empty() && v.len() == t.shape().num_elements() {
                 t.copy_from(v);
             }
         }
     }
+
+    /// Every parameter's values, read in place.
+    fn views(&self) -> Result<Vec<&[E]>, PlanError> {
+        views::<E, D>(&self.tensors)
+    }
+}
+
+fn views<E: Dtype, D: PlanDevice<E>>(tensors: &[Option<Flat<E, D>>]) -> Result<Vec<&[E]>, PlanError> {
+    tensors
+        .iter()
+        .map(|t| match t {
+            Some(t) => D::host_view(t).ok_or_else(|| PlanError("device buffers are not host memory".into())),
+            None => Ok(&[][..]),
+        })
+        .collect()
 }
 
 impl<E: Element, D: Storage<E>> Drop for Params<E, D> {
     fn drop(&mut self) {
-        let host = std::mem::take(&mut self.host);
-        E::with_pool(|p| host.into_iter().for_each(|v| p.give(v)));
+        let running = std::mem::take(&mut self.running);
+        E::with_pool(|p| running.into_iter().for_each(|v| p.give(v)));
     }
 }
 
@@ -280,7 +329,7 @@ fn batch_of(dims: &[usize], per_image: [usize; 3], what: &str) -> Result<usize, 
 /// batch size (the same for input and output), and the input copied into a pooled buffer.
 fn start<S: Shape, O: Shape, E: Element, D: Device<E>>(
     plan: &Plan,
-    host: &[Vec<E>],
+    host: &[&[E]],
     x: &Tensor<S, E, D>,
     out_shape: &O,
     pool: &mut crate::real::BufPool<E>,
@@ -318,8 +367,9 @@ where
         return Ok(dev.try_tensor_from_vec(Vec::new(), out_shape)?.put_tape(tape));
     }
     let out = E::with_pool(|pool| -> Result<Vec<E>, PlanError> {
-        let (compiled, batch, input) = start(plan, &params.host, &x, &out_shape, pool)?;
-        compiled.infer(pool, batch, input, &params.host)
+        let views = params.views()?;
+        let (compiled, batch, input) = start(plan, &views, &x, &out_shape, pool)?;
+        compiled.infer(pool, batch, input, &views)
     })
     .map_err(D::plan_error)?;
     Ok(dev.try_tensor_from_vec(out, out_shape)?.put_tape(tape))
@@ -349,20 +399,42 @@ where
         return Ok(dev.try_tensor_from_vec(Vec::new(), out_shape)?.put_tape(tape));
     }
     let (out, saved) = E::with_pool(|pool| -> Result<_, PlanError> {
-        let (compiled, batch, input) = start(plan, &params.host, &x, &out_shape, pool)?;
-        compiled.train(pool, batch, input, &mut params.host, T::OWNS_TAPE)
+        let views = params.views()?;
+        // The forward pass updates the running statistics in copies (`store` writes them back).
+        let mut running: Vec<Vec<E>> = Vec::with_capacity(views.len());
+        for (v, slot) in views.iter().zip(&params.slots) {
+            running.push(if slot.is_none() {
+                let mut c = pool.take(v.len());
+                c.copy_from_slice(v);
+                c
+            } else {
+                Vec::new()
+            });
+        }
+        let (compiled, batch, input) = start(plan, &views, &x, &out_shape, pool)?;
+        let r = compiled.train(pool, batch, input, &views, &mut running, T::OWNS_TAPE);
+        Ok((r, running))
+    })
+    .and_then(|(r, running)| {
+        params.running = running;
+        r
     })
     .map_err(D::plan_error)?;
+    // Let go of the running statistics' handles, so that `store` writes their tensors in place
+    // instead of copying a shared buffer.
+    for (t, slot) in params.tensors.iter_mut().zip(&params.slots) {
+        if slot.is_none() {
+            *t = None;
+        }
+    }
     let out = dev.try_tensor_from_vec(out, out_shape)?;
     if let Some(saved) = saved {
         let x_ghost = x.ghost();
         let out_ghost = out.ghost();
-        // The backward pass reads the weights: hand the trainable parameters' copies over, keep the
-        // running statistics for `store`.
-        let mut weights = Vec::with_capacity(params.host.len());
-        for (i, slot) in params.slots.iter().enumerate() {
-            weights.push(if slot.is_some() { std::mem::take(&mut params.host[i]) } else { Vec::new() });
-        }
+        // The backward pass reads the weights: hand the trainable parameters' handles over (the
+        // running statistics' are gone). Backward drops them when it has run, so an optimiser's
+        // update after it finds the buffers unshared and writes them in place.
+        let weights: Vec<Option<Flat<E, D>>> = std::mem::take(&mut params.tensors);
         let slots: Vec<Option<GradSlot<E, D>>> = std::mem::take(&mut params.slots);
         tape.add_backward_op(move |grads: &mut Gradients<E, D>| {
             let grad_out: Vec<E> = {
@@ -376,7 +448,7 @@ where
                 })
             };
             let (grad_input, param_grads) =
-                E::with_pool(|pool| saved.backward(pool, grad_out, &weights)).map_err(D::plan_error)?;
+                E::with_pool(|pool| saved.backward(pool, grad_out, &views(&weights)?)).map_err(D::plan_error)?;
             let not_host = || D::plan_error(PlanError("device buffers are not host memory".into()));
             let gx = D::host_mut(grads.get_or_alloc_mut(&x_ghost)?).ok_or_else(not_host)?;
             add_into(gx, &grad_input).map_err(D::plan_error)?;
@@ -389,7 +461,6 @@ where
             E::with_pool(|p| {
                 p.give(grad_input);
                 param_grads.into_iter().for_each(|g| p.give(g));
-                weights.into_iter().for_each(|w| p.give(w));
             });
             Ok(())
         });
