@@ -342,11 +342,14 @@ impl Compiled {
             for (n, node) in self.nodes.iter().enumerate() {
                 let y = node.output();
                 let mut out = pool.take(self.len(y, batch)?);
-                self.forward_eval(pool, node, batch, &vals, &mut out, params)?;
+                self.forward_eval(node, batch, &vals, &mut out, params)?;
                 vals[y] = Some(out);
                 self.release_dead(pool, n, node, &mut vals);
             }
-            vals[self.output].take().ok_or_else(|| PlanError("the output was never written".into()))
+            // The output leaves as the caller's tensor: an exact copy, so that the pool keeps its
+            // buffer (handing a pooled buffer out loses whatever capacity best fit gave it).
+            let out = vals[self.output].as_ref().ok_or_else(|| PlanError("the output was never written".into()))?;
+            Ok(out.to_vec())
         })();
         vals.into_iter().flatten().for_each(|b| pool.give(b));
         result
@@ -383,9 +386,7 @@ impl Compiled {
                 }
             }
             let out = vals[self.output].as_ref().ok_or_else(|| PlanError("the output was never written".into()))?;
-            let mut copy = pool.take(out.len());
-            copy.copy_from_slice(out);
-            Ok(copy)
+            Ok(out.to_vec())
         })();
         match result {
             Ok(out) if save => Ok((out, Some(Saved { compiled: self.clone(), batch, vals, aux }))),
@@ -399,7 +400,6 @@ impl Compiled {
 
     fn forward_eval<E: Real>(
         &self,
-        pool: &mut BufPool<E>,
         node: &Node,
         batch: usize,
         vals: &[Option<Vec<E>>],
@@ -413,22 +413,18 @@ impl Compiled {
                 let res = res.map(val).transpose()?;
                 match bn {
                     Some(bn) => {
-                        // Fold: w' = w * scale[o], shift[o] = beta + (bias - mean) * scale.
+                        // Folded: y = conv(x, w) * scale[o] + shift[o], shift = beta + (bias - mean)
+                        // * scale. The scale is applied to the output in the epilogue's pass, not to
+                        // the weights: that would write a scaled copy of every weight per call (at
+                        // batch 1 the weights outnumber the outputs up to 100x).
                         let (scale, shift) = fold(bn, bias, params);
-                        let w = &params[weight];
-                        let per = w.len() / op.out_channels;
-                        let mut wf = pool.take(w.len());
-                        wf.par_chunks_mut(per).zip(w.par_chunks(per)).zip(&scale).for_each(|((d, s), &k)| {
-                            d.iter_mut().zip(s).for_each(|(d, &s)| *d = s * k);
-                        });
-                        let r = conv_fwd(&op, val(x)?, &wf, out);
-                        pool.give(wf);
-                        r?;
-                        epilogue(out, op.out_h * op.out_w, op.out_channels, Some(&shift), res, relu);
+                        conv_fwd(&op, val(x)?, params[weight], out)?;
+                        let plane = op.out_h * op.out_w;
+                        epilogue(out, plane, op.out_channels, Some(&scale), Some(&shift), res, relu);
                     }
                     None => {
                         conv_fwd(&op, val(x)?, params[weight], out)?;
-                        epilogue(out, op.out_h * op.out_w, op.out_channels, bias.map(|b| params[b]), res, relu);
+                        epilogue(out, op.out_h * op.out_w, op.out_channels, None, bias.map(|b| params[b]), res, relu);
                     }
                 }
             }
@@ -464,7 +460,7 @@ impl Compiled {
                         let mut pre = pool.take(out.len());
                         conv_fwd(&op, val(x)?, params[weight], &mut pre)?;
                         if let Some(b) = bias {
-                            epilogue(&mut pre, plane, op.out_channels, Some(params[b]), None, false);
+                            epilogue(&mut pre, plane, op.out_channels, None, Some(params[b]), None, false);
                         }
                         let (mean, invstd) = batch_stats(pool, &pre, plane, op.out_channels, bn, running);
                         normalize(
@@ -483,7 +479,7 @@ impl Compiled {
                     }
                     None => {
                         conv_fwd(&op, val(x)?, params[weight], out)?;
-                        epilogue(out, plane, op.out_channels, bias.map(|b| params[b]), res, relu);
+                        epilogue(out, plane, op.out_channels, None, bias.map(|b| params[b]), res, relu);
                         Ok(None)
                     }
                 }
@@ -1000,21 +996,31 @@ fn fold<E: Real>(bn: Bn, bias: Option<usize>, params: &[&[E]]) -> (Vec<E>, Vec<E
     (scale, shift)
 }
 
-/// In place, per plane `(b, c)`: `y = y + shift[c] (+ res)`, then relu.
-fn epilogue<E: Real>(y: &mut [E], plane: usize, channels: usize, shift: Option<&[E]>, res: Option<&[E]>, relu: bool) {
-    if shift.is_none() && res.is_none() && !relu {
+/// In place, per plane `(b, c)`: `y = y * scale[c] + shift[c] (+ res)`, then relu.
+#[allow(clippy::too_many_arguments)]
+fn epilogue<E: Real>(
+    y: &mut [E],
+    plane: usize,
+    channels: usize,
+    scale: Option<&[E]>,
+    shift: Option<&[E]>,
+    res: Option<&[E]>,
+    relu: bool,
+) {
+    if scale.is_none() && shift.is_none() && res.is_none() && !relu {
         return;
     }
     y.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+        let k = scale.map_or(E::ONE, |k| k[i % channels]);
         let s = shift.map_or(E::ZERO, |s| s[i % channels]);
         let r = res.map(|r| &r[i * plane..(i + 1) * plane]);
         match r {
             Some(r) => p.iter_mut().zip(r).for_each(|(v, &r)| {
-                let t = *v + s + r;
+                let t = *v * k + s + r;
                 *v = relu_if(relu, t);
             }),
             None => p.iter_mut().for_each(|v| {
-                let t = *v + s;
+                let t = *v * k + s;
                 *v = relu_if(relu, t);
             }),
         }
