@@ -104,9 +104,9 @@ fn own_sgemm_peak(n: usize, reps: usize) -> f64 {
     fill(&mut a, 1);
     fill(&mut b, 2);
     // Our kernel at every size, then back to the default split.
-    let default = residual::runtime::conv::set_crate_gemm_min_rows(usize::MAX);
+    let default = residual::runtime::conv::CRATE_GEMM_MIN_ROWS.set(usize::MAX);
     let secs = time(reps, || assert!(cpu_sgemm(n, n, n, &a, &b, &mut c)));
-    residual::runtime::conv::set_crate_gemm_min_rows(default);
+    residual::runtime::conv::CRATE_GEMM_MIN_ROWS.set(default);
     2.0 * (n * n * n) as f64 / secs / 1e9
 }
 

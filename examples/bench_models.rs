@@ -12,6 +12,8 @@
 //! `--crate-gemm-rows N`: f32 GEMMs of at least N rows run on the `gemm` crate instead of our own
 //! kernel on AVX-512 CPUs (default 128; 0: every GEMM; a huge N: none), to measure one against the
 //! other on the machine at hand.
+//! `--row-split-depth K`: parallel crate GEMMs of depth at least K are split by rows between the
+//! threads (default 1024; a huge K: never), to measure the split.
 //! `--no-header` leaves out the header (the script runs one process per row, so that each row's
 //! peak RSS is its own: plans keep their buffers in a per-thread pool).
 //!
@@ -238,7 +240,10 @@ fn main() {
     let layers = args.contains("--layers");
     let header = !args.contains("--no-header");
     if let Some(rows) = args.opt_value_from_str("--crate-gemm-rows").unwrap_or(None) {
-        residual::runtime::conv::set_crate_gemm_min_rows(rows);
+        residual::runtime::conv::CRATE_GEMM_MIN_ROWS.set(rows);
+    }
+    if let Some(k) = args.opt_value_from_str("--row-split-depth").unwrap_or(None) {
+        residual::runtime::conv::ROW_SPLIT_MIN_DEPTH.set(k);
     }
 
     let dev = Cpu::default();
@@ -247,10 +252,11 @@ fn main() {
     }
     let peak = gemm_peak();
     println!(
-        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
+        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
         rayon::current_num_threads(),
         if cache { "on" } else { "off" },
-        residual::runtime::conv::crate_gemm_min_rows(),
+        residual::runtime::conv::CRATE_GEMM_MIN_ROWS.get(),
+        residual::runtime::conv::ROW_SPLIT_MIN_DEPTH.get(),
     );
     if header {
         println!(

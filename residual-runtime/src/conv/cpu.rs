@@ -89,24 +89,32 @@ fn valid_range(out_len: usize, in_len: usize, stride: usize, offset: isize) -> (
     ((lo as usize).min(hi), hi)
 }
 
-/// Rows of `C` from which an f32 GEMM goes to the `gemm` crate (0.19, `x86-v4`: AVX-512 on
-/// stable) instead of [`sgemm`], on CPUs with AVX-512 (see [`crate_runs`]).
-static CRATE_MIN_ROWS: AtomicUsize = AtomicUsize::new(128);
-
-/// Sets the rows of `C` from which an f32 GEMM on an AVX-512 CPU goes to the `gemm` crate rather
-/// than our own kernel (default 128; 0: always the crate; `usize::MAX`: never), for benchmarks
-/// that measure one against the other on the machine at hand (`bench_models --crate-gemm-rows`).
-/// Returns the previous setting.
+/// A GEMM dispatch threshold that benchmarks may change, to measure one choice against another on
+/// the machine at hand (`bench_models --crate-gemm-rows`, `--row-split-depth`).
 #[doc(hidden)]
-pub fn set_crate_gemm_min_rows(rows: usize) -> usize {
-    CRATE_MIN_ROWS.swap(rows, Ordering::Relaxed)
+pub struct GemmKnob(AtomicUsize);
+
+impl GemmKnob {
+    /// Sets the threshold; returns the previous one.
+    pub fn set(&self, v: usize) -> usize {
+        self.0.swap(v, Ordering::Relaxed)
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
-/// The current setting of [`set_crate_gemm_min_rows`], for benchmarks to print.
+/// Rows of `C` from which an f32 GEMM on an AVX-512 CPU goes to the `gemm` crate (0.19, `x86-v4`:
+/// AVX-512 on stable) instead of [`sgemm`] (default 128; 0: always the crate; `usize::MAX`:
+/// never). See [`crate_runs`].
 #[doc(hidden)]
-pub fn crate_gemm_min_rows() -> usize {
-    CRATE_MIN_ROWS.load(Ordering::Relaxed)
-}
+pub static CRATE_GEMM_MIN_ROWS: GemmKnob = GemmKnob(AtomicUsize::new(128));
+
+/// Depth `k` from which a parallel GEMM on the `gemm` crate is split by rows between the threads,
+/// each running the crate on one thread (default 1024; `usize::MAX`: never). See [`row_parts`].
+#[doc(hidden)]
+pub static ROW_SPLIT_MIN_DEPTH: GemmKnob = GemmKnob(AtomicUsize::new(1024));
 
 /// Whether an f32 GEMM of `m` rows runs on the `gemm` crate. Measured whole-model on an AVX-512
 /// Xeon (BENCHMARKS.md, A/B in one session): the crate's AVX-512 kernels are faster on GEMMs with
@@ -116,7 +124,27 @@ pub fn crate_gemm_min_rows() -> usize {
 /// 0, 128, 256 and never. Without AVX-512 our AVX2 tile was measured against the gemm crate (0.15)
 /// only, so there it keeps every f32 GEMM.
 fn crate_runs(m: usize) -> bool {
-    sgemm::best_isa() == Some(sgemm::Isa::Avx512) && m >= crate_gemm_min_rows()
+    sgemm::best_isa() == Some(sgemm::Isa::Avx512) && m >= CRATE_GEMM_MIN_ROWS.get()
+}
+
+/// Rows of `C` below which a part of a row split would not fill the crate's AVX-512 tile
+/// (4 vectors of 16 f32).
+const ROW_SPLIT_MIN_PART: usize = 64;
+
+/// How many row parts a parallel crate GEMM runs as, 1 for the crate's own threading. The crate
+/// splits columns between threads, and every thread packs all of `A` (here the weights, `m x k`)
+/// for its columns: with the few columns of batch-1 and deep layers (ResNet-50 layer4 at batch 1:
+/// 49 columns against 512 x 4608 weights) that packing rivals the arithmetic. Split by rows, each
+/// thread packs half of `A` and all of the (small) `B`. Measured on the GEMMs alone (2 threads,
+/// AVX-512 Xeon, GFLOP/s, crate's threading vs row split): 512x49x4608 147 vs 230, 512x49x2048
+/// 159 vs 218, 256x196x2304 174 vs 251, 512x392x4608 219 vs 281; with shallow `k` it is a tie or
+/// a loss (1024x196x256 260 vs 236, 2048x392x512 292 vs 253).
+fn row_parts(m: usize, k: usize, parallel: bool) -> usize {
+    let threads = rayon::current_num_threads();
+    if !parallel || threads < 2 || k < ROW_SPLIT_MIN_DEPTH.get() {
+        return 1;
+    }
+    threads.min(m / ROW_SPLIT_MIN_PART).max(1)
 }
 
 /// `dst[m x n] (row stride dst_rs) = [dst +] lhs[m x k] * rhs[k x n]`, all strides in elements.
@@ -151,27 +179,50 @@ pub(crate) unsafe fn matmul<E: Real>(
             parallel,
         );
     }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        E::ONE,
-        E::ONE,
-        false,
-        false,
-        false,
-        if parallel { Parallelism::Rayon(rayon::current_num_threads()) } else { Parallelism::None },
-    );
+    // The crate on rows `r0..r0 + rows` of `dst` and `lhs` (addresses: raw pointers are not
+    // Send, and the row parts below run on the threads).
+    let (dst, lhs, rhs) = (dst as usize, lhs as usize, rhs as usize);
+    let run = move |r0: usize, rows: usize, threads: Parallelism| {
+        // SAFETY: callers below pass r0 + rows <= m, so these rows lie inside the caller's
+        // matrices (this function's contract); rhs is only read.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                k,
+                (dst as *mut E).add(r0 * dst_rs),
+                1,
+                dst_rs as isize,
+                accumulate,
+                (lhs as *const E).add(r0 * lhs_rs),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs as *const E,
+                rhs_cs as isize,
+                rhs_rs as isize,
+                E::ONE,
+                E::ONE,
+                false,
+                false,
+                false,
+                threads,
+            )
+        }
+    };
+    let parts = row_parts(m, k, parallel);
+    if parts > 1 {
+        // Row parts of a multiple of 16 rows (whole AVX-512 vectors), the last one taking the
+        // rest; no two parts write one row of dst.
+        let per = m.div_ceil(parts).next_multiple_of(16);
+        (0..parts).into_par_iter().for_each(|p| {
+            let r0 = (p * per).min(m);
+            if r0 < m {
+                run(r0, per.min(m - r0), Parallelism::None);
+            }
+        });
+    } else {
+        run(0, m, if parallel { Parallelism::Rayon(rayon::current_num_threads()) } else { Parallelism::None });
+    }
 }
 
 /// Writes the im2col matrix of images `b0..b0 + n_img`, group `g`, into `col`

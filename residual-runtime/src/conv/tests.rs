@@ -512,9 +512,10 @@ fn sgemm_matches_naive_products_on_every_isa_here() {
 }
 
 /// The f32 GEMM the conv kernels call, whichever of our kernels or the `gemm` crate it picks for
-/// the shape (the crate from 128 rows on AVX-512 CPUs): every stride combination the convs use.
+/// the shape (the crate from 128 rows on AVX-512 CPUs, deep ones split by rows between threads):
+/// every stride combination the convs use.
 #[test]
-fn conv_matmul_matches_naive_products_on_both_sides_of_the_crate_threshold() {
+fn conv_matmul_matches_naive_products_on_both_sides_of_the_crate_threshold_and_the_row_split() {
     let cases = [
         (127, 300, 200, false, false, false),
         (128, 300, 200, true, false, true),
@@ -523,6 +524,11 @@ fn conv_matmul_matches_naive_products_on_both_sides_of_the_crate_threshold() {
         (1024, 196, 256, false, true, true),
         (2048, 49, 512, false, false, false),
         (16, 2048, 144, false, true, true),
+        // Deep enough for the row split (`cpu::row_parts`) when parallel: parts of 112 + 88 rows,
+        // 80 + 50, an A stored transposed, and exactly two AVX-512 tiles.
+        (200, 7, 1100, false, true, true),
+        (130, 49, 1024, true, false, false),
+        (128, 33, 2048, false, false, true),
     ];
     for (parallel, case) in [true, false].into_iter().flat_map(|p| cases.map(|c| (p, c))) {
         check_gemm(&format!("matmul parallel {parallel}"), case, |(m, n, k), c, acc, a, b| {
