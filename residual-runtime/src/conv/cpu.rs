@@ -48,6 +48,10 @@ struct Dims {
     /// 1x1, stride 1, no padding: the input plane is its own column matrix.
     pointwise: bool,
     depthwise: bool,
+    /// Where input plane (image `b`, channel `c`) lies: plane `b * img_planes + c * ch_planes`
+    /// (NCHW: `C` and 1; CNHW: 1 and `B`).
+    img_planes: usize,
+    ch_planes: usize,
 }
 
 impl Dims {
@@ -63,7 +67,14 @@ impl Dims {
             p: op.out_h * op.out_w,
             pointwise: op.kernel == 1 && op.stride == 1 && op.padding == 0,
             depthwise: cg == 1 && op.groups > 1,
+            img_planes: op.in_channels,
+            ch_planes: 1,
         }
+    }
+
+    /// As [`Dims::new`], for activations laid out CNHW (see [`forward_cnhw`]).
+    fn cnhw(op: &Conv2dOp) -> Self {
+        Dims { img_planes: 1, ch_planes: op.batch, ..Dims::new(op) }
     }
 
     /// How many images share one GEMM.
@@ -240,7 +251,7 @@ fn im2col<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], b0: usize, n_img: usize, g:
         let (ylo, yhi) = valid_range(op.out_h, op.in_h, s, off_y);
         let (xlo, xhi) = valid_range(op.out_w, op.in_w, s, off_x);
         for img in 0..n_img {
-            let plane = &x[((b0 + img) * d.c + g * d.cg + c) * d.hw..][..d.hw];
+            let plane = &x[((b0 + img) * d.img_planes + (g * d.cg + c) * d.ch_planes) * d.hw..][..d.hw];
             let dst = &mut row[img * d.p..][..d.p];
             dst[..ylo * op.out_w].fill(E::ZERO);
             dst[yhi * op.out_w..].fill(E::ZERO);
@@ -311,6 +322,58 @@ fn col2im_add<E: Real>(op: &Conv2dOp, d: &Dims, dcol: &[E], n_img: usize, g: usi
 
 pub(crate) fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
     forward_into(op, x, w, out, false)
+}
+
+/// [`forward`] on activations laid out CNHW: `x` is `[C, B, H, W]` and `out` `[O, B, OH, OW]`
+/// (the batch inside each channel), the layout compiled plans run batched inference in. The
+/// output is then the GEMM's own `[O, B * OH * OW]` matrix: the GEMM writes it in place (no
+/// scatter of a batched GEMM's columns into images), and a 1x1 stride-1 conv multiplies the
+/// input as it lies (no im2col). Buffer lengths are those of NCHW ([`Conv2dOp::buffer_lens`]),
+/// checked by the caller.
+pub(crate) fn forward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
+    let d = Dims::cnhw(op);
+    let n = op.batch * d.p;
+    if n == 0 {
+        return;
+    }
+    let gemm = |g: usize, col0: usize, ncols: usize, rhs: &[E], rhs_rs: usize, out: &mut [E]| {
+        let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
+        let dst = &mut out[g * d.og * n..][..d.og * n];
+        // SAFETY: dst is og rows of n (this group's output channels); its columns col0..col0 +
+        // ncols lie inside them (col0 + ncols <= n). w_g is og x kg and rhs kg x ncols (row
+        // stride rhs_rs), both inside their slices; the buffers are distinct.
+        unsafe {
+            matmul(
+                (d.og, ncols, d.kg),
+                dst.as_mut_ptr().add(col0),
+                n,
+                false,
+                w_g.as_ptr(),
+                (d.kg, 1),
+                rhs.as_ptr(),
+                (rhs_rs, 1),
+                true,
+            )
+        }
+    };
+    if d.pointwise {
+        for g in 0..op.groups {
+            gemm(g, 0, n, &x[g * d.cg * n..][..d.cg * n], n, out);
+        }
+        return;
+    }
+    let nb = d.images_per_chunk(op);
+    E::with_scratch(|s| {
+        for b0 in (0..op.batch).step_by(nb) {
+            let n_img = nb.min(op.batch - b0);
+            let ncols = n_img * d.p;
+            for g in 0..op.groups {
+                let col = grown(&mut s.col, d.kg * ncols);
+                im2col(op, &d, x, b0, n_img, g, col, true);
+                gemm(g, b0 * d.p, ncols, col, ncols, out);
+            }
+        }
+    });
 }
 
 /// Whether a conv's `chunks` of images go to the threads whole, each thread running the im2col,

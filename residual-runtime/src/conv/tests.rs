@@ -659,3 +659,47 @@ fn kernel_entries_refuse_ops_that_do_not_fit_their_buffers() {
     assert_eq!(conv_out_size(5, usize::MAX, 1, 0, 2), None);
     assert_eq!(wrapping.macs(), usize::MAX);
 }
+
+/// `[a, b, plane]` -> `[b, a, plane]`.
+fn swap_outer(v: &[f64], a: usize, b: usize, plane: usize) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for i in 0..a {
+        for j in 0..b {
+            out[(j * a + i) * plane..][..plane].copy_from_slice(&v[(i * b + j) * plane..][..plane]);
+        }
+    }
+    out
+}
+
+/// The CNHW forward (compiled plans' batched inference) against the naive loop, its input and
+/// output transposed from and to NCHW here: im2col chunks of several images and of one, the 1x1
+/// direct path, strides, padding, dilation and groups.
+#[test]
+fn cnhw_forward_matches_naive_loop() {
+    let cases = [
+        (7, 6, 4, 5, 3, Conv2dConfig::new(3).padding(1).groups(2)),
+        (5, 4, 6, 9, 9, Conv2dConfig::new(5).stride(3).padding(2).dilation(2)),
+        (3, 6, 6, 5, 5, Conv2dConfig::new(1).groups(3)),
+        (3, 4, 8, 6, 6, Conv2dConfig::new(1)),
+        (2, 3, 5, 40, 40, Conv2dConfig::new(3).padding(1)),
+        (3, 3, 4, 80, 80, Conv2dConfig::new(3).stride(2).padding(1)),
+        (4, 8, 16, 14, 14, Conv2dConfig::new(1).stride(2)),
+    ];
+    for (b, c, o, h, w, cfg) in cases {
+        let case = Case { batched: true, b, c, o, h, w, cfg };
+        let op = case.op();
+        let (x, wt) = (case.x(), case.weight());
+        let want = naive_forward(&case, &x, &wt);
+        let x_cnhw = swap_outer(&x, b, c, h * w);
+        let p = op.out_h * op.out_w;
+        let mut y = vec![f64::NAN; want.len()];
+        cpu::forward_cnhw(&op, &x_cnhw, &wt, &mut y);
+        assert_close(&format!("f64 {case:?}"), &swap_outer(&y, o, b, p), &want, 1e-12);
+        let (x32, w32): (Vec<f32>, Vec<f32>) =
+            (x_cnhw.iter().map(|&v| v as f32).collect(), wt.iter().map(|&v| v as f32).collect());
+        let mut y32 = vec![f32::NAN; want.len()];
+        cpu::forward_cnhw(&op, &x32, &w32, &mut y32);
+        let y32: Vec<f64> = y32.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("f32 {case:?}"), &swap_outer(&y32, o, b, p), &want, 2e-5);
+    }
+}

@@ -19,6 +19,18 @@ const MOMENTUM: f64 = 0.1;
 /// Elements per task of the elementwise loops: large enough to amortise a rayon task.
 const CHUNK: usize = 1 << 14;
 
+/// How a run lays out each value's `batch` images: NCHW (`[B, C, H, W]`, the tensors' layout), or
+/// CNHW (`[C, B, H, W]`), in which batched inference runs. In CNHW a channel's planes of every
+/// image are one block, so a conv's output is its GEMM's `[O, B * P]` result as it lies (no scatter
+/// into images) and a 1x1 conv reads its input as it lies (no im2col); batch norm, relu, add,
+/// pooling and the option-A shortcut see `C` planes of `B * H * W` (or `C * B` planes of `H * W`)
+/// and run their NCHW kernels unchanged. Training keeps NCHW (its backward kernels are NCHW).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Nchw,
+    Cnhw,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Bn {
     weight: usize,
@@ -336,20 +348,40 @@ impl Compiled {
         if input.len() != self.len(0, batch)? {
             return err("input length does not match the plan");
         }
+        // CNHW at batch 1 is NCHW; grouped convs have no CNHW kernel.
+        let grouped = self.nodes.iter().any(|n| matches!(n, Node::Conv { op, .. } if op.groups > 1));
+        let layout = if batch > 1 && !grouped { Layout::Cnhw } else { Layout::Nchw };
         let mut vals: Vec<Option<Vec<E>>> = (0..self.values.len()).map(|_| None).collect();
-        vals[0] = Some(input);
+        vals[0] = Some(match layout {
+            Layout::Nchw => input,
+            Layout::Cnhw => {
+                let [c, h, w] = self.values[0];
+                let mut t = pool.take(input.len());
+                swap_outer(&input, &mut t, batch, c, h * w);
+                pool.give(input);
+                t
+            }
+        });
         let result = (|| {
             for (n, node) in self.nodes.iter().enumerate() {
                 let y = node.output();
                 let mut out = pool.take(self.len(y, batch)?);
-                self.forward_eval(node, batch, &vals, &mut out, params)?;
+                self.forward_eval(node, batch, layout, &vals, &mut out, params)?;
                 vals[y] = Some(out);
                 self.release_dead(pool, n, node, &mut vals);
             }
-            // The output leaves as the caller's tensor: an exact copy, so that the pool keeps its
-            // buffer (handing a pooled buffer out loses whatever capacity best fit gave it).
+            // The output leaves as the caller's tensor: an exact copy (in NCHW), so that the pool
+            // keeps its buffer (handing a pooled buffer out loses whatever capacity best fit gave it).
             let out = vals[self.output].as_ref().ok_or_else(|| PlanError("the output was never written".into()))?;
-            Ok(out.to_vec())
+            Ok(match layout {
+                Layout::Nchw => out.to_vec(),
+                Layout::Cnhw => {
+                    let [c, h, w] = self.values[self.output];
+                    let mut t = vec![E::ZERO; out.len()];
+                    swap_outer(out, &mut t, c, batch, h * w);
+                    t
+                }
+            })
         })();
         vals.into_iter().flatten().for_each(|b| pool.give(b));
         result
@@ -402,6 +434,7 @@ impl Compiled {
         &self,
         node: &Node,
         batch: usize,
+        layout: Layout,
         vals: &[Option<Vec<E>>],
         out: &mut [E],
         params: &[&[E]],
@@ -418,22 +451,30 @@ impl Compiled {
                         // the weights: that would write a scaled copy of every weight per call (at
                         // batch 1 the weights outnumber the outputs up to 100x).
                         let (scale, shift) = fold(bn, bias, params);
-                        conv_fwd(&op, val(x)?, params[weight], out)?;
-                        let plane = op.out_h * op.out_w;
-                        epilogue(out, plane, op.out_channels, Some(&scale), Some(&shift), res, relu);
+                        conv_fwd(layout, &op, val(x)?, params[weight], out)?;
+                        epilogue(
+                            out,
+                            plane(layout, batch, op.out_h * op.out_w),
+                            op.out_channels,
+                            Some(&scale),
+                            Some(&shift),
+                            res,
+                            relu,
+                        );
                     }
                     None => {
-                        conv_fwd(&op, val(x)?, params[weight], out)?;
-                        epilogue(out, op.out_h * op.out_w, op.out_channels, None, bias.map(|b| params[b]), res, relu);
+                        conv_fwd(layout, &op, val(x)?, params[weight], out)?;
+                        let plane = plane(layout, batch, op.out_h * op.out_w);
+                        epilogue(out, plane, op.out_channels, None, bias.map(|b| params[b]), res, relu);
                     }
                 }
             }
             Node::Norm { x, bn, relu, .. } => {
                 let (scale, shift) = fold(bn, None, params);
                 let [c, h, w] = self.values[x];
-                affine(val(x)?, out, h * w, c, &scale, &shift, relu);
+                affine(val(x)?, out, plane(layout, batch, h * w), c, &scale, &shift, relu);
             }
-            _ => self.forward_common(node, batch, vals, out, params)?,
+            _ => self.forward_common(node, batch, layout, vals, out, params)?,
         }
         Ok(())
     }
@@ -458,7 +499,7 @@ impl Compiled {
                 match bn {
                     Some(bn) => {
                         let mut pre = pool.take(out.len());
-                        conv_fwd(&op, val(x)?, params[weight], &mut pre)?;
+                        conv_fwd(Layout::Nchw, &op, val(x)?, params[weight], &mut pre)?;
                         if let Some(b) = bias {
                             epilogue(&mut pre, plane, op.out_channels, None, Some(params[b]), None, false);
                         }
@@ -478,7 +519,7 @@ impl Compiled {
                         Ok(Some(Aux { pre, mean, invstd }))
                     }
                     None => {
-                        conv_fwd(&op, val(x)?, params[weight], out)?;
+                        conv_fwd(Layout::Nchw, &op, val(x)?, params[weight], out)?;
                         epilogue(out, plane, op.out_channels, None, bias.map(|b| params[b]), res, relu);
                         Ok(None)
                     }
@@ -492,7 +533,7 @@ impl Compiled {
                 Ok(Some(Aux { pre: Vec::new(), mean, invstd }))
             }
             _ => {
-                self.forward_common(node, batch, vals, out, params)?;
+                self.forward_common(node, batch, Layout::Nchw, vals, out, params)?;
                 Ok(None)
             }
         }
@@ -503,6 +544,7 @@ impl Compiled {
         &self,
         node: &Node,
         batch: usize,
+        layout: Layout,
         vals: &[Option<Vec<E>>],
         out: &mut [E],
         params: &[&[E]],
@@ -524,7 +566,11 @@ impl Compiled {
                 });
             }
             Node::Pool { kind, x, op, .. } => {
-                let op = Pool2dOp { batch, ..op };
+                // CNHW: one image of C * B planes (pooling is per plane).
+                let op = match layout {
+                    Layout::Nchw => Pool2dOp { batch, ..op },
+                    Layout::Cnhw => Pool2dOp { batch: 1, channels: op.channels * batch, ..op },
+                };
                 let xs = val(x)?;
                 check_len(xs.len(), op.batch * op.channels * op.in_h * op.in_w)?;
                 check_len(out.len(), op.batch * op.channels * op.out_h * op.out_w)?;
@@ -545,28 +591,38 @@ impl Compiled {
                 let xs = val(x)?;
                 let (i, o) = (xs.len() / batch, out.len() / batch);
                 check_len(w.len(), o * i)?;
-                // SAFETY: y is batch x o, x batch x i, w o x i (read transposed); lengths checked.
-                unsafe {
-                    crate::conv::cpu::matmul(
-                        (batch, o, i),
-                        out.as_mut_ptr(),
-                        o,
-                        false,
-                        xs.as_ptr(),
-                        (i, 1),
-                        w.as_ptr(),
-                        (1, i),
-                        true,
-                    );
-                }
+                // NCHW: y (batch x o) = x (batch x i) w^T; CNHW: y (o x batch) = w (o x i) x (i x batch).
+                let (dims, y_rs, lhs, lhs_s, rhs, rhs_s) = match layout {
+                    Layout::Nchw => ((batch, o, i), o, xs.as_ptr(), (i, 1), w.as_ptr(), (1, i)),
+                    Layout::Cnhw => ((o, batch, i), batch, w.as_ptr(), (i, 1), xs.as_ptr(), (batch, 1)),
+                };
+                // SAFETY: the shapes above address exactly the checked lengths of y, x and w.
+                unsafe { crate::conv::cpu::matmul(dims, out.as_mut_ptr(), y_rs, false, lhs, lhs_s, rhs, rhs_s, true) }
                 if let Some(b) = bias {
                     let b = params[b];
                     check_len(b.len(), o)?;
-                    out.chunks_mut(o).for_each(|row| row.iter_mut().zip(b).for_each(|(y, &b)| *y += b));
+                    match layout {
+                        Layout::Nchw => {
+                            out.chunks_mut(o).for_each(|row| row.iter_mut().zip(b).for_each(|(y, &b)| *y += b))
+                        }
+                        Layout::Cnhw => {
+                            out.chunks_mut(batch).zip(b).for_each(|(row, &b)| row.iter_mut().for_each(|y| *y += b))
+                        }
+                    }
                 }
             }
             Node::SubPad { x, op, .. } => {
-                let op = SubsamplePadOp { batch, ..op };
+                // CNHW: one image of C * B planes, the padding channels' planes B times as many.
+                let op = match layout {
+                    Layout::Nchw => SubsamplePadOp { batch, ..op },
+                    Layout::Cnhw => SubsamplePadOp {
+                        batch: 1,
+                        in_channels: op.in_channels * batch,
+                        out_channels: op.out_channels * batch,
+                        pad_front: op.pad_front * batch,
+                        ..op
+                    },
+                };
                 let xs = val(x)?;
                 check_len(xs.len(), op.batch * op.in_channels * op.in_h * op.in_w)?;
                 check_len(out.len(), op.batch * op.out_channels * op.out_h * op.out_w)?;
@@ -962,13 +1018,37 @@ fn conv_lens(op: &Conv2dOp) -> Result<[usize; 3], PlanError> {
     }
 }
 
-fn conv_fwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(), PlanError> {
+/// The conv forward on `layout`'s activations (the buffer lengths are the same in both).
+fn conv_fwd<E: Real>(layout: Layout, op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(), PlanError> {
     let [xl, wl, yl] = conv_lens(op)?;
     check_len(x.len(), xl)?;
     check_len(w.len(), wl)?;
     check_len(y.len(), yl)?;
-    crate::conv::cpu::forward(op, x, w, y);
+    match layout {
+        Layout::Nchw => crate::conv::cpu::forward(op, x, w, y),
+        Layout::Cnhw => crate::conv::cpu::forward_cnhw(op, x, w, y),
+    }
     Ok(())
+}
+
+/// The elements of one channel's block: a plane of `p` per image in NCHW, all `batch` of them in
+/// CNHW (see [`Layout`]).
+fn plane(layout: Layout, batch: usize, p: usize) -> usize {
+    match layout {
+        Layout::Nchw => p,
+        Layout::Cnhw => batch * p,
+    }
+}
+
+/// `dst[j, i, :] = src[i, j, :]` for `src` of shape `[a, b, plane]`: NCHW <-> CNHW.
+fn swap_outer<E: Real>(src: &[E], dst: &mut [E], a: usize, b: usize, plane: usize) {
+    if plane == 0 {
+        return;
+    }
+    dst.par_chunks_mut(plane).enumerate().for_each(|(k, d)| {
+        let (j, i) = (k / a, k % a);
+        d.copy_from_slice(&src[(i * b + j) * plane..][..plane]);
+    });
 }
 
 fn conv_bwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gy: &[E]) -> Result<(), PlanError> {
