@@ -35,7 +35,47 @@ fn argmax<E: Float>(plane: &[E], w: usize, (y0, y1): (usize, usize), (x0, x1): (
     best
 }
 
+/// The larger of `m` and `v`, a NaN winning: max pooling's value (see [`argmax`]).
+#[inline(always)]
+fn nan_max<E: Float>(m: E, v: E) -> E {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
+    }
+}
+
+/// Input rows up to which max pooling's forward pass runs separably, from a row buffer on the
+/// stack.
+const SEPARABLE_MAX_W: usize = 256;
+
+/// Max pooling's values (no argmax): per output row, the column maxima over the window's rows
+/// (a pass over whole rows, which vectorises), then the maxima over each window's columns. Every
+/// window gets the same value as [`argmax`]'s element (the maximum, or a NaN if one is there);
+/// only which of two equal values (`0.0` and `-0.0`) is taken may differ. Twice as fast as the
+/// argmax loop on ResNet's 3x3 stride-2 stem pool.
+fn max_plane_separable<E: Float>(op: &Pool2dOp, inp: &[E], out: &mut [E]) {
+    let mut colmax = [E::neg_infinity(); SEPARABLE_MAX_W];
+    let colmax = &mut colmax[..op.in_w];
+    for oy in 0..op.out_h {
+        let (y0, y1) = window(oy, op, op.in_h);
+        colmax.fill(E::neg_infinity());
+        for y in y0..y1 {
+            for (m, &v) in colmax.iter_mut().zip(&inp[y * op.in_w..][..op.in_w]) {
+                *m = nan_max(*m, v);
+            }
+        }
+        for (ox, o) in out[oy * op.out_w..][..op.out_w].iter_mut().enumerate() {
+            let (x0, x1) = window(ox, op, op.in_w);
+            *o = colmax[x0..x1].iter().fold(E::neg_infinity(), |m, &v| nan_max(m, v));
+        }
+    }
+}
+
 fn forward_plane<E: Float>(kind: PoolKind, op: &Pool2dOp, inp: &[E], out: &mut [E]) {
+    if kind == PoolKind::Max && op.in_w <= SEPARABLE_MAX_W {
+        return max_plane_separable(op, inp, out);
+    }
     // count_include_pad: windows never reach past the padded border when ceil_mode is off, so
     // every window divides by the full kernel area.
     let inv_area = E::one() / E::from(op.kernel * op.kernel).unwrap_or_else(E::one);

@@ -289,3 +289,49 @@ fn kernel_entries_refuse_ops_that_do_not_fit_their_buffers() {
     assert_eq!(huge.buffer_lens(), None);
     assert_eq!(Pool2dConfig::new(3).with_padding(usize::MAX / 2 + 1).output_size(4), None);
 }
+
+/// Max pooling's forward value with NaNs in some windows, on both of its paths (the separable one
+/// for rows up to `SEPARABLE_MAX_W`, the argmax loop beyond): a window holding a NaN gives NaN
+/// (as PyTorch's CPU kernel), every other window its maximum, as the naive loop computes it.
+#[test]
+fn max_forward_propagates_nan_on_both_paths() {
+    for (h, w) in [(9, 11), (5, 300)] {
+        let op = Pool2dOp {
+            batch: 1,
+            channels: 2,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            in_h: h,
+            in_w: w,
+            out_h: (h - 1) / 2 + 1,
+            out_w: (w - 1) / 2 + 1,
+        };
+        let mut x: Vec<f64> = (0..2 * h * w).map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0).collect();
+        let nans = [3 * w + 4, h * w + w - 1, 2 * h * w - 1];
+        for &i in &nans {
+            x[i] = f64::NAN;
+        }
+        let clean: Vec<f64> = x.iter().map(|v| if v.is_nan() { 0.0 } else { *v }).collect();
+        let cfg = Pool2dConfig::new(3).with_stride(2).with_padding(1);
+        let (want, _) = naive(PoolKind::Max, cfg, [1, 2, h, w], &clean, &vec![0.0; op.channels * op.out_h * op.out_w]);
+        let mut out = vec![0.0; want.len()];
+        super::cpu::forward(PoolKind::Max, &op, &x, &mut out);
+        for plane in 0..2 {
+            for oy in 0..op.out_h {
+                for ox in 0..op.out_w {
+                    let i = (plane * op.out_h + oy) * op.out_w + ox;
+                    let window_has_nan = nans.iter().any(|&n| {
+                        let (p, y, xx) = (n / (h * w), n % (h * w) / w, n % w);
+                        p == plane && y + 1 >= 2 * oy && y <= 2 * oy + 1 && xx + 1 >= 2 * ox && xx <= 2 * ox + 1
+                    });
+                    if window_has_nan {
+                        assert!(out[i].is_nan(), "({h}, {w}) plane {plane} [{oy}, {ox}]: {} should be NaN", out[i]);
+                    } else {
+                        assert_eq!(out[i], want[i], "({h}, {w}) plane {plane} [{oy}, {ox}]");
+                    }
+                }
+            }
+        }
+    }
+}
