@@ -14,6 +14,8 @@
 //! other on the machine at hand.
 //! `--row-split-depth K`: parallel crate GEMMs of depth at least K are split by rows between the
 //! threads (default 1024; a huge K: never), to measure the split.
+//! `--cnhw-train-max-batch B`: training steps of at most B images run in the CNHW layout, larger
+//! ones in NCHW (1: always NCHW), to measure the layouts against each other.
 //! `--no-header` leaves out the header (the script runs one process per row, so that each row's
 //! peak RSS is its own: plans keep their buffers in a per-thread pool).
 //!
@@ -245,6 +247,9 @@ fn main() {
     if let Some(k) = args.opt_value_from_str("--row-split-depth").unwrap_or(None) {
         residual::runtime::conv::ROW_SPLIT_MIN_DEPTH.set(k);
     }
+    if let Some(b) = args.opt_value_from_str("--cnhw-train-max-batch").unwrap_or(None) {
+        residual::runtime::plan::CNHW_TRAIN_MAX_BATCH.set(b);
+    }
 
     let dev = Cpu::default();
     if cache {
@@ -302,6 +307,8 @@ fn run_row(row: &str, dev: &Cpu, reps: usize) -> Row {
             "vit-b8" => infer::<zoo::ViT_B_16, 3, 224, 224, 8>("vit_b_16", dev, reps),
             "r50-b8-train" => train::<zoo::ResNet50, 3, 224, 224, 8, 1000>("resnet50", dev, reps),
             "r56-b16-train" => train::<zoo::ResNet56, 3, 32, 32, 16, 10>("resnet56", dev, reps),
+            "r56-b32-train" => train::<zoo::ResNet56, 3, 32, 32, 32, 10>("resnet56", dev, reps),
+            "r56-b64-train" => train::<zoo::ResNet56, 3, 32, 32, 64, 10>("resnet56", dev, reps),
             "r56-b128-train" => train::<zoo::ResNet56, 3, 32, 32, 128, 10>("resnet56", dev, reps),
             other => {
                 eprintln!("unknown row `{other}`");

@@ -310,3 +310,28 @@ fn plans_read_parameters_in_place() {
     let empty: Flat<f32, Cpu> = dev.zeros_like(&(0usize,));
     assert_eq!(<Cpu as PlanDevice<f32>>::host_view(&empty), Some(&[][..]));
 }
+
+/// Training steps run in CNHW up to `CNHW_TRAIN_MAX_BATCH` images and in NCHW above it (inference
+/// always in CNHW): both layouts give the same step, in f64 to 1e-9 (the compare tests above
+/// run the default, CNHW at their batch sizes).
+#[test]
+fn training_layouts_agree() {
+    use residual::runtime::plan::CNHW_TRAIN_MAX_BATCH;
+    let dev = Cpu::seed_from_u64(3);
+    let model = dev.build_module::<Small<f64, Cpu>, f64>();
+    let x: Tensor<Rank4<3, 3, 12, 12>, f64, Cpu> = dev.sample_normal();
+    let step = |max_batch: usize| {
+        let before = CNHW_TRAIN_MAX_BATCH.set(max_batch);
+        let mut m = model.clone();
+        let y = m.forward_mut(x.clone().trace(Gradients::leaky()));
+        let out = y.as_vec();
+        let g = (y.square()).sum().backward();
+        CNHW_TRAIN_MAX_BATCH.set(before);
+        (out, g.get(&x).as_vec(), read(&m, Some(&g), true), read(&m, None, false))
+    };
+    let (nchw, cnhw) = (step(1), step(usize::MAX));
+    assert_close("output", &nchw.0, &cnhw.0, 1e-9);
+    assert_close("input gradient", &nchw.1, &cnhw.1, 1e-9);
+    assert_all_close("gradient", &nchw.2, &cnhw.2, 1e-9);
+    assert_all_close("running statistics", &nchw.3, &cnhw.3, 1e-9);
+}

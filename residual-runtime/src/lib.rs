@@ -49,3 +49,24 @@ where
         + plan::PlanDevice<E>,
 {
 }
+
+/// A dispatch threshold of the CPU kernels that benchmarks may change, to measure one choice
+/// against another on the machine at hand (`bench_models --crate-gemm-rows`, `--row-split-depth`,
+/// `--cnhw-train-max-batch`).
+#[doc(hidden)]
+pub struct Knob(std::sync::atomic::AtomicUsize);
+
+impl Knob {
+    pub(crate) const fn new(v: usize) -> Self {
+        Knob(std::sync::atomic::AtomicUsize::new(v))
+    }
+
+    /// Sets the threshold; returns the previous one.
+    pub fn set(&self, v: usize) -> usize {
+        self.0.swap(v, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

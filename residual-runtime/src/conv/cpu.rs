@@ -17,7 +17,6 @@
 //! and grown, never shrunk, so a training loop allocates them once.
 
 use dfdx::tensor::Cpu;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -25,6 +24,7 @@ use rayon::prelude::*;
 use super::{sgemm, Conv2dKernel, Conv2dOp};
 use crate::kernel_check::{check_lens, product};
 use crate::real::{grown, Real, Scratch};
+use crate::Knob;
 
 /// Aim for at least this many GEMM columns by batching images (measured on the ResNet-50 layers
 /// with examples/bench_conv.rs: below ~1000 columns the GEMM loses efficiency).
@@ -100,32 +100,16 @@ fn valid_range(out_len: usize, in_len: usize, stride: usize, offset: isize) -> (
     ((lo as usize).min(hi), hi)
 }
 
-/// A GEMM dispatch threshold that benchmarks may change, to measure one choice against another on
-/// the machine at hand (`bench_models --crate-gemm-rows`, `--row-split-depth`).
-#[doc(hidden)]
-pub struct GemmKnob(AtomicUsize);
-
-impl GemmKnob {
-    /// Sets the threshold; returns the previous one.
-    pub fn set(&self, v: usize) -> usize {
-        self.0.swap(v, Ordering::Relaxed)
-    }
-
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Rows of `C` from which an f32 GEMM on an AVX-512 CPU goes to the `gemm` crate (0.19, `x86-v4`:
 /// AVX-512 on stable) instead of [`sgemm`] (default 128; 0: always the crate; `usize::MAX`:
 /// never). See [`crate_runs`].
 #[doc(hidden)]
-pub static CRATE_GEMM_MIN_ROWS: GemmKnob = GemmKnob(AtomicUsize::new(128));
+pub static CRATE_GEMM_MIN_ROWS: Knob = Knob::new(128);
 
 /// Depth `k` from which a parallel GEMM on the `gemm` crate is split by rows between the threads,
 /// each running the crate on one thread (default 1024; `usize::MAX`: never). See [`row_parts`].
 #[doc(hidden)]
-pub static ROW_SPLIT_MIN_DEPTH: GemmKnob = GemmKnob(AtomicUsize::new(1024));
+pub static ROW_SPLIT_MIN_DEPTH: Knob = Knob::new(1024);
 
 /// Whether an f32 GEMM of `m` rows runs on the `gemm` crate. Measured whole-model on an AVX-512
 /// Xeon (BENCHMARKS.md, A/B in one session): the crate's AVX-512 kernels are faster on GEMMs with
@@ -280,11 +264,26 @@ fn im2col<E: Real>(op: &Conv2dOp, d: &Dims, x: &[E], b0: usize, n_img: usize, g:
 /// input gradient planes of images `b0..b0 + n_img`, group `g`. Parallel over planes, which are
 /// disjoint, so no two threads add into the same element.
 /// `planes` holds exactly those images' input gradients.
-fn col2im_add<E: Real>(op: &Conv2dOp, d: &Dims, dcol: &[E], n_img: usize, g: usize, planes: &mut [E], parallel: bool) {
+#[allow(clippy::too_many_arguments)]
+fn col2im_add<E: Real>(
+    op: &Conv2dOp,
+    d: &Dims,
+    dcol: &[E],
+    b0: usize,
+    n_img: usize,
+    g: usize,
+    planes: &mut [E],
+    parallel: bool,
+) {
     let ncols = n_img * d.p;
     let (k, s, w) = (op.kernel, op.stride, op.in_w);
     for_each_chunk(planes, d.hw, parallel, |i, plane| {
-        let (img, cc) = (i / d.c, i % d.c);
+        // The plane's image (counted from b0) and channel, by the layout's plane strides.
+        let (b, cc) =
+            if d.ch_planes == 1 { (i / d.img_planes, i % d.img_planes) } else { (i % d.ch_planes, i / d.ch_planes) };
+        let Some(img) = b.checked_sub(b0).filter(|&img| img < n_img) else {
+            return;
+        };
         if cc / d.cg != g {
             return;
         }
@@ -331,49 +330,165 @@ pub(crate) fn forward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
 /// input as it lies (no im2col). Buffer lengths are those of NCHW ([`Conv2dOp::buffer_lens`]),
 /// checked by the caller.
 pub(crate) fn forward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E]) {
+    forward_cnhw_into(op, x, w, out, false)
+}
+
+/// [`forward_cnhw`], adding into `out` when `accumulate` (the transposed conv that is a stride-1
+/// conv's input gradient). As in NCHW, many chunks of images go to the threads whole
+/// ([`whole_chunks_per_thread`]): each writes the output columns of its own images.
+fn forward_cnhw_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], accumulate: bool) {
     let d = Dims::cnhw(op);
     let n = op.batch * d.p;
-    if n == 0 {
+    if n == 0 || out.len() < d.o * n {
         return;
     }
-    let gemm = |g: usize, col0: usize, ncols: usize, rhs: &[E], rhs_rs: usize, out: &mut [E]| {
+    // Threads write disjoint column ranges of `out`: it travels as an address.
+    let out_addr = out.as_mut_ptr() as usize;
+    // Group g's output rows, columns col0..col0 + ncols, from rhs (kg x ncols, row stride rhs_rs).
+    let gemm = |g: usize, col0: usize, ncols: usize, rhs: &[E], rhs_rs: usize, parallel: bool| {
         let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
-        let dst = &mut out[g * d.og * n..][..d.og * n];
-        // SAFETY: dst is og rows of n (this group's output channels); its columns col0..col0 +
-        // ncols lie inside them (col0 + ncols <= n). w_g is og x kg and rhs kg x ncols (row
-        // stride rhs_rs), both inside their slices; the buffers are distinct.
+        assert!(col0 + ncols <= n && rhs.len() >= (d.kg - 1) * rhs_rs + ncols);
+        // SAFETY: rows g * og.. of og of out (o x n, checked above) and columns col0..col0 +
+        // ncols <= n (asserted); w_g is og x kg and rhs kg x ncols (asserted), both read only.
+        // Callers that run in parallel pass disjoint column ranges.
         unsafe {
             matmul(
                 (d.og, ncols, d.kg),
-                dst.as_mut_ptr().add(col0),
+                (out_addr as *mut E).add(g * d.og * n + col0),
                 n,
-                false,
+                accumulate,
                 w_g.as_ptr(),
                 (d.kg, 1),
                 rhs.as_ptr(),
                 (rhs_rs, 1),
-                true,
+                parallel,
             )
         }
     };
     if d.pointwise {
         for g in 0..op.groups {
-            gemm(g, 0, n, &x[g * d.cg * n..][..d.cg * n], n, out);
+            gemm(g, 0, n, &x[g * d.cg * n..][..d.cg * n], n, true);
         }
         return;
     }
     let nb = d.images_per_chunk(op);
-    E::with_scratch(|s| {
-        for b0 in (0..op.batch).step_by(nb) {
-            let n_img = nb.min(op.batch - b0);
-            let ncols = n_img * d.p;
-            for g in 0..op.groups {
-                let col = grown(&mut s.col, d.kg * ncols);
-                im2col(op, &d, x, b0, n_img, g, col, true);
-                gemm(g, b0 * d.p, ncols, col, ncols, out);
+    let chunks = op.batch.div_ceil(nb);
+    let run_chunk = |s: &mut Scratch<E>, b0: usize, parallel: bool| {
+        let n_img = nb.min(op.batch - b0);
+        let ncols = n_img * d.p;
+        for g in 0..op.groups {
+            let col = grown(&mut s.col, d.kg * ncols);
+            im2col(op, &d, x, b0, n_img, g, col, parallel);
+            gemm(g, b0 * d.p, ncols, col, ncols, parallel);
+        }
+    };
+    if whole_chunks_per_thread(chunks) {
+        (0..chunks).into_par_iter().for_each(|i| E::with_scratch(|s| run_chunk(s, i * nb, false)));
+    } else {
+        E::with_scratch(|s| (0..chunks).for_each(|i| run_chunk(s, i * nb, true)));
+    }
+}
+
+/// [`backward`] on CNHW activations (see [`forward_cnhw`]): `gx` (`[C, B, H, W]`) and `gw` get
+/// the gradients added, from `gout` (`[O, B, OH, OW]`). Here the output gradient is the GEMMs'
+/// `[O, B * P]` matrix as it lies (NCHW gathers each chunk's columns first), and a 1x1 stride-1
+/// conv needs no im2col in either direction. The input gradient of a stride-1 conv is the
+/// transposed conv's forward pass, as in NCHW; of any other, a col2im of `W^T * gout`.
+pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
+    let d = Dims::cnhw(op);
+    let n = op.batch * d.p;
+    if n == 0 || d.hw == 0 {
+        return;
+    }
+    if d.pointwise {
+        for g in 0..op.groups {
+            let (w_g, gw_g) = (&w[g * d.og * d.kg..][..d.og * d.kg], &mut gw[g * d.og * d.kg..][..d.og * d.kg]);
+            let (x_g, gout_g) = (&x[g * d.cg * n..][..d.cg * n], &gout[g * d.og * n..][..d.og * n]);
+            let gx_g = &mut gx[g * d.cg * n..][..d.cg * n];
+            weight_grad(&d, n, gw_g, gout_g, n, x_g, n, true);
+            col_grad(&d, n, gx_g, n, true, w_g, gout_g, n, true);
+        }
+        return;
+    }
+    let transposed = transposed_input_grad(op);
+    let nb = d.images_per_chunk(op);
+    let chunks = op.batch.div_ceil(nb);
+    // The weight gradient of images b0.. added into gw, and, given gx, their col2im input gradient.
+    let chunk = |s: &mut Scratch<E>, b0: usize, gw: &mut [E], mut gx: Option<&mut [E]>, parallel: bool| {
+        let Scratch { col, dcol, .. } = s;
+        let n_img = nb.min(op.batch - b0);
+        let ncols = n_img * d.p;
+        for g in 0..op.groups {
+            let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
+            let gw_g = &mut gw[g * d.og * d.kg..][..d.og * d.kg];
+            // This chunk's columns of the group's output gradient: og x ncols, row stride n.
+            let gout_g = &gout[g * d.og * n + b0 * d.p..][..(d.og - 1) * n + ncols];
+            let c = grown(col, d.kg * ncols);
+            im2col(op, &d, x, b0, n_img, g, c, parallel);
+            weight_grad(&d, ncols, gw_g, gout_g, n, c, ncols, parallel);
+            if let Some(gx) = gx.as_deref_mut() {
+                let dc = grown(dcol, d.kg * ncols);
+                col_grad(&d, ncols, dc, ncols, false, w_g, gout_g, n, parallel);
+                col2im_add(op, &d, dc, b0, n_img, g, gx, parallel);
             }
         }
-    });
+    };
+    if transposed.is_some() && whole_chunks_per_thread(chunks) {
+        let per_thread = chunks.div_ceil(rayon::current_num_threads());
+        let runs = (0..chunks.div_ceil(per_thread)).collect();
+        per_thread_weight_grads(gw, runs, |_, gw_t, t| {
+            E::with_scratch(|s| {
+                for i in (t * per_thread..(t + 1) * per_thread).take_while(|&i| i < chunks) {
+                    chunk(s, i * nb, gw_t, None, false);
+                }
+            })
+        });
+    } else {
+        E::with_scratch(|s| {
+            for i in 0..chunks {
+                let gx = if transposed.is_none() { Some(&mut *gx) } else { None };
+                chunk(s, i * nb, gw, gx, true);
+            }
+        });
+    }
+    if let Some(op_t) = transposed {
+        let mut wt = E::with_scratch(|s| std::mem::take(&mut s.wt));
+        flipped_transposed(op, w, grown(&mut wt, w.len()));
+        forward_cnhw_into(&op_t, gout, &wt[..w.len()], gx, true);
+        E::with_scratch(|s| s.wt = wt);
+    }
+}
+
+/// Runs `f(t, gw_t, item)` for each of `items` (one per task: a run of whole chunks) in
+/// parallel, each with a weight-gradient part of its own (the first one's is `gw` itself), then
+/// sums the parts into `gw`.
+fn per_thread_weight_grads<E: Real, T: Send>(gw: &mut [E], items: Vec<T>, f: impl Fn(usize, &mut [E], T) + Sync) {
+    let tasks = items.len().max(1);
+    let mut parts = E::with_scratch(|s| std::mem::take(&mut s.gw_parts));
+    let gw_len = gw.len().max(1);
+    let parts_s = grown(&mut parts, (tasks - 1) * gw_len);
+    parts_s.fill(E::ZERO);
+    let gws: Vec<&mut [E]> = std::iter::once(&mut *gw).chain(parts_s.chunks_mut(gw_len)).collect();
+    gws.into_par_iter().zip(items).enumerate().for_each(|(t, (gw_t, item))| f(t, gw_t, item));
+    for part in parts_s.chunks(gw_len) {
+        add_into(gw, part);
+    }
+    E::with_scratch(|s| s.gw_parts = parts);
+}
+
+/// `wt[c, o, ky, kx] = w[o, c, K-1-ky, K-1-kx]`: the kernel of the transposed conv that is a
+/// stride-1, one-group conv's input gradient.
+fn flipped_transposed<E: Real>(op: &Conv2dOp, w: &[E], wt: &mut [E]) {
+    let kk = op.kernel * op.kernel;
+    for o in 0..op.out_channels {
+        for c in 0..op.in_channels {
+            let src = &w[(o * op.in_channels + c) * kk..][..kk];
+            let dst = &mut wt[(c * op.out_channels + o) * kk..][..kk];
+            for (t, v) in dst.iter_mut().enumerate() {
+                *v = src[kk - 1 - t];
+            }
+        }
+    }
 }
 
 /// Whether a conv's `chunks` of images go to the threads whole, each thread running the im2col,
@@ -510,31 +625,19 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
     let transposed = transposed_input_grad(op);
     let image_len = d.c * d.hw;
     if chunks > 0 && image_len > 0 && whole_chunks_per_thread(chunks) {
-        // Each thread takes a run of whole chunks; its weight gradients go to a part of its own
-        // (thread 0's is gw itself), summed into gw afterwards.
-        let threads = rayon::current_num_threads();
-        let per_thread = chunks.div_ceil(threads);
-        let mut parts = E::with_scratch(|s| std::mem::take(&mut s.gw_parts));
-        let gw_len = gw.len().max(1);
-        let parts_s = grown(&mut parts, (threads - 1) * gw_len);
-        parts_s.fill(E::ZERO);
-        let mut gws: Vec<&mut [E]> = std::iter::once(&mut *gw).chain(parts_s.chunks_mut(gw_len)).collect();
+        // Each thread takes a run of whole chunks (and their disjoint input gradients: a thread's
+        // images are a contiguous run of gx); its weight gradients go to a part of its own.
         let has_tr = transposed.is_some();
-        gx.par_chunks_mut(per_thread * nb * image_len).zip(gws.par_iter_mut()).enumerate().for_each(
-            |(t, (gx_t, gw_t))| {
-                E::with_scratch(|s| {
-                    for (i, gx_c) in gx_t.chunks_mut(nb * image_len).enumerate() {
-                        let b0 = (t * per_thread + i) * nb;
-                        backward_chunk(op, &d, x, w, b0, gx_c, gw_t, gout, has_tr, false, s);
-                    }
-                });
-            },
-        );
-        drop(gws);
-        for part in parts_s.chunks(gw_len) {
-            add_into(gw, part);
-        }
-        E::with_scratch(|s| s.gw_parts = parts);
+        let per_thread = chunks.div_ceil(rayon::current_num_threads());
+        let gx_parts: Vec<&mut [E]> = gx.chunks_mut(per_thread * nb * image_len).collect();
+        per_thread_weight_grads(gw, gx_parts, |t, gw_t, gx_t| {
+            E::with_scratch(|s| {
+                for (i, gx_c) in gx_t.chunks_mut(nb * image_len).enumerate() {
+                    let b0 = (t * per_thread + i) * nb;
+                    backward_chunk(op, &d, x, w, b0, gx_c, gw_t, gout, has_tr, false, s);
+                }
+            });
+        });
     } else if image_len > 0 {
         E::with_scratch(|s| {
             for (i, gx_c) in gx.chunks_mut(nb * image_len).enumerate() {
@@ -543,20 +646,11 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
         });
     }
     if let Some(op_t) = transposed {
-        // wt[c, o, ky, kx] = w[o, c, K-1-ky, K-1-kx]; dx += conv(dout, wt) with padding K-1-p.
-        let kk = op.kernel * op.kernel;
-        // Borrowed out of this thread's scratch, since `forward_into` takes the scratch itself.
+        // dx += conv(dout, wt) with padding K-1-p. wt is borrowed out of this thread's scratch,
+        // since `forward_into` takes the scratch itself.
         let mut wt = E::with_scratch(|s| std::mem::take(&mut s.wt));
         let wt_s = &mut grown(&mut wt, w.len())[..w.len()];
-        for o in 0..op.out_channels {
-            for c in 0..op.in_channels {
-                let src = &w[(o * op.in_channels + c) * kk..][..kk];
-                let dst = &mut wt_s[(c * op.out_channels + o) * kk..][..kk];
-                for (t, v) in dst.iter_mut().enumerate() {
-                    *v = src[kk - 1 - t];
-                }
-            }
-        }
+        flipped_transposed(op, w, wt_s);
         // Straight into gx: no separate buffer and pass to add it.
         forward_into(&op_t, gout, wt_s, gx, true);
         E::with_scratch(|s| s.wt = wt);
@@ -611,59 +705,81 @@ fn backward_chunk<E: Real>(
             (c, ncols)
         };
         let gw_g = &mut gw[g * d.og * d.kg..][..d.og * d.kg];
-        // dW_g [og x kg] += dout [og x ncols] * cols^T [ncols x kg]
-        // SAFETY: sizes as stated; gw_g is disjoint from dout and cols.
-        unsafe {
-            matmul(
-                (d.og, d.kg, ncols),
-                gw_g.as_mut_ptr(),
-                d.kg,
-                true,
-                dout.as_ptr(),
-                (dout_rs, 1),
-                cols.as_ptr(),
-                (1, cols_rs),
-                parallel,
-            );
-        }
+        weight_grad(d, ncols, gw_g, dout, dout_rs, cols, cols_rs, parallel);
         if skip_input_grad {
             // The caller runs the transposed conv.
         } else if direct {
-            let gx_g = &mut gx_c[g * d.cg * d.hw..][..d.cg * d.hw];
             // dx_g [cg x hw] += W_g^T [cg x og] * dout [og x hw]
-            // SAFETY: sizes as stated; gx_g is disjoint from w_g and dout.
-            unsafe {
-                matmul(
-                    (d.kg, ncols, d.og),
-                    gx_g.as_mut_ptr(),
-                    d.hw,
-                    true,
-                    w_g.as_ptr(),
-                    (1, d.kg),
-                    dout.as_ptr(),
-                    (dout_rs, 1),
-                    parallel,
-                );
-            }
+            let gx_g = &mut gx_c[g * d.cg * d.hw..][..d.cg * d.hw];
+            col_grad(d, ncols, gx_g, d.hw, true, w_g, dout, dout_rs, parallel);
         } else {
             let dc = grown(dcol, d.kg * ncols);
-            // dcol [kg x ncols] = W_g^T [kg x og] * dout [og x ncols]
-            // SAFETY: sizes as stated; dc is its own buffer.
-            unsafe {
-                matmul(
-                    (d.kg, ncols, d.og),
-                    dc.as_mut_ptr(),
-                    ncols,
-                    false,
-                    w_g.as_ptr(),
-                    (1, d.kg),
-                    dout.as_ptr(),
-                    (dout_rs, 1),
-                    parallel,
-                );
-            }
-            col2im_add(op, d, dc, n_img, g, gx_c, parallel);
+            col_grad(d, ncols, dc, ncols, false, w_g, dout, dout_rs, parallel);
+            col2im_add(op, d, dc, 0, n_img, g, gx_c, parallel);
         }
+    }
+}
+
+/// `gw_g [og x kg] += dout [og x ncols] * cols^T`, `cols` being `kg x ncols`; the row strides as
+/// given (either layout's chunks).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad<E: Real>(
+    d: &Dims,
+    ncols: usize,
+    gw_g: &mut [E],
+    dout: &[E],
+    dout_rs: usize,
+    cols: &[E],
+    cols_rs: usize,
+    parallel: bool,
+) {
+    let fits = |len: usize, rows: usize, rs: usize| rows == 0 || len >= (rows - 1) * rs + ncols;
+    assert!(gw_g.len() >= d.og * d.kg && fits(dout.len(), d.og, dout_rs) && fits(cols.len(), d.kg, cols_rs));
+    // SAFETY: each slice holds its matrix (asserted); gw_g, a &mut, is distinct from both.
+    unsafe {
+        matmul(
+            (d.og, d.kg, ncols),
+            gw_g.as_mut_ptr(),
+            d.kg,
+            true,
+            dout.as_ptr(),
+            (dout_rs, 1),
+            cols.as_ptr(),
+            (1, cols_rs),
+            parallel,
+        )
+    }
+}
+
+/// `dst [kg x ncols] (+)= w_g^T [kg x og] * dout [og x ncols]`: the column gradient (or, for a 1x1
+/// stride-1 conv, the input gradient itself); the row strides as given.
+#[allow(clippy::too_many_arguments)]
+fn col_grad<E: Real>(
+    d: &Dims,
+    ncols: usize,
+    dst: &mut [E],
+    dst_rs: usize,
+    accumulate: bool,
+    w_g: &[E],
+    dout: &[E],
+    dout_rs: usize,
+    parallel: bool,
+) {
+    let fits = |len: usize, rows: usize, rs: usize| rows == 0 || len >= (rows - 1) * rs + ncols;
+    assert!(fits(dst.len(), d.kg, dst_rs) && w_g.len() >= d.og * d.kg && fits(dout.len(), d.og, dout_rs));
+    // SAFETY: each slice holds its matrix (asserted); dst, a &mut, is distinct from both.
+    unsafe {
+        matmul(
+            (d.kg, ncols, d.og),
+            dst.as_mut_ptr(),
+            dst_rs,
+            accumulate,
+            w_g.as_ptr(),
+            (1, d.kg),
+            dout.as_ptr(),
+            (dout_rs, 1),
+            parallel,
+        )
     }
 }
 

@@ -7,7 +7,7 @@
 
 pub(crate) mod cpu;
 #[doc(hidden)]
-pub use cpu::{GemmKnob, CRATE_GEMM_MIN_ROWS, ROW_SPLIT_MIN_DEPTH};
+pub use cpu::{CRATE_GEMM_MIN_ROWS, ROW_SPLIT_MIN_DEPTH};
 #[cfg(feature = "cuda")]
 mod cuda;
 mod sgemm;

@@ -671,6 +671,42 @@ fn swap_outer(v: &[f64], a: usize, b: usize, plane: usize) -> Vec<f64> {
     out
 }
 
+/// The CNHW backward (compiled plans' batched training) against the naive loop, adding into
+/// gradients that already hold values: the 1x1 direct path, the transposed-conv input gradient
+/// (stride 1) over one chunk and over many taken whole by the threads, col2im (stride 2,
+/// dilation, groups).
+#[test]
+fn cnhw_backward_matches_naive_loop() {
+    let cases = [
+        (3, 4, 8, 6, 6, Conv2dConfig::new(1)),
+        (3, 6, 6, 5, 5, Conv2dConfig::new(1).groups(3)),
+        (2, 3, 5, 40, 40, Conv2dConfig::new(3).padding(1)),
+        (9, 4, 3, 5, 6, Conv2dConfig::new(3).padding(1)),
+        (6, 3, 4, 40, 40, Conv2dConfig::new(3).padding(1)),
+        (3, 3, 4, 80, 80, Conv2dConfig::new(3).stride(2).padding(1)),
+        (5, 4, 6, 9, 9, Conv2dConfig::new(5).stride(3).padding(2).dilation(2)),
+        (7, 6, 4, 5, 3, Conv2dConfig::new(3).padding(1).groups(2)),
+        (4, 8, 16, 14, 14, Conv2dConfig::new(1).stride(2)),
+    ];
+    for (b, c, o, h, w, cfg) in cases {
+        let case = Case { batched: true, b, c, o, h, w, cfg };
+        let op = case.op();
+        let (x, wt) = (case.x(), case.weight());
+        let want = naive_grads(&case, &x, &wt);
+        let p = op.out_h * op.out_w;
+        let gout: Vec<f64> = swap_outer(&want.y, b, o, p).iter().map(|v| 2.0 * v).collect();
+        let x_cnhw = swap_outer(&x, b, c, h * w);
+        // Start from ones: the gradients are added.
+        let mut gx = vec![1.0; x.len()];
+        let mut gw = vec![1.0; wt.len()];
+        cpu::backward_cnhw(&op, &x_cnhw, &wt, &mut gx, &mut gw, &gout);
+        let dx: Vec<f64> = want.dx.iter().map(|v| v + 1.0).collect();
+        let dw: Vec<f64> = want.dw.iter().map(|v| v + 1.0).collect();
+        assert_close(&format!("f64 {case:?} dx"), &swap_outer(&gx, c, b, h * w), &dx, 1e-11);
+        assert_close(&format!("f64 {case:?} dw"), &gw, &dw, 1e-11);
+    }
+}
+
 /// The CNHW forward (compiled plans' batched inference) against the naive loop, its input and
 /// output transposed from and to NCHW here: im2col chunks of several images and of one, the 1x1
 /// direct path, strides, padding, dilation and groups.

@@ -19,12 +19,22 @@ const MOMENTUM: f64 = 0.1;
 /// Elements per task of the elementwise loops: large enough to amortise a rayon task.
 const CHUNK: usize = 1 << 14;
 
+/// The largest batch a training step runs in CNHW (see [`Layout`]); larger ones run in NCHW.
+/// Measured on ResNet-56 steps (AVX-512 Xeon, 2 threads, two rounds, ms, NCHW vs CNHW): b16
+/// 242/234 vs 207/206, b32 396/388 vs 362/372, b64 754/758 vs 709/702, but b128 1330/1295 vs
+/// 1424/1374 (why is not established: there every activation row is 512 KiB long, a power of
+/// two, and the threads' image runs no longer match the elementwise passes' channel split);
+/// ResNet-50 b8 1585/1517 vs 1540/1529.
+#[doc(hidden)]
+pub static CNHW_TRAIN_MAX_BATCH: crate::Knob = crate::Knob::new(64);
+
 /// How a run lays out each value's `batch` images: NCHW (`[B, C, H, W]`, the tensors' layout), or
 /// CNHW (`[C, B, H, W]`), in which batched inference runs. In CNHW a channel's planes of every
 /// image are one block, so a conv's output is its GEMM's `[O, B * P]` result as it lies (no scatter
 /// into images) and a 1x1 conv reads its input as it lies (no im2col); batch norm, relu, add,
 /// pooling and the option-A shortcut see `C` planes of `B * H * W` (or `C * B` planes of `H * W`)
-/// and run their NCHW kernels unchanged. Training keeps NCHW (its backward kernels are NCHW).
+/// and run their NCHW kernels unchanged, forward and backward; the conv's backward reads the output
+/// gradient as the GEMMs' `[O, B * P]` matrix. Training runs CNHW up to [`CNHW_TRAIN_MAX_BATCH`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
     Nchw,
@@ -337,6 +347,47 @@ impl Compiled {
         }
     }
 
+    /// The layout a run of `batch` images takes: CNHW where it is not NCHW already (batch 1), every
+    /// conv has a CNHW kernel (grouped convs do not) and, in training, up to
+    /// [`CNHW_TRAIN_MAX_BATCH`] images.
+    fn layout(&self, batch: usize, training: bool) -> Layout {
+        let grouped = self.nodes.iter().any(|n| matches!(n, Node::Conv { op, .. } if op.groups > 1));
+        if batch > 1 && !grouped && (!training || batch <= CNHW_TRAIN_MAX_BATCH.get()) {
+            Layout::Cnhw
+        } else {
+            Layout::Nchw
+        }
+    }
+
+    /// `buf`, value `v`'s `batch` images in NCHW, laid out as `layout` (a pooled buffer).
+    fn to_layout<E: Real>(&self, pool: &mut BufPool<E>, layout: Layout, v: usize, batch: usize, buf: Vec<E>) -> Vec<E> {
+        match layout {
+            Layout::Nchw => buf,
+            Layout::Cnhw => {
+                let [c, h, w] = self.values[v];
+                let mut t = pool.take(buf.len());
+                swap_outer(&buf, &mut t, batch, c, h * w);
+                pool.give(buf);
+                t
+            }
+        }
+    }
+
+    /// Value `v`'s buffer in `layout` as a new NCHW buffer: what leaves a run for the caller (an
+    /// exact copy, so that the pool keeps its buffer: handing a pooled buffer out loses whatever
+    /// capacity best fit gave it).
+    fn to_nchw<E: Real>(&self, layout: Layout, v: usize, batch: usize, buf: &[E]) -> Vec<E> {
+        match layout {
+            Layout::Nchw => buf.to_vec(),
+            Layout::Cnhw => {
+                let [c, h, w] = self.values[v];
+                let mut t = vec![E::ZERO; buf.len()];
+                swap_outer(buf, &mut t, c, batch, h * w);
+                t
+            }
+        }
+    }
+
     /// Inference: returns the output buffer.
     pub(crate) fn infer<E: Real>(
         &self,
@@ -348,20 +399,9 @@ impl Compiled {
         if input.len() != self.len(0, batch)? {
             return err("input length does not match the plan");
         }
-        // CNHW at batch 1 is NCHW; grouped convs have no CNHW kernel.
-        let grouped = self.nodes.iter().any(|n| matches!(n, Node::Conv { op, .. } if op.groups > 1));
-        let layout = if batch > 1 && !grouped { Layout::Cnhw } else { Layout::Nchw };
+        let layout = self.layout(batch, false);
         let mut vals: Vec<Option<Vec<E>>> = (0..self.values.len()).map(|_| None).collect();
-        vals[0] = Some(match layout {
-            Layout::Nchw => input,
-            Layout::Cnhw => {
-                let [c, h, w] = self.values[0];
-                let mut t = pool.take(input.len());
-                swap_outer(&input, &mut t, batch, c, h * w);
-                pool.give(input);
-                t
-            }
-        });
+        vals[0] = Some(self.to_layout(pool, layout, 0, batch, input));
         let result = (|| {
             for (n, node) in self.nodes.iter().enumerate() {
                 let y = node.output();
@@ -370,18 +410,8 @@ impl Compiled {
                 vals[y] = Some(out);
                 self.release_dead(pool, n, node, &mut vals);
             }
-            // The output leaves as the caller's tensor: an exact copy (in NCHW), so that the pool
-            // keeps its buffer (handing a pooled buffer out loses whatever capacity best fit gave it).
             let out = vals[self.output].as_ref().ok_or_else(|| PlanError("the output was never written".into()))?;
-            Ok(match layout {
-                Layout::Nchw => out.to_vec(),
-                Layout::Cnhw => {
-                    let [c, h, w] = self.values[self.output];
-                    let mut t = vec![E::ZERO; out.len()];
-                    swap_outer(out, &mut t, c, batch, h * w);
-                    t
-                }
-            })
+            Ok(self.to_nchw(layout, self.output, batch, out))
         })();
         vals.into_iter().flatten().for_each(|b| pool.give(b));
         result
@@ -401,14 +431,15 @@ impl Compiled {
         if input.len() != self.len(0, batch)? {
             return err("input length does not match the plan");
         }
+        let layout = self.layout(batch, true);
         let mut vals: Vec<Option<Vec<E>>> = (0..self.values.len()).map(|_| None).collect();
         let mut aux: Vec<Option<Aux<E>>> = (0..self.nodes.len()).map(|_| None).collect();
-        vals[0] = Some(input);
+        vals[0] = Some(self.to_layout(pool, layout, 0, batch, input));
         let result = (|| {
             for (n, node) in self.nodes.iter().enumerate() {
                 let y = node.output();
                 let mut out = pool.take(self.len(y, batch)?);
-                aux[n] = self.forward_train(pool, node, batch, &vals, &mut out, params, running)?;
+                aux[n] = self.forward_train(pool, node, batch, layout, &vals, &mut out, params, running)?;
                 vals[y] = Some(out);
                 if !save {
                     if let Some(a) = aux[n].take() {
@@ -418,10 +449,10 @@ impl Compiled {
                 }
             }
             let out = vals[self.output].as_ref().ok_or_else(|| PlanError("the output was never written".into()))?;
-            Ok(out.to_vec())
+            Ok(self.to_nchw(layout, self.output, batch, out))
         })();
         match result {
-            Ok(out) if save => Ok((out, Some(Saved { compiled: self.clone(), batch, vals, aux }))),
+            Ok(out) if save => Ok((out, Some(Saved { compiled: self.clone(), batch, layout, vals, aux }))),
             other => {
                 vals.into_iter().flatten().for_each(|b| pool.give(b));
                 aux.into_iter().flatten().for_each(|a| a.give(pool));
@@ -485,6 +516,7 @@ impl Compiled {
         pool: &mut BufPool<E>,
         node: &Node,
         batch: usize,
+        layout: Layout,
         vals: &[Option<Vec<E>>],
         out: &mut [E],
         params: &[&[E]],
@@ -495,11 +527,11 @@ impl Compiled {
             Node::Conv { x, op, weight, bias, bn, res, relu, .. } => {
                 let op = Conv2dOp { batch, ..op };
                 let res = res.map(val).transpose()?;
-                let plane = op.out_h * op.out_w;
+                let plane = plane(layout, batch, op.out_h * op.out_w);
                 match bn {
                     Some(bn) => {
                         let mut pre = pool.take(out.len());
-                        conv_fwd(Layout::Nchw, &op, val(x)?, params[weight], &mut pre)?;
+                        conv_fwd(layout, &op, val(x)?, params[weight], &mut pre)?;
                         if let Some(b) = bias {
                             epilogue(&mut pre, plane, op.out_channels, None, Some(params[b]), None, false);
                         }
@@ -519,7 +551,7 @@ impl Compiled {
                         Ok(Some(Aux { pre, mean, invstd }))
                     }
                     None => {
-                        conv_fwd(Layout::Nchw, &op, val(x)?, params[weight], out)?;
+                        conv_fwd(layout, &op, val(x)?, params[weight], out)?;
                         epilogue(out, plane, op.out_channels, None, bias.map(|b| params[b]), res, relu);
                         Ok(None)
                     }
@@ -528,12 +560,13 @@ impl Compiled {
             Node::Norm { x, bn, relu, .. } => {
                 let [c, h, w] = self.values[x];
                 let xs = val(x)?;
-                let (mean, invstd) = batch_stats(pool, xs, h * w, c, bn, running);
-                normalize(xs, out, h * w, c, &mean, &invstd, params[bn.weight], params[bn.bias], None, relu);
+                let plane = plane(layout, batch, h * w);
+                let (mean, invstd) = batch_stats(pool, xs, plane, c, bn, running);
+                normalize(xs, out, plane, c, &mean, &invstd, params[bn.weight], params[bn.bias], None, relu);
                 Ok(Some(Aux { pre: Vec::new(), mean, invstd }))
             }
             _ => {
-                self.forward_common(node, batch, Layout::Nchw, vals, out, params)?;
+                self.forward_common(node, batch, layout, vals, out, params)?;
                 Ok(None)
             }
         }
@@ -566,11 +599,7 @@ impl Compiled {
                 });
             }
             Node::Pool { kind, x, op, .. } => {
-                // CNHW: one image of C * B planes (pooling is per plane).
-                let op = match layout {
-                    Layout::Nchw => Pool2dOp { batch, ..op },
-                    Layout::Cnhw => Pool2dOp { batch: 1, channels: op.channels * batch, ..op },
-                };
+                let op = pool_op_in(layout, batch, op);
                 let xs = val(x)?;
                 check_len(xs.len(), op.batch * op.channels * op.in_h * op.in_w)?;
                 check_len(out.len(), op.batch * op.channels * op.out_h * op.out_w)?;
@@ -612,17 +641,7 @@ impl Compiled {
                 }
             }
             Node::SubPad { x, op, .. } => {
-                // CNHW: one image of C * B planes, the padding channels' planes B times as many.
-                let op = match layout {
-                    Layout::Nchw => SubsamplePadOp { batch, ..op },
-                    Layout::Cnhw => SubsamplePadOp {
-                        batch: 1,
-                        in_channels: op.in_channels * batch,
-                        out_channels: op.out_channels * batch,
-                        pad_front: op.pad_front * batch,
-                        ..op
-                    },
-                };
+                let op = subpad_op_in(layout, batch, op);
                 let xs = val(x)?;
                 check_len(xs.len(), op.batch * op.in_channels * op.in_h * op.in_w)?;
                 check_len(out.len(), op.batch * op.out_channels * op.out_h * op.out_w)?;
@@ -653,6 +672,7 @@ impl<E: Real> Aux<E> {
 pub(crate) struct Saved<E> {
     compiled: Compiled,
     batch: usize,
+    layout: Layout,
     vals: Vec<Option<Vec<E>>>,
     aux: Vec<Option<Aux<E>>>,
 }
@@ -666,26 +686,44 @@ impl<E: Real> Saved<E> {
         grad_out: Vec<E>,
         params: &[&[E]],
     ) -> Result<(Vec<E>, Vec<Vec<E>>), PlanError> {
-        let Saved { compiled: c, batch, vals, mut aux } = self;
+        let Saved { compiled: c, batch, layout, vals, mut aux } = self;
         let mut grads: Vec<Option<Vec<E>>> = (0..c.values.len()).map(|_| None).collect();
         if grad_out.len() != c.len(c.output, batch)? {
             return err("output gradient length does not match the plan");
         }
-        grads[c.output] = Some(grad_out);
+        grads[c.output] = Some(c.to_layout(pool, layout, c.output, batch, grad_out));
         let mut pgrads: Vec<Vec<E>> =
             c.trainable.iter().zip(params).map(|(&t, p)| if t { zeroed(pool, p.len()) } else { Vec::new() }).collect();
         let result = (|| {
             for (n, node) in c.nodes.iter().enumerate().rev() {
                 let Some(gy) = grads[node.output()].take() else { continue };
-                let r =
-                    c.backward_node(pool, node, batch, &vals, aux[n].as_ref(), &gy, &mut grads, &mut pgrads, params);
+                let r = c.backward_node(
+                    pool,
+                    node,
+                    batch,
+                    layout,
+                    &vals,
+                    aux[n].as_ref(),
+                    &gy,
+                    &mut grads,
+                    &mut pgrads,
+                    params,
+                );
                 pool.give(gy);
                 r?;
             }
             Ok(())
         })();
         let gx = match grads[0].take() {
-            Some(g) => g,
+            Some(g) if layout == Layout::Nchw => g,
+            Some(g) => {
+                // Into a pooled buffer: the caller gives the input gradient back to the pool.
+                let [ch, h, w] = c.values[0];
+                let mut t = pool.take(g.len());
+                swap_outer(&g, &mut t, ch, batch, h * w);
+                pool.give(g);
+                t
+            }
             None => zeroed(pool, c.len(0, batch)?),
         };
         grads.into_iter().flatten().for_each(|g| pool.give(g));
@@ -723,6 +761,7 @@ impl Compiled {
         pool: &mut BufPool<E>,
         node: &Node,
         batch: usize,
+        layout: Layout,
         vals: &[Option<Vec<E>>],
         aux: Option<&Aux<E>>,
         gy: &[E],
@@ -735,7 +774,7 @@ impl Compiled {
         match *node {
             Node::Conv { x, y, op, weight, bias, bn, res, relu } => {
                 let op = Conv2dOp { batch, ..op };
-                let plane = op.out_h * op.out_w;
+                let plane = plane(layout, batch, op.out_h * op.out_w);
                 // g: the gradient at the conv (+ bias) output, built in place.
                 let mut g = pool.take(gy.len());
                 masked(gy, if relu { Some(val(y)?) } else { None }, &mut g);
@@ -750,7 +789,7 @@ impl Compiled {
                     channel_sums_into(&g, plane, op.out_channels, &mut pgrads[b]);
                 }
                 let gx = grad_of(pool, grads, x, len(x)?);
-                let r = conv_bwd(&op, val(x)?, params[weight], gx, &mut pgrads[weight], &g);
+                let r = conv_bwd(layout, &op, val(x)?, params[weight], gx, &mut pgrads[weight], &g);
                 pool.give(g);
                 r?;
             }
@@ -759,7 +798,7 @@ impl Compiled {
                 let a = aux.ok_or_else(|| PlanError("batch statistics were not saved".into()))?;
                 let mut g = pool.take(gy.len());
                 masked(gy, if relu { Some(val(y)?) } else { None }, &mut g);
-                norm_backward(val(x)?, &mut g, h * w, c, &a.mean, &a.invstd, bn, pgrads, params);
+                norm_backward(val(x)?, &mut g, plane(layout, batch, h * w), c, &a.mean, &a.invstd, bn, pgrads, params);
                 add_assign(grad_of(pool, grads, x, len(x)?), &g);
                 pool.give(g);
             }
@@ -782,7 +821,7 @@ impl Compiled {
                 pool.give(g);
             }
             Node::Pool { kind, x, op, .. } => {
-                let op = Pool2dOp { batch, ..op };
+                let op = pool_op_in(layout, batch, op);
                 let xs = val(x)?;
                 let gx = grad_of(pool, grads, x, len(x)?);
                 check_len(gy.len(), op.batch * op.channels * op.out_h * op.out_w)?;
@@ -805,41 +844,37 @@ impl Compiled {
                 check_len(pgrads[weight].len(), o * i)?;
                 let w = &params[weight];
                 let gx = grad_of(pool, grads, x, len(x)?);
-                // SAFETY: gx batch x i, gy batch x o, w o x i, gw o x i; lengths checked; the
-                // destinations are distinct buffers.
+                // NCHW: gx (batch x i) += gy (batch x o) w, gw (o x i) += gy^T x.
+                // CNHW: gx (i x batch) += w^T gy (o x batch), gw (o x i) += gy x^T (batch x i).
+                let ((gx_dims, gx_rs, gx_lhs, gx_rhs), (gw_lhs, gw_rhs)) = match layout {
+                    Layout::Nchw => (((batch, i, o), i, (gy.as_ptr(), (o, 1)), (w.as_ptr(), (i, 1))), ((1, o), (i, 1))),
+                    Layout::Cnhw => (
+                        ((i, batch, o), batch, (w.as_ptr(), (1, i)), (gy.as_ptr(), (batch, 1))),
+                        ((batch, 1), (1, batch)),
+                    ),
+                };
+                // SAFETY: the shapes above address exactly the checked lengths of gx, gy, w, gw
+                // and x; the destinations are distinct buffers.
                 unsafe {
-                    crate::conv::cpu::matmul(
-                        (batch, i, o),
-                        gx.as_mut_ptr(),
-                        i,
-                        true,
-                        gy.as_ptr(),
-                        (o, 1),
-                        w.as_ptr(),
-                        (i, 1),
-                        true,
-                    );
+                    let m = crate::conv::cpu::matmul;
+                    m(gx_dims, gx.as_mut_ptr(), gx_rs, true, gx_lhs.0, gx_lhs.1, gx_rhs.0, gx_rhs.1, true);
                     let gw = &mut pgrads[weight];
-                    crate::conv::cpu::matmul(
-                        (o, i, batch),
-                        gw.as_mut_ptr(),
-                        i,
-                        true,
-                        gy.as_ptr(),
-                        (1, o),
-                        xs.as_ptr(),
-                        (i, 1),
-                        true,
-                    );
+                    m((o, i, batch), gw.as_mut_ptr(), i, true, gy.as_ptr(), gw_lhs, xs.as_ptr(), gw_rhs, true);
                 }
                 if let Some(b) = bias {
                     let gb = &mut pgrads[b];
                     check_len(gb.len(), o)?;
-                    gy.chunks(o).for_each(|row| gb.iter_mut().zip(row).for_each(|(d, &g)| *d += g));
+                    match layout {
+                        Layout::Nchw => gy.chunks(o).for_each(|row| gb.iter_mut().zip(row).for_each(|(d, &g)| *d += g)),
+                        Layout::Cnhw => gb
+                            .iter_mut()
+                            .zip(gy.chunks(batch))
+                            .for_each(|(d, row)| *d += row.iter().fold(E::ZERO, |a, &g| a + g)),
+                    }
                 }
             }
             Node::SubPad { x, op, .. } => {
-                let op = SubsamplePadOp { batch, ..op };
+                let op = subpad_op_in(layout, batch, op);
                 let gx = grad_of(pool, grads, x, len(x)?);
                 check_len(gx.len(), op.batch * op.in_channels * op.in_h * op.in_w)?;
                 check_len(gy.len(), op.batch * op.out_channels * op.out_h * op.out_w)?;
@@ -1040,6 +1075,30 @@ fn plane(layout: Layout, batch: usize, p: usize) -> usize {
     }
 }
 
+/// A pooling op for `batch` images in `layout`: in CNHW, one image of `C * B` planes (pooling is
+/// per plane).
+fn pool_op_in(layout: Layout, batch: usize, op: Pool2dOp) -> Pool2dOp {
+    match layout {
+        Layout::Nchw => Pool2dOp { batch, ..op },
+        Layout::Cnhw => Pool2dOp { batch: 1, channels: op.channels * batch, ..op },
+    }
+}
+
+/// The option-A shortcut for `batch` images in `layout`: in CNHW, one image of `C * B` planes,
+/// the padding channels' planes `B` times as many.
+fn subpad_op_in(layout: Layout, batch: usize, op: SubsamplePadOp) -> SubsamplePadOp {
+    match layout {
+        Layout::Nchw => SubsamplePadOp { batch, ..op },
+        Layout::Cnhw => SubsamplePadOp {
+            batch: 1,
+            in_channels: op.in_channels * batch,
+            out_channels: op.out_channels * batch,
+            pad_front: op.pad_front * batch,
+            ..op
+        },
+    }
+}
+
 /// `dst[j, i, :] = src[i, j, :]` for `src` of shape `[a, b, plane]`: NCHW <-> CNHW.
 fn swap_outer<E: Real>(src: &[E], dst: &mut [E], a: usize, b: usize, plane: usize) {
     if plane == 0 {
@@ -1051,14 +1110,25 @@ fn swap_outer<E: Real>(src: &[E], dst: &mut [E], a: usize, b: usize, plane: usiz
     });
 }
 
-fn conv_bwd<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gy: &[E]) -> Result<(), PlanError> {
+fn conv_bwd<E: Real>(
+    layout: Layout,
+    op: &Conv2dOp,
+    x: &[E],
+    w: &[E],
+    gx: &mut [E],
+    gw: &mut [E],
+    gy: &[E],
+) -> Result<(), PlanError> {
     let [xl, wl, yl] = conv_lens(op)?;
     check_len(x.len(), xl)?;
     check_len(gx.len(), xl)?;
     check_len(w.len(), wl)?;
     check_len(gw.len(), wl)?;
     check_len(gy.len(), yl)?;
-    crate::conv::cpu::backward(op, x, w, gx, gw, gy);
+    match layout {
+        Layout::Nchw => crate::conv::cpu::backward(op, x, w, gx, gw, gy),
+        Layout::Cnhw => crate::conv::cpu::backward_cnhw(op, x, w, gx, gw, gy),
+    }
     Ok(())
 }
 

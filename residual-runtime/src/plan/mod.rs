@@ -36,7 +36,7 @@ use dfdx::tensor_ops::{Device, ReshapeTo};
 use crate::real::Real;
 use crate::Element;
 
-pub use exec::Fusion;
+pub use exec::{Fusion, CNHW_TRAIN_MAX_BATCH};
 
 /// A convolution's hyper-parameters; its input channels and size are those of its input value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
