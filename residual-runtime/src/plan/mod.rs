@@ -8,8 +8,11 @@
 //! then runs fused kernels on buffers drawn from a per-thread pool:
 //!
 //! - conv -> (bias) -> batch norm -> (add shortcut) -> (relu) is one kernel; in inference the
-//!   batch norm is folded into the conv's weights and bias (recomputed per call, since parameters
-//!   may change between calls), and the add and relu run in the conv's output pass;
+//!   batch norm is folded into a per-channel scale and shift (recomputed per call, since
+//!   parameters may change between calls), applied with the add and relu in the conv's output
+//!   pass;
+//! - a batch runs channel-major (CNHW, `exec::Layout`): the convs' GEMMs read and write the
+//!   activations as they lie;
 //! - a batch norm (+ relu) on its own, an add (+ relu), pooling, global average pooling, linear
 //!   and the option-A shortcut are kernels of their own;
 //! - values die after their last reader, and their buffers go back to the pool, so after the
