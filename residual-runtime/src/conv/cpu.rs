@@ -347,7 +347,7 @@ fn forward_cnhw_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], ac
     // Group g's output rows, columns col0..col0 + ncols, from rhs (kg x ncols, row stride rhs_rs).
     let gemm = |g: usize, col0: usize, ncols: usize, rhs: &[E], rhs_rs: usize, parallel: bool| {
         let w_g = &w[g * d.og * d.kg..][..d.og * d.kg];
-        assert!(col0 + ncols <= n && rhs.len() >= (d.kg - 1) * rhs_rs + ncols);
+        assert!(col0 + ncols <= n && holds(rhs.len(), d.kg, rhs_rs, ncols));
         // SAFETY: rows g * og.. of og of out (o x n, checked above) and columns col0..col0 +
         // ncols <= n (asserted); w_g is og x kg and rhs kg x ncols (asserted), both read only.
         // Callers that run in parallel pass disjoint column ranges.
@@ -406,7 +406,7 @@ pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [
             let (x_g, gout_g) = (&x[g * d.cg * n..][..d.cg * n], &gout[g * d.og * n..][..d.og * n]);
             let gx_g = &mut gx[g * d.cg * n..][..d.cg * n];
             weight_grad(&d, n, gw_g, gout_g, n, x_g, n, true);
-            col_grad(&d, n, gx_g, n, true, w_g, gout_g, n, true);
+            weight_gemm(&d, true, n, gx_g, n, true, w_g, gout_g, n, true);
         }
         return;
     }
@@ -428,7 +428,7 @@ pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [
             weight_grad(&d, ncols, gw_g, gout_g, n, c, ncols, parallel);
             if let Some(gx) = gx.as_deref_mut() {
                 let dc = grown(dcol, d.kg * ncols);
-                col_grad(&d, ncols, dc, ncols, false, w_g, gout_g, n, parallel);
+                weight_gemm(&d, true, ncols, dc, ncols, false, w_g, gout_g, n, parallel);
                 col2im_add(op, &d, dc, b0, n_img, g, gx, parallel);
             }
         }
@@ -563,37 +563,10 @@ fn forward_chunk<E: Real>(
         };
         if n_img == 1 {
             let dst = &mut out_c[g * d.og * d.p..][..d.og * d.p];
-            // SAFETY: dst is og x p (row stride p), w_g og x kg, rhs kg x p (row stride
-            // rhs_rs); the slices above hold exactly those elements and do not overlap.
-            unsafe {
-                matmul(
-                    (d.og, d.p, d.kg),
-                    dst.as_mut_ptr(),
-                    d.p,
-                    accumulate,
-                    w_g.as_ptr(),
-                    (d.kg, 1),
-                    rhs.as_ptr(),
-                    (rhs_rs, 1),
-                    parallel,
-                );
-            }
+            weight_gemm(d, false, d.p, dst, d.p, accumulate, w_g, rhs, rhs_rs, parallel);
         } else {
             let tmp = grown(&mut scratch.tmp, d.og * ncols);
-            // SAFETY: tmp is og x ncols, rhs kg x ncols; disjoint buffers.
-            unsafe {
-                matmul(
-                    (d.og, ncols, d.kg),
-                    tmp.as_mut_ptr(),
-                    ncols,
-                    false,
-                    w_g.as_ptr(),
-                    (d.kg, 1),
-                    rhs.as_ptr(),
-                    (rhs_rs, 1),
-                    parallel,
-                );
-            }
+            weight_gemm(d, false, ncols, tmp, ncols, false, w_g, rhs, rhs_rs, parallel);
             let tmp = &*tmp;
             for img in 0..n_img {
                 let dst = &mut out_c[(img * d.o + g * d.og) * d.p..][..d.og * d.p];
@@ -711,12 +684,55 @@ fn backward_chunk<E: Real>(
         } else if direct {
             // dx_g [cg x hw] += W_g^T [cg x og] * dout [og x hw]
             let gx_g = &mut gx_c[g * d.cg * d.hw..][..d.cg * d.hw];
-            col_grad(d, ncols, gx_g, d.hw, true, w_g, dout, dout_rs, parallel);
+            weight_gemm(d, true, ncols, gx_g, d.hw, true, w_g, dout, dout_rs, parallel);
         } else {
             let dc = grown(dcol, d.kg * ncols);
-            col_grad(d, ncols, dc, ncols, false, w_g, dout, dout_rs, parallel);
+            weight_gemm(d, true, ncols, dc, ncols, false, w_g, dout, dout_rs, parallel);
             col2im_add(op, d, dc, 0, n_img, g, gx_c, parallel);
         }
+    }
+}
+
+/// Whether `len` elements hold a matrix of `rows` x `cols` with row stride `rs`.
+fn holds(len: usize, rows: usize, rs: usize, cols: usize) -> bool {
+    rows == 0 || len >= (rows - 1) * rs + cols
+}
+
+/// `dst (+)= w_g * rhs`, or with `transposed`, `dst (+)= w_g^T * rhs`, `w_g` being a group's
+/// `og x kg` weights: a conv's output (`og x ncols` from the `kg x ncols` columns), or the column
+/// gradient (`kg x ncols` from the `og x ncols` output gradient; for a 1x1 stride-1 conv, the
+/// input gradient itself). The row strides as given. The CNHW forward shares its output rows
+/// between threads, so it calls `matmul` itself.
+#[allow(clippy::too_many_arguments)]
+fn weight_gemm<E: Real>(
+    d: &Dims,
+    transposed: bool,
+    ncols: usize,
+    dst: &mut [E],
+    dst_rs: usize,
+    accumulate: bool,
+    w_g: &[E],
+    rhs: &[E],
+    rhs_rs: usize,
+    parallel: bool,
+) {
+    let (rows, inner, w_s) = if transposed { (d.kg, d.og, (1, d.kg)) } else { (d.og, d.kg, (d.kg, 1)) };
+    assert!(
+        holds(dst.len(), rows, dst_rs, ncols) && w_g.len() >= d.og * d.kg && holds(rhs.len(), inner, rhs_rs, ncols)
+    );
+    // SAFETY: each slice holds its matrix (asserted); dst, a &mut, is distinct from both.
+    unsafe {
+        matmul(
+            (rows, ncols, inner),
+            dst.as_mut_ptr(),
+            dst_rs,
+            accumulate,
+            w_g.as_ptr(),
+            w_s,
+            rhs.as_ptr(),
+            (rhs_rs, 1),
+            parallel,
+        )
     }
 }
 
@@ -733,8 +749,9 @@ fn weight_grad<E: Real>(
     cols_rs: usize,
     parallel: bool,
 ) {
-    let fits = |len: usize, rows: usize, rs: usize| rows == 0 || len >= (rows - 1) * rs + ncols;
-    assert!(gw_g.len() >= d.og * d.kg && fits(dout.len(), d.og, dout_rs) && fits(cols.len(), d.kg, cols_rs));
+    assert!(
+        gw_g.len() >= d.og * d.kg && holds(dout.len(), d.og, dout_rs, ncols) && holds(cols.len(), d.kg, cols_rs, ncols)
+    );
     // SAFETY: each slice holds its matrix (asserted); gw_g, a &mut, is distinct from both.
     unsafe {
         matmul(
@@ -746,38 +763,6 @@ fn weight_grad<E: Real>(
             (dout_rs, 1),
             cols.as_ptr(),
             (1, cols_rs),
-            parallel,
-        )
-    }
-}
-
-/// `dst [kg x ncols] (+)= w_g^T [kg x og] * dout [og x ncols]`: the column gradient (or, for a 1x1
-/// stride-1 conv, the input gradient itself); the row strides as given.
-#[allow(clippy::too_many_arguments)]
-fn col_grad<E: Real>(
-    d: &Dims,
-    ncols: usize,
-    dst: &mut [E],
-    dst_rs: usize,
-    accumulate: bool,
-    w_g: &[E],
-    dout: &[E],
-    dout_rs: usize,
-    parallel: bool,
-) {
-    let fits = |len: usize, rows: usize, rs: usize| rows == 0 || len >= (rows - 1) * rs + ncols;
-    assert!(fits(dst.len(), d.kg, dst_rs) && w_g.len() >= d.og * d.kg && fits(dout.len(), d.og, dout_rs));
-    // SAFETY: each slice holds its matrix (asserted); dst, a &mut, is distinct from both.
-    unsafe {
-        matmul(
-            (d.kg, ncols, d.og),
-            dst.as_mut_ptr(),
-            dst_rs,
-            accumulate,
-            w_g.as_ptr(),
-            (1, d.kg),
-            dout.as_ptr(),
-            (dout_rs, 1),
             parallel,
         )
     }

@@ -359,18 +359,27 @@ impl Compiled {
         }
     }
 
-    /// `buf`, value `v`'s `batch` images in NCHW, laid out as `layout` (a pooled buffer).
-    fn to_layout<E: Real>(&self, pool: &mut BufPool<E>, layout: Layout, v: usize, batch: usize, buf: Vec<E>) -> Vec<E> {
-        match layout {
-            Layout::Nchw => buf,
-            Layout::Cnhw => {
-                let [c, h, w] = self.values[v];
-                let mut t = pool.take(buf.len());
-                swap_outer(&buf, &mut t, batch, c, h * w);
-                pool.give(buf);
-                t
-            }
+    /// `buf`, value `v`'s `batch` images laid out as `from`, laid out as `to` (a pooled buffer;
+    /// `buf` goes back to the pool when it is copied).
+    fn relayout<E: Real>(
+        &self,
+        pool: &mut BufPool<E>,
+        from: Layout,
+        to: Layout,
+        v: usize,
+        batch: usize,
+        buf: Vec<E>,
+    ) -> Vec<E> {
+        if from == to {
+            return buf;
         }
+        let [c, h, w] = self.values[v];
+        // NCHW is [B, C, plane], CNHW [C, B, plane]: swap the outer two dims of `from`.
+        let (a, b) = if from == Layout::Nchw { (batch, c) } else { (c, batch) };
+        let mut t = pool.take(buf.len());
+        swap_outer(&buf, &mut t, a, b, h * w);
+        pool.give(buf);
+        t
     }
 
     /// Value `v`'s buffer in `layout` as a new NCHW buffer: what leaves a run for the caller (an
@@ -401,7 +410,7 @@ impl Compiled {
         }
         let layout = self.layout(batch, false);
         let mut vals: Vec<Option<Vec<E>>> = (0..self.values.len()).map(|_| None).collect();
-        vals[0] = Some(self.to_layout(pool, layout, 0, batch, input));
+        vals[0] = Some(self.relayout(pool, Layout::Nchw, layout, 0, batch, input));
         let result = (|| {
             for (n, node) in self.nodes.iter().enumerate() {
                 let y = node.output();
@@ -434,7 +443,7 @@ impl Compiled {
         let layout = self.layout(batch, true);
         let mut vals: Vec<Option<Vec<E>>> = (0..self.values.len()).map(|_| None).collect();
         let mut aux: Vec<Option<Aux<E>>> = (0..self.nodes.len()).map(|_| None).collect();
-        vals[0] = Some(self.to_layout(pool, layout, 0, batch, input));
+        vals[0] = Some(self.relayout(pool, Layout::Nchw, layout, 0, batch, input));
         let result = (|| {
             for (n, node) in self.nodes.iter().enumerate() {
                 let y = node.output();
@@ -475,6 +484,7 @@ impl Compiled {
             Node::Conv { x, op, weight, bias, bn, res, relu, .. } => {
                 let op = Conv2dOp { batch, ..op };
                 let res = res.map(val).transpose()?;
+                let plane = plane(layout, batch, op.out_h * op.out_w);
                 match bn {
                     Some(bn) => {
                         // Folded: y = conv(x, w) * scale[o] + shift[o], shift = beta + (bias - mean)
@@ -483,19 +493,10 @@ impl Compiled {
                         // batch 1 the weights outnumber the outputs up to 100x).
                         let (scale, shift) = fold(bn, bias, params);
                         conv_fwd(layout, &op, val(x)?, params[weight], out)?;
-                        epilogue(
-                            out,
-                            plane(layout, batch, op.out_h * op.out_w),
-                            op.out_channels,
-                            Some(&scale),
-                            Some(&shift),
-                            res,
-                            relu,
-                        );
+                        epilogue(out, plane, op.out_channels, Some(&scale), Some(&shift), res, relu);
                     }
                     None => {
                         conv_fwd(layout, &op, val(x)?, params[weight], out)?;
-                        let plane = plane(layout, batch, op.out_h * op.out_w);
                         epilogue(out, plane, op.out_channels, None, bias.map(|b| params[b]), res, relu);
                     }
                 }
@@ -691,7 +692,7 @@ impl<E: Real> Saved<E> {
         if grad_out.len() != c.len(c.output, batch)? {
             return err("output gradient length does not match the plan");
         }
-        grads[c.output] = Some(c.to_layout(pool, layout, c.output, batch, grad_out));
+        grads[c.output] = Some(c.relayout(pool, Layout::Nchw, layout, c.output, batch, grad_out));
         let mut pgrads: Vec<Vec<E>> =
             c.trainable.iter().zip(params).map(|(&t, p)| if t { zeroed(pool, p.len()) } else { Vec::new() }).collect();
         let result = (|| {
@@ -715,15 +716,8 @@ impl<E: Real> Saved<E> {
             Ok(())
         })();
         let gx = match grads[0].take() {
-            Some(g) if layout == Layout::Nchw => g,
-            Some(g) => {
-                // Into a pooled buffer: the caller gives the input gradient back to the pool.
-                let [ch, h, w] = c.values[0];
-                let mut t = pool.take(g.len());
-                swap_outer(&g, &mut t, ch, batch, h * w);
-                pool.give(g);
-                t
-            }
+            // A pooled buffer: the caller gives the input gradient back to the pool.
+            Some(g) => c.relayout(pool, layout, Layout::Nchw, 0, batch, g),
             None => zeroed(pool, c.len(0, batch)?),
         };
         grads.into_iter().flatten().for_each(|g| pool.give(g));
