@@ -57,6 +57,8 @@ pub struct Scratch<E> {
     pub(crate) wt: Vec<E>,
     /// The other threads' weight-gradient parts when threads take whole chunks of images.
     pub(crate) gw_parts: Vec<E>,
+    /// The Winograd-transformed weights of a 3x3 conv (`conv/winograd.rs`).
+    pub(crate) winograd_u: Vec<E>,
 }
 
 /// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers

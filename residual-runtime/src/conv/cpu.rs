@@ -1,4 +1,5 @@
-//! CPU conv kernels: im2col + GEMM for dense and grouped convs, a direct loop for depthwise ones.
+//! CPU conv kernels: im2col + GEMM for dense and grouped convs, Winograd F(2x2, 3x3) for 3x3
+//! stride-1 ones with enough channels and tiles (`winograd.rs`), a direct loop for depthwise ones.
 //! The f32 GEMM is our own (`sgemm.rs`) or the `gemm` crate's, whichever measured faster for the
 //! shape on this CPU (`crate_runs`); f64 always runs on the crate.
 //!
@@ -21,7 +22,7 @@ use dfdx::tensor::Cpu;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{sgemm, Conv2dKernel, Conv2dOp};
+use super::{sgemm, winograd, Conv2dKernel, Conv2dOp};
 use crate::kernel_check::{check_lens, product};
 use crate::real::{grown, Real, Scratch};
 use crate::Knob;
@@ -342,6 +343,9 @@ fn forward_cnhw_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], ac
     if n == 0 || out.len() < d.o * n {
         return;
     }
+    if winograd::applies(op) {
+        return winograd::forward(op, true, x, w, out, accumulate);
+    }
     // Threads write disjoint column ranges of `out`: it travels as an address.
     let out_addr = out.as_mut_ptr() as usize;
     // Group g's output rows, columns col0..col0 + ncols, from rhs (kg x ncols, row stride rhs_rs).
@@ -496,7 +500,7 @@ fn flipped_transposed<E: Real>(op: &Conv2dOp, w: &[E], wt: &mut [E]) {
 /// in each step. With many chunks (a CIFAR net at batch 128 has 64 per conv), whole chunks make a
 /// few large tasks instead of a fork and join per im2col, GEMM and copy of every chunk, where the
 /// threads waited for each other (rayon's yields were 14% of the CPU time of a ResNet-56 step).
-fn whole_chunks_per_thread(chunks: usize) -> bool {
+pub(super) fn whole_chunks_per_thread(chunks: usize) -> bool {
     let threads = rayon::current_num_threads();
     threads > 1 && chunks >= 2 * threads
 }
@@ -517,6 +521,9 @@ fn forward_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], accumul
     let d = Dims::new(op);
     if d.depthwise && !accumulate {
         return depthwise_forward(op, &d, x, w, out);
+    }
+    if winograd::applies(op) {
+        return winograd::forward(op, false, x, w, out, accumulate);
     }
     let nb = d.images_per_chunk(op);
     let chunk_len = nb * d.o * d.p;

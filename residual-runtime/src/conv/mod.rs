@@ -8,12 +8,15 @@
 pub(crate) mod cpu;
 #[doc(hidden)]
 pub use cpu::{CRATE_GEMM_MIN_ROWS, ROW_SPLIT_MIN_DEPTH};
+#[doc(hidden)]
+pub use winograd::WINOGRAD_MIN_TILES;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod sgemm;
 #[cfg(test)]
 mod tests;
 pub(crate) mod transpose;
+mod winograd;
 
 use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{Merge, PutTape, SplitTape, Storage, Tape, Tensor};

@@ -739,3 +739,53 @@ fn cnhw_forward_matches_naive_loop() {
         assert_close(&format!("f32 {case:?}"), &swap_outer(&y32, o, b, p), &want, 2e-5);
     }
 }
+
+/// Winograd F(2x2, 3x3) (`winograd.rs`) against the naive loop, in both layouts, writing and
+/// adding: odd and even sizes (partial last tiles), padding 0, 1 and 2, channel counts off the
+/// SIMD width, one chunk with the phases split between threads and many chunks taken whole. Run
+/// on a two-thread pool so both threading modes run whatever the machine.
+#[test]
+fn winograd_matches_naive_loop() {
+    let cases = [
+        (1, 16, 16, 7, 7, 1),
+        (3, 16, 20, 9, 5, 1),
+        (2, 17, 16, 6, 8, 0),
+        (2, 16, 18, 5, 7, 2),
+        (1, 16, 16, 1, 1, 1),
+        (4, 24, 16, 30, 34, 1),
+        (1, 16, 17, 131, 140, 1),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        for (b, c, o, h, w, pad) in cases {
+            let case = Case { batched: true, b, c, o, h, w, cfg: Conv2dConfig::new(3).padding(pad) };
+            let op = case.op();
+            let (x, wt) = (case.x(), case.weight());
+            let want = naive_forward(&case, &x, &wt);
+            let p = op.out_h * op.out_w;
+            for cnhw in [false, true] {
+                let (xl, to_nchw) = if cnhw {
+                    (
+                        swap_outer(&x, b, c, h * w),
+                        Box::new(|y: &[f64]| swap_outer(y, o, b, p)) as Box<dyn Fn(&[f64]) -> Vec<f64>>,
+                    )
+                } else {
+                    (x.clone(), Box::new(|y: &[f64]| y.to_vec()) as Box<dyn Fn(&[f64]) -> Vec<f64>>)
+                };
+                let mut y = vec![f64::NAN; want.len()];
+                winograd::forward(&op, cnhw, &xl, &wt, &mut y, false);
+                assert_close(&format!("f64 cnhw {cnhw} {case:?}"), &to_nchw(&y), &want, 1e-12);
+                let mut y = vec![1.0; want.len()];
+                winograd::forward(&op, cnhw, &xl, &wt, &mut y, true);
+                let plus_one: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
+                assert_close(&format!("f64 accumulate cnhw {cnhw} {case:?}"), &to_nchw(&y), &plus_one, 1e-12);
+                let (x32, w32): (Vec<f32>, Vec<f32>) =
+                    (xl.iter().map(|&v| v as f32).collect(), wt.iter().map(|&v| v as f32).collect());
+                let mut y32 = vec![f32::NAN; want.len()];
+                winograd::forward(&op, cnhw, &x32, &w32, &mut y32, false);
+                let y32: Vec<f64> = y32.iter().map(|&v| v as f64).collect();
+                assert_close(&format!("f32 cnhw {cnhw} {case:?}"), &to_nchw(&y32), &want, 2e-5);
+            }
+        }
+    });
+}
