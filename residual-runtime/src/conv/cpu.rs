@@ -334,6 +334,25 @@ pub(crate) fn forward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [
     forward_cnhw_into(op, x, w, out, false)
 }
 
+/// The conv into `out` (NCHW, or CNHW when `cnhw`) stored as `store` says (an epilogue fused
+/// into the pass that writes the output), where the conv runs as Winograd, whose inverse
+/// transform writes every output once anyway; elsewhere false, with nothing written (the caller
+/// runs the conv and its epilogue apart). Buffer lengths are checked by the caller.
+pub(crate) fn forward_fused<E: Real>(
+    op: &Conv2dOp,
+    cnhw: bool,
+    x: &[E],
+    w: &[E],
+    out: &mut [E],
+    store: winograd::Store<E>,
+) -> bool {
+    let runs = winograd::applies(op);
+    if runs {
+        winograd::forward_to(op, cnhw, x, w, out, store);
+    }
+    runs
+}
+
 /// [`forward_cnhw`], adding into `out` when `accumulate` (the transposed conv that is a stride-1
 /// conv's input gradient). As in NCHW, many chunks of images go to the threads whole
 /// ([`whole_chunks_per_thread`]): each writes the output columns of its own images.

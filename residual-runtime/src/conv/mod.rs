@@ -16,7 +16,7 @@ mod sgemm;
 #[cfg(test)]
 mod tests;
 pub(crate) mod transpose;
-mod winograd;
+pub(crate) mod winograd;
 
 use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{Merge, PutTape, SplitTape, Storage, Tape, Tensor};

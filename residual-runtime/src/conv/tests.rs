@@ -741,7 +741,7 @@ fn cnhw_forward_matches_naive_loop() {
 }
 
 /// Winograd F(2x2, 3x3) (`winograd.rs`) against the naive loop, in both layouts, writing and
-/// adding: odd and even sizes (partial last tiles), padding 0, 1 and 2, channel counts off the
+/// adding and with a fused epilogue: odd and even sizes (partial last tiles), padding 0, 1 and 2, channel counts off the
 /// SIMD width, one chunk with the phases split between threads and many chunks taken whole. Run
 /// on a two-thread pool so both threading modes run whatever the machine.
 #[test]
@@ -779,6 +779,23 @@ fn winograd_matches_naive_loop() {
                 winograd::forward(&op, cnhw, &xl, &wt, &mut y, true);
                 let plus_one: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
                 assert_close(&format!("f64 accumulate cnhw {cnhw} {case:?}"), &to_nchw(&y), &plus_one, 1e-12);
+                // The fused epilogue: y * scale[o] + shift[o] + res, then relu (res in the
+                // output's layout; its NCHW twin for the reference).
+                let scale: Vec<f64> = (0..o).map(|i| 0.5 + 0.1 * i as f64).collect();
+                let shift: Vec<f64> = (0..o).map(|i| 0.3 - 0.05 * i as f64).collect();
+                let res_nchw: Vec<f64> = (0..want.len()).map(|i| (0.11 * i as f64).cos()).collect();
+                let res = if cnhw { swap_outer(&res_nchw, b, o, p) } else { res_nchw.clone() };
+                let fused: Vec<f64> = want
+                    .iter()
+                    .zip(&res_nchw)
+                    .enumerate()
+                    .map(|(i, (&v, &r))| (v * scale[(i / p) % o] + shift[(i / p) % o] + r).max(0.0))
+                    .collect();
+                let mut y = vec![f64::NAN; want.len()];
+                let store =
+                    winograd::Store::Epilogue { scale: Some(&scale), shift: Some(&shift), res: Some(&res), relu: true };
+                winograd::forward_to(&op, cnhw, &xl, &wt, &mut y, store);
+                assert_close(&format!("f64 epilogue cnhw {cnhw} {case:?}"), &to_nchw(&y), &fused, 1e-12);
                 let (x32, w32): (Vec<f32>, Vec<f32>) =
                     (xl.iter().map(|&v| v as f32).collect(), wt.iter().map(|&v| v as f32).collect());
                 let mut y32 = vec![f32::NAN; want.len()];

@@ -167,11 +167,42 @@ impl Geom {
 /// The conv `op` (which [`applies`]) of `x` with `w` into `out`, adding into it when
 /// `accumulate`; activations NCHW, or CNHW when `cnhw`.
 pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], accumulate: bool) {
+    forward_to(op, cnhw, x, w, out, if accumulate { Store::Add } else { Store::Write })
+}
+
+/// What the inverse transform does with each output value `y`.
+#[derive(Clone, Copy)]
+pub(crate) enum Store<'a, E> {
+    Write,
+    Add,
+    /// `y * scale[o] + shift[o] (+ res at y's index)`, then `max(., 0)` when `relu` (NaN stays):
+    /// a folded batch norm or bias, a residual add and a relu, in the pass that writes `y`
+    /// instead of one more pass over the output. The same operations in the same order as the
+    /// plans' separate epilogue, so the same rounding.
+    Epilogue {
+        scale: Option<&'a [E]>,
+        shift: Option<&'a [E]>,
+        res: Option<&'a [E]>,
+        relu: bool,
+    },
+}
+
+/// [`forward`], storing as `store` says.
+pub(crate) fn forward_to<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
     let g = Geom::new(op, cnhw);
+    let out_len = g.batch * g.o * g.oh * g.ow;
     assert!(
-        x.len() >= g.batch * g.c * g.h * g.w && w.len() >= g.o * g.c * 9 && out.len() >= g.batch * g.o * g.oh * g.ow,
+        x.len() >= g.batch * g.c * g.h * g.w && w.len() >= g.o * g.c * 9 && out.len() >= out_len,
         "winograd buffers too short for {op:?}"
     );
+    if let Store::Epilogue { scale, shift, res, .. } = store {
+        assert!(
+            scale.is_none_or(|k| k.len() >= g.o)
+                && shift.is_none_or(|s| s.len() >= g.o)
+                && res.is_none_or(|r| r.len() >= out_len),
+            "winograd epilogue operands too short for {op:?}"
+        );
+    }
     let mut u_buf = E::with_scratch(|s| std::mem::take(&mut s.winograd_u));
     let u = grown(&mut u_buf, 16 * g.o * g.c);
     transform_weights(&g, w, u);
@@ -191,7 +222,7 @@ pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out:
             E::with_scratch(|s| {
                 let (v, m) = (&mut s.col, &mut s.tmp);
                 // SAFETY: chunk i writes the output rows of its tile rows r0.. only.
-                unsafe { run_chunk(&g, x, u, out_addr as *mut E, accumulate, r0..(r0 + per).min(rows), v, m, false) }
+                unsafe { run_chunk(&g, x, u, out_addr as *mut E, store, r0..(r0 + per).min(rows), v, m, false) }
             })
         });
     } else {
@@ -199,9 +230,7 @@ pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out:
         let (mut v, mut m) = E::with_scratch(|s| (std::mem::take(&mut s.col), std::mem::take(&mut s.tmp)));
         for r0 in (0..rows).step_by(per) {
             // SAFETY: one chunk at a time, each writing the output rows of its tile rows.
-            unsafe {
-                run_chunk(&g, x, u, out_addr as *mut E, accumulate, r0..(r0 + per).min(rows), &mut v, &mut m, true)
-            }
+            unsafe { run_chunk(&g, x, u, out_addr as *mut E, store, r0..(r0 + per).min(rows), &mut v, &mut m, true) }
         }
         E::with_scratch(|s| (s.col, s.tmp) = (v, m));
     }
@@ -220,7 +249,7 @@ unsafe fn run_chunk<E: Real>(
     x: &[E],
     u: &[E],
     out: *mut E,
-    accumulate: bool,
+    store: Store<E>,
     rows: std::ops::Range<usize>,
     v: &mut Vec<E>,
     m: &mut Vec<E>,
@@ -273,7 +302,7 @@ unsafe fn run_chunk<E: Real>(
         with_wide_vectors!(for r in rows.clone() {
             let mo = &m[o * 16 * tc + (r - rows.start) * g.tw..];
             // SAFETY: the caller's contract: these output rows are this chunk's alone.
-            unsafe { output_tile_row(g, mo, tc, out_addr as *mut E, o, r, accumulate, &mut lines) };
+            unsafe { output_tile_row(g, mo, tc, out_addr as *mut E, o, r, store, &mut lines) };
         })
     };
     if parallel {
@@ -428,8 +457,8 @@ fn transform_inputs<E: Real>(lines: &InputLines<E>, n: usize, v: &mut [E], tc: u
 
 /// The inverse transform of one tile row `r` of output channel `o`: the 2x2 outputs
 /// `A^T M A` of each tile, `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, from `mo` (this channel's
-/// `[16][tc]` from the row's first tile), written or added into the output. `lines` holds the
-/// two output rows of a segment.
+/// `[16][tc]` from the row's first tile), stored into the output as `store` says. `lines` holds
+/// the two output rows of a segment.
 ///
 /// # Safety
 /// `out` holds the op's output; nothing else accesses these output rows meanwhile.
@@ -442,11 +471,10 @@ unsafe fn output_tile_row<E: Real>(
     out: *mut E,
     o: usize,
     r: usize,
-    accumulate: bool,
+    store: Store<E>,
     lines: &mut [[E; 2 * SEG]; 2],
 ) {
     let (b, ty) = (r / g.th, r % g.th);
-    let plane = out.add(g.out_plane(b, o));
     for tx0 in (0..g.tw).step_by(SEG) {
         let n = SEG.min(g.tw - tx0);
         transform_outputs(&mo[tx0..], n, tc, lines);
@@ -457,11 +485,24 @@ unsafe fn output_tile_row<E: Real>(
             }
             let x0 = 2 * tx0;
             let len = (2 * n).min(g.ow - x0);
-            let dst = std::slice::from_raw_parts_mut(plane.add(y * g.ow + x0), len);
-            if accumulate {
-                dst.iter_mut().zip(line.iter()).for_each(|(d, &v)| *d += v);
-            } else {
-                dst.copy_from_slice(&line[..len]);
+            let at = g.out_plane(b, o) + y * g.ow + x0;
+            let dst = std::slice::from_raw_parts_mut(out.add(at), len);
+            let line = &line[..len];
+            match store {
+                Store::Write => dst.copy_from_slice(line),
+                Store::Add => dst.iter_mut().zip(line).for_each(|(d, &v)| *d += v),
+                Store::Epilogue { scale, shift, res, relu } => {
+                    let k = scale.map_or(E::ONE, |k| k[o]);
+                    let s = shift.map_or(E::ZERO, |s| s[o]);
+                    let relu_if = |t: E| if relu && t <= E::ZERO { E::ZERO } else { t };
+                    match res {
+                        Some(res) => {
+                            let res = &res[at..][..len];
+                            dst.iter_mut().zip(line).zip(res).for_each(|((d, &v), &r)| *d = relu_if(v * k + s + r));
+                        }
+                        None => dst.iter_mut().zip(line).for_each(|(d, &v)| *d = relu_if(v * k + s)),
+                    }
+                }
             }
         }
     }
