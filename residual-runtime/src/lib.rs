@@ -2,6 +2,9 @@
 //! option-A shortcut), with backward passes on dfdx's tape, and the statically shaped layers the
 //! `residual!` macro instantiates. See `docs/ARCHITECTURE.md` for the contracts.
 
+#[macro_use]
+mod wide;
+
 pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;

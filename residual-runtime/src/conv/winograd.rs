@@ -53,51 +53,6 @@ const MAX_CHUNK_ELEMS: usize = 1 << 24;
 /// Tiles of a row segment transformed at once (stack buffers of this many).
 const SEG: usize = 64;
 
-/// Whether this CPU runs the transforms with AVX-512 (the crates build for baseline x86-64,
-/// where the compiler vectorises them with 128-bit SSE). `is_x86_feature_detected` caches.
-fn wide_vectors() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Runs `$body` compiled for AVX-512 where the CPU has it, as is elsewhere: the same operations
-/// in the same order (Rust contracts no multiply-add into an FMA), so the same rounding.
-macro_rules! with_wide_vectors {
-    ($body:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            if wide_vectors() {
-                // SAFETY: the CPU has AVX-512F (`wide_vectors`). (The body's own unsafe blocks
-                // are needed in the other branch.)
-                #[allow(unused_unsafe)]
-                let r = unsafe {
-                    wide(
-                        #[inline(always)]
-                        || $body,
-                    )
-                };
-                r
-            } else {
-                $body
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $body
-        }
-    }};
-}
-
 /// Whether `op` runs as Winograd: a 3x3 kernel, stride 1, no dilation, one group, padding up to
 /// 2, enough channels and tiles.
 pub(super) fn applies(op: &Conv2dOp) -> bool {
@@ -260,7 +215,7 @@ unsafe fn run_chunk<E: Real>(
     let m = grown(m, g.o * 16 * tc);
     let input = |c: usize, vc: &mut [E]| {
         let mut lines = InputLines::new();
-        with_wide_vectors!(for r in rows.clone() {
+        wide!(for r in rows.clone() {
             input_tile_row(g, x, c, r, &mut vc[(r - rows.start) * g.tw..], tc, &mut lines);
         })
     };
@@ -299,7 +254,7 @@ unsafe fn run_chunk<E: Real>(
     let out_addr = out as usize;
     let output = |o: usize| {
         let mut lines = [[E::ZERO; 2 * SEG]; 2];
-        with_wide_vectors!(for r in rows.clone() {
+        wide!(for r in rows.clone() {
             let mo = &m[o * 16 * tc + (r - rows.start) * g.tw..];
             // SAFETY: the caller's contract: these output rows are this chunk's alone.
             unsafe { output_tile_row(g, mo, tc, out_addr as *mut E, o, r, store, &mut lines) };
@@ -326,7 +281,7 @@ fn transform_weights<E: Real>(g: &Geom, w: &[E], u: &mut [E]) {
                     taps[t][j] = kc[t];
                 }
             }
-            with_wide_vectors!(transform_kernels(&taps, n, &mut uo[c0..], g.c));
+            wide!(transform_kernels(&taps, n, &mut uo[c0..], g.c));
         }
     });
 }

@@ -1189,25 +1189,12 @@ fn epilogue<E: Real>(
         let k = scale.map_or(E::ONE, |k| k[i % channels]);
         let s = shift.map_or(E::ZERO, |s| s[i % channels]);
         let r = res.map(|r| &r[i * plane..(i + 1) * plane]);
-        #[cfg(target_arch = "x86_64")]
-        if wide_vectors() {
-            // SAFETY: the CPU has AVX-512F (`wide_vectors`).
-            return unsafe { epilogue_plane_avx512(p, k, s, r, relu) };
-        }
-        epilogue_plane(p, k, s, r, relu);
+        wide!(epilogue_plane(p, k, s, r, relu))
     });
 }
 
-/// Whether this CPU runs the elementwise loops with AVX-512 (the crates build for baseline
-/// x86-64, where the compiler vectorises them with 128-bit SSE). Detected once, then a load.
-#[cfg(target_arch = "x86_64")]
-fn wide_vectors() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-/// One plane of [`epilogue`]: `p = p * k + s (+ r)`, then relu. Inlined into each caller, so that
-/// [`epilogue_plane_avx512`] compiles it with AVX-512 (the same operations, rounded the same way:
-/// Rust does not contract a multiply and an add into an FMA).
+/// One plane of [`epilogue`]: `p = p * k + s (+ r)`, then relu. Inlined into its caller, which
+/// compiles it with AVX-512 where the CPU has it (`wide!`).
 #[inline(always)]
 fn epilogue_plane<E: Real>(p: &mut [E], k: E, s: E, r: Option<&[E]>, relu: bool) {
     match r {
@@ -1220,12 +1207,6 @@ fn epilogue_plane<E: Real>(p: &mut [E], k: E, s: E, r: Option<&[E]>, relu: bool)
             *v = relu_if(relu, t);
         }),
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn epilogue_plane_avx512<E: Real>(p: &mut [E], k: E, s: E, r: Option<&[E]>, relu: bool) {
-    epilogue_plane(p, k, s, r, relu)
 }
 
 /// `out = x * scale[c] + shift[c]` (then relu), per plane.
@@ -1319,18 +1300,7 @@ fn channel_moments<E: Real>(x: &[E], batch: usize, channels: usize, plane: usize
             .sum();
         (mean, ss / n)
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn wide<E: Real>(x: &[E], batch: usize, channels: usize, plane: usize, c: usize) -> (f64, f64) {
-            moments(x, batch, channels, plane, c)
-        }
-        if wide_vectors() {
-            // SAFETY: the CPU has AVX-512F (`wide_vectors`).
-            return unsafe { wide(x, batch, channels, plane, c) };
-        }
-    }
-    moments(x, batch, channels, plane, c)
+    wide!(moments(x, batch, channels, plane, c))
 }
 
 /// Channel `c`'s `sum(g)` and `sum(g * xhat)` (`xhat = (x - mean) * invstd`) over its planes, in
@@ -1370,28 +1340,7 @@ fn channel_grad_sums<E: Real>(
         (sg, sgx)
     }
     let (m, is) = (mean.to_f64_lossless(), invstd.to_f64_lossless());
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        #[allow(clippy::too_many_arguments)]
-        fn wide<E: Real>(
-            g: &[E],
-            x: &[E],
-            batch: usize,
-            channels: usize,
-            plane: usize,
-            c: usize,
-            m: f64,
-            is: f64,
-        ) -> (f64, f64) {
-            sums(g, x, batch, channels, plane, c, m, is)
-        }
-        if wide_vectors() {
-            // SAFETY: the CPU has AVX-512F (`wide_vectors`).
-            return unsafe { wide(g, x, batch, channels, plane, c, m, is) };
-        }
-    }
-    sums(g, x, batch, channels, plane, c, m, is)
+    wide!(sums(g, x, batch, channels, plane, c, m, is))
 }
 
 /// `out = gamma * (x - mean) * invstd + beta (+ res)`, then relu.
