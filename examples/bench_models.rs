@@ -18,6 +18,9 @@
 //! ones in NCHW (1: always NCHW), to measure the layouts against each other.
 //! `--winograd-min-tiles T`: 3x3 stride-1 convs with at least T output tiles of 2x2 (over the
 //! batch) run as Winograd F(2x2, 3x3) (default 128; a huge T: never, the im2col GEMM instead).
+//! `--winograd-tile M`: in compiled plans' inference, Winograd convs whose output sides are
+//! multiples of 4 run F(M x M, 3x3) (default 4; 2: F(2x2, 3x3) everywhere; training always
+//! runs F(2x2, 3x3)).
 //! `--no-header` leaves out the header (the script runs one process per row, so that each row's
 //! peak RSS is its own: plans keep their buffers in a per-thread pool).
 //!
@@ -252,6 +255,9 @@ fn main() {
     if let Some(t) = args.opt_value_from_str("--winograd-min-tiles").unwrap_or(None) {
         residual::runtime::conv::WINOGRAD_MIN_TILES.set(t);
     }
+    if let Some(m) = args.opt_value_from_str("--winograd-tile").unwrap_or(None) {
+        residual::runtime::conv::WINOGRAD_TILE.set(m);
+    }
     if let Some(b) = args.opt_value_from_str("--cnhw-train-max-batch").unwrap_or(None) {
         residual::runtime::plan::CNHW_TRAIN_MAX_BATCH.set(b);
     }
@@ -262,12 +268,14 @@ fn main() {
     }
     let peak = gemm_peak();
     println!(
-        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, Winograd from {} tiles; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
+        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, Winograd from {} tiles, F({}x{}) where sides allow; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
         rayon::current_num_threads(),
         if cache { "on" } else { "off" },
         residual::runtime::conv::CRATE_GEMM_MIN_ROWS.get(),
         residual::runtime::conv::ROW_SPLIT_MIN_DEPTH.get(),
         residual::runtime::conv::WINOGRAD_MIN_TILES.get(),
+        residual::runtime::conv::WINOGRAD_TILE.get(),
+        residual::runtime::conv::WINOGRAD_TILE.get(),
     );
     if header {
         println!(

@@ -55,7 +55,7 @@ where
 
 /// A dispatch threshold of the CPU kernels that benchmarks may change, to measure one choice
 /// against another on the machine at hand (`bench_models --crate-gemm-rows`, `--row-split-depth`,
-/// `--cnhw-train-max-batch`, `--winograd-min-tiles`).
+/// `--cnhw-train-max-batch`, `--winograd-min-tiles`, `--winograd-tile`).
 #[doc(hidden)]
 pub struct Knob(std::sync::atomic::AtomicUsize);
 

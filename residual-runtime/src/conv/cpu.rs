@@ -348,7 +348,7 @@ pub(crate) fn forward_fused<E: Real>(
 ) -> bool {
     let runs = winograd::applies(op);
     if runs {
-        winograd::forward_to(op, cnhw, x, w, out, store);
+        winograd::forward_fused(op, cnhw, x, w, out, store);
     }
     runs
 }

@@ -740,7 +740,7 @@ fn cnhw_forward_matches_naive_loop() {
     }
 }
 
-/// Winograd F(2x2, 3x3) (`winograd.rs`) against the naive loop, in both layouts, writing and
+/// Winograd F(2x2, 3x3) and F(4x4, 3x3) (`winograd.rs`) against the naive loop, in both layouts, writing and
 /// adding and with a fused epilogue: odd and even sizes (partial last tiles), padding 0, 1 and 2, channel counts off the
 /// SIMD width, one chunk with the phases split between threads and many chunks taken whole. Run
 /// on a two-thread pool so both threading modes run whatever the machine.
@@ -763,7 +763,7 @@ fn winograd_matches_naive_loop() {
             let (x, wt) = (case.x(), case.weight());
             let want = naive_forward(&case, &x, &wt);
             let p = op.out_h * op.out_w;
-            for cnhw in [false, true] {
+            for (cnhw, tile) in [(false, 2), (true, 2), (false, 4), (true, 4)] {
                 let (xl, to_nchw) = if cnhw {
                     (
                         swap_outer(&x, b, c, h * w),
@@ -773,12 +773,12 @@ fn winograd_matches_naive_loop() {
                     (x.clone(), Box::new(|y: &[f64]| y.to_vec()) as Box<dyn Fn(&[f64]) -> Vec<f64>>)
                 };
                 let mut y = vec![f64::NAN; want.len()];
-                winograd::forward(&op, cnhw, &xl, &wt, &mut y, false);
-                assert_close(&format!("f64 cnhw {cnhw} {case:?}"), &to_nchw(&y), &want, 1e-12);
+                winograd::forward_tiles(tile, &op, cnhw, &xl, &wt, &mut y, winograd::Store::Write);
+                assert_close(&format!("f64 F({tile}) cnhw {cnhw} {case:?}"), &to_nchw(&y), &want, 1e-12);
                 let mut y = vec![1.0; want.len()];
-                winograd::forward(&op, cnhw, &xl, &wt, &mut y, true);
+                winograd::forward_tiles(tile, &op, cnhw, &xl, &wt, &mut y, winograd::Store::Add);
                 let plus_one: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
-                assert_close(&format!("f64 accumulate cnhw {cnhw} {case:?}"), &to_nchw(&y), &plus_one, 1e-12);
+                assert_close(&format!("f64 F({tile}) accumulate cnhw {cnhw} {case:?}"), &to_nchw(&y), &plus_one, 1e-12);
                 // The fused epilogue: y * scale[o] + shift[o] + res, then relu (res in the
                 // output's layout; its NCHW twin for the reference).
                 let scale: Vec<f64> = (0..o).map(|i| 0.5 + 0.1 * i as f64).collect();
@@ -794,14 +794,14 @@ fn winograd_matches_naive_loop() {
                 let mut y = vec![f64::NAN; want.len()];
                 let store =
                     winograd::Store::Epilogue { scale: Some(&scale), shift: Some(&shift), res: Some(&res), relu: true };
-                winograd::forward_to(&op, cnhw, &xl, &wt, &mut y, store);
-                assert_close(&format!("f64 epilogue cnhw {cnhw} {case:?}"), &to_nchw(&y), &fused, 1e-12);
+                winograd::forward_tiles(tile, &op, cnhw, &xl, &wt, &mut y, store);
+                assert_close(&format!("f64 F({tile}) epilogue cnhw {cnhw} {case:?}"), &to_nchw(&y), &fused, 1e-12);
                 let (x32, w32): (Vec<f32>, Vec<f32>) =
                     (xl.iter().map(|&v| v as f32).collect(), wt.iter().map(|&v| v as f32).collect());
                 let mut y32 = vec![f32::NAN; want.len()];
-                winograd::forward(&op, cnhw, &x32, &w32, &mut y32, false);
+                winograd::forward_tiles(tile, &op, cnhw, &x32, &w32, &mut y32, winograd::Store::Write);
                 let y32: Vec<f64> = y32.iter().map(|&v| v as f64).collect();
-                assert_close(&format!("f32 cnhw {cnhw} {case:?}"), &to_nchw(&y32), &want, 2e-5);
+                assert_close(&format!("f32 F({tile}) cnhw {cnhw} {case:?}"), &to_nchw(&y32), &want, 2e-5);
             }
         }
     });

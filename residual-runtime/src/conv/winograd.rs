@@ -1,27 +1,28 @@
-//! Winograd's F(2x2, 3x3) for 3x3, stride-1 convs: the same outputs from 2.25x fewer
+//! Winograd's minimal filtering for 3x3, stride-1 convs: the same outputs from fewer
 //! multiplications, and from a smaller intermediate matrix than im2col's.
 //!
 //! Why: 3x3 stride-1 convs are 37% of ResNet-50's multiply-adds and 47% of ResNet-152's, and the
 //! batched inference of both is bound by the GEMM's arithmetic (BENCHMARKS.md). Each output tile
-//! of 2x2 pixels is computed from a 4x4 input tile `d` (Lavin & Gray, "Fast Algorithms for
-//! Convolutional Neural Networks", 2016):
+//! of `M x M` pixels is computed from a `T x T` input tile `d`, `T = M + 2` (Lavin & Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2016):
 //!
 //! ```text
 //! Y = A^T [ (G g G^T) .* (B^T d B) ] A      (the product .* summed over input channels)
 //! ```
 //!
-//! so per tile the 16 transformed positions `xi` are 16 independent GEMMs `M[xi] (O x T) =
-//! U[xi] (O x C) * V[xi] (C x T)` over the tiles `T`, each `C` deep: 16 multiplies per 4 outputs
-//! where the direct conv does 36. The input is read once into `V` (4x the input: im2col writes 9x),
-//! and `M` (4x the output) is read once into the output. The transforms' coefficients are 0, +-1
-//! and 1/2, so the rounding is that of a few more additions: against the naive f64 loop, f32
-//! outputs stay within the 2e-5 (relative to the largest output) the direct conv's tests allow,
-//! and every model test (torchvision logits, plan against layers, training steps) passes as before.
+//! so the `T * T` transformed positions `xi` of the tiles are as many independent GEMMs
+//! `M[xi] (O x tiles) = U[xi] (O x C) * V[xi] (C x tiles)`, each `C` deep. F(2x2, 3x3) does 16
+//! multiplies per 4 outputs where the direct conv does 36 (2.25x fewer), with coefficients 0,
+//! +-1 and 1/2; F(4x4, 3x3) 36 per 16 (4x fewer), with coefficients up to 8 and 1/24, which round
+//! more, so it runs only in compiled plans' inference ([`forward_fused`]). The input is read once
+//! into `V` (4x or 2.25x the input: im2col writes 9x), and `M` is read once into the output.
+//! Against the naive f64 loop, f32 outputs of both stay within the 2e-5 (relative to the largest
+//! output) the direct conv's tests allow.
 //!
 //! Work is cut into chunks of whole tile rows (a row of tiles of one image), sized so a chunk's
 //! `V` and `M` stay in a core's L2. With many chunks every thread takes whole chunks (transform,
-//! 16 GEMMs, inverse transform, alone); with few (a deep layer's small maps), the chunks run in
-//! turn with each phase split between the threads (channels, then the 16 GEMMs, then outputs).
+//! GEMMs, inverse transform, alone); with few (a deep layer's small maps), the chunks run in turn
+//! with each phase split between the threads (channels, then the GEMMs, then outputs).
 //!
 //! Layouts: NCHW and CNHW (compiled plans' batches), by where plane (image, channel) lies.
 
@@ -32,26 +33,42 @@ use super::Conv2dOp;
 use crate::real::{grown, Real};
 use crate::Knob;
 
-/// Tiles (over all images) from which a 3x3 stride-1 conv runs as Winograd (default 128; 0:
-/// always; `usize::MAX`: never). Below it the transformed weights (`16 * O * C`, 1.8x the
-/// weights, computed on every call) cost more than the multiplies they save: a deep layer at
-/// batch 1 has 16 tiles.
+/// Tiles of 2x2 outputs (over all images) from which a 3x3 stride-1 conv runs as Winograd
+/// (default 128; 0: always; `usize::MAX`: never). Below it the transformed weights (1.8x the
+/// weights for F(2x2, 3x3), 4x for F(4x4, 3x3), computed on every call) cost more than the
+/// multiplies they save: a deep layer at batch 1 has 16 tiles.
 #[doc(hidden)]
 pub static WINOGRAD_MIN_TILES: Knob = Knob::new(128);
 
-/// Input and output channels from which Winograd runs: with fewer, each of the 16 GEMMs is too
-/// shallow (or too thin) to run near the GEMM's speed, and the transforms dominate.
+/// The output tile side of compiled plans' inference convs whose output sides are multiples of
+/// 4: 4 for F(4x4, 3x3), 2 for F(2x2, 3x3) everywhere (the others always run F(2x2, 3x3):
+/// F(4x4)'s partial tiles would waste up to 30% of its multiplies on a 14x14 or 7x7 map, and
+/// measured slower on ResNet-50; training always runs F(2x2), see [`forward_fused`]).
+#[doc(hidden)]
+pub static WINOGRAD_TILE: Knob = Knob::new(4);
+
+/// Input and output channels from which Winograd runs: with fewer, each GEMM is too shallow (or
+/// too thin) to run near the GEMM's speed, and the transforms dominate.
 const MIN_CHANNELS: usize = 16;
 
-/// Tiles per chunk aimed for when threads take whole chunks: each GEMM then has this many
-/// columns, and a 64-channel layer's `V` and `M` (`16 * (C + O) * 256` floats, 2 MiB) stay in L2.
-const CHUNK_TILES: usize = 256;
+/// Transformed values per chunk aimed for when threads take whole chunks (tiles times the
+/// variant's positions): 256 tiles of F(2x2) or 113 of F(4x4), so that a 64-channel layer's `V`
+/// and `M` stay in a core's L2 and each GEMM still has over 100 columns.
+const CHUNK_VALUES: usize = 16 * 256;
 
 /// Upper bound on a chunk's `V` plus `M`, in elements.
 const MAX_CHUNK_ELEMS: usize = 1 << 24;
 
 /// Tiles of a row segment transformed at once (stack buffers of this many).
 const SEG: usize = 64;
+
+/// Tiles per block of the transforms' inner loops: fixed-size arrays, which the compiler turns
+/// into whole-vector operations (with slices of run-time length and many output streams it could
+/// not rule out aliasing and kept them scalar).
+const LANES: usize = 16;
+
+/// A block of `LANES` values, one per tile.
+type Lanes<E> = [E; LANES];
 
 /// Whether `op` runs as Winograd: a 3x3 kernel, stride 1, no dilation, one group, padding up to
 /// 2, enough channels and tiles.
@@ -65,7 +82,122 @@ pub(super) fn applies(op: &Conv2dOp) -> bool {
         && op.out_channels >= MIN_CHANNELS
         && op.out_h + 2 == op.in_h + 2 * op.padding
         && op.out_w + 2 == op.in_w + 2 * op.padding
-        && Geom::new(op, false).tiles() >= WINOGRAD_MIN_TILES.get()
+        && op.batch.saturating_mul(op.out_h.div_ceil(2)).saturating_mul(op.out_w.div_ceil(2))
+            >= WINOGRAD_MIN_TILES.get()
+}
+
+/// One of the algorithms: the 1D transforms along one side of a tile, on `LANES` tiles at once.
+/// A 2D transform is the 1D one down the columns, then along the rows (arrays are sized for the
+/// largest variant; a variant uses the first `T` or `M` entries).
+trait Variant {
+    /// Output tile side.
+    const M: usize;
+    /// Input tile side, `M + 2`.
+    const T: usize;
+    /// `B^T d` of an input tile's column `d` (`T` values).
+    fn input<E: Real>(d: &[Lanes<E>; 6]) -> [Lanes<E>; 6];
+    /// `A^T m` of a transformed column `m` (`T` values), `M` values.
+    fn output<E: Real>(m: &[Lanes<E>; 6]) -> [Lanes<E>; 4];
+    /// `G g` of a kernel column `(p, q, r)`, `T` values.
+    fn kernel<E: Real>(p: E, q: E, r: E) -> [E; 6];
+}
+
+/// F(2x2, 3x3): `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`,
+/// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`,
+/// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`: coefficients 0, +-1 and 1/2, no rounding of its own.
+struct F2;
+
+impl Variant for F2 {
+    const M: usize = 2;
+    const T: usize = 4;
+
+    #[inline(always)]
+    fn input<E: Real>(d: &[Lanes<E>; 6]) -> [Lanes<E>; 6] {
+        let mut t = [[E::ZERO; LANES]; 6];
+        for l in 0..LANES {
+            let (d0, d1, d2, d3) = (d[0][l], d[1][l], d[2][l], d[3][l]);
+            t[0][l] = d0 - d2;
+            t[1][l] = d1 + d2;
+            t[2][l] = d2 - d1;
+            t[3][l] = d1 - d3;
+        }
+        t
+    }
+
+    #[inline(always)]
+    fn output<E: Real>(m: &[Lanes<E>; 6]) -> [Lanes<E>; 4] {
+        let mut y = [[E::ZERO; LANES]; 4];
+        for l in 0..LANES {
+            let (m0, m1, m2, m3) = (m[0][l], m[1][l], m[2][l], m[3][l]);
+            y[0][l] = m0 + m1 + m2;
+            y[1][l] = m1 - m2 - m3;
+        }
+        y
+    }
+
+    #[inline(always)]
+    fn kernel<E: Real>(p: E, q: E, r: E) -> [E; 6] {
+        let half = E::from_f64_lossy(0.5);
+        [p, (p + q + r) * half, (p - q + r) * half, r, E::ZERO, E::ZERO]
+    }
+}
+
+/// F(4x4, 3x3) (Lavin & Gray's matrices): `B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
+/// [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]`,
+/// `G = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6],
+/// [1/24, -1/12, 1/6], [0, 0, 1]]`, `A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
+/// [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]`: 36 multiplies per 16 outputs (the direct conv
+/// does 144, F(2x2) 64), at the cost of larger coefficients (more rounding: see the tests).
+struct F4;
+
+impl Variant for F4 {
+    const M: usize = 4;
+    const T: usize = 6;
+
+    #[inline(always)]
+    fn input<E: Real>(d: &[Lanes<E>; 6]) -> [Lanes<E>; 6] {
+        let (two, four, five) = (E::from_f64_lossy(2.0), E::from_f64_lossy(4.0), E::from_f64_lossy(5.0));
+        let mut t = [[E::ZERO; LANES]; 6];
+        for l in 0..LANES {
+            let (d0, d1, d2, d3, d4, d5) = (d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]);
+            t[0][l] = four * d0 - five * d2 + d4;
+            t[1][l] = (d3 + d4) - four * (d1 + d2);
+            t[2][l] = (d4 - d3) + four * (d1 - d2);
+            t[3][l] = (d4 - d2) + two * (d3 - d1);
+            t[4][l] = (d4 - d2) - two * (d3 - d1);
+            t[5][l] = four * d1 - five * d3 + d5;
+        }
+        t
+    }
+
+    #[inline(always)]
+    fn output<E: Real>(m: &[Lanes<E>; 6]) -> [Lanes<E>; 4] {
+        let (two, four, eight) = (E::from_f64_lossy(2.0), E::from_f64_lossy(4.0), E::from_f64_lossy(8.0));
+        let mut y = [[E::ZERO; LANES]; 4];
+        for l in 0..LANES {
+            let (m0, m5) = (m[0][l], m[5][l]);
+            let (s12, d12) = (m[1][l] + m[2][l], m[1][l] - m[2][l]);
+            let (s34, d34) = (m[3][l] + m[4][l], m[3][l] - m[4][l]);
+            y[0][l] = m0 + s12 + s34;
+            y[1][l] = d12 + two * d34;
+            y[2][l] = s12 + four * s34;
+            y[3][l] = d12 + eight * d34 + m5;
+        }
+        y
+    }
+
+    #[inline(always)]
+    fn kernel<E: Real>(p: E, q: E, r: E) -> [E; 6] {
+        let c = |v: f64| E::from_f64_lossy(v);
+        [
+            p * c(0.25),
+            (p + q + r) * c(-1.0 / 6.0),
+            (p - q + r) * c(-1.0 / 6.0),
+            p * c(1.0 / 24.0) + q * c(1.0 / 12.0) + r * c(1.0 / 6.0),
+            p * c(1.0 / 24.0) - q * c(1.0 / 12.0) + r * c(1.0 / 6.0),
+            r,
+        ]
+    }
 }
 
 /// Sizes of one Winograd conv.
@@ -82,11 +214,13 @@ struct Geom {
     /// Tile rows and columns per image.
     th: usize,
     tw: usize,
+    /// Transformed positions per tile, `T * T`.
+    n: usize,
     cnhw: bool,
 }
 
 impl Geom {
-    fn new(op: &Conv2dOp, cnhw: bool) -> Self {
+    fn new<V: Variant>(op: &Conv2dOp, cnhw: bool) -> Self {
         Geom {
             batch: op.batch,
             c: op.in_channels,
@@ -96,14 +230,11 @@ impl Geom {
             oh: op.out_h,
             ow: op.out_w,
             pad: op.padding,
-            th: op.out_h.div_ceil(2),
-            tw: op.out_w.div_ceil(2),
+            th: op.out_h.div_ceil(V::M),
+            tw: op.out_w.div_ceil(V::M),
+            n: V::T * V::T,
             cnhw,
         }
-    }
-
-    fn tiles(&self) -> usize {
-        self.batch.saturating_mul(self.th).saturating_mul(self.tw)
     }
 
     /// Where input plane (image `b`, channel `c`) starts.
@@ -120,9 +251,11 @@ impl Geom {
 }
 
 /// The conv `op` (which [`applies`]) of `x` with `w` into `out`, adding into it when
-/// `accumulate`; activations NCHW, or CNHW when `cnhw`.
+/// `accumulate`; activations NCHW, or CNHW when `cnhw`. Always F(2x2, 3x3): this is the conv of
+/// training (forward and input gradient) and of the layer-by-layer path (see [`forward_fused`]).
 pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], accumulate: bool) {
-    forward_to(op, cnhw, x, w, out, if accumulate { Store::Add } else { Store::Write })
+    let store = if accumulate { Store::Add } else { Store::Write };
+    forward_tiles(2, op, cnhw, x, w, out, store)
 }
 
 /// What the inverse transform does with each output value `y`.
@@ -142,9 +275,35 @@ pub(crate) enum Store<'a, E> {
     },
 }
 
-/// [`forward`], storing as `store` says.
-pub(crate) fn forward_to<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
-    let g = Geom::new(op, cnhw);
+/// The conv of compiled plans' inference, storing as `store` says (their epilogue): F(4x4, 3x3)
+/// where both output sides are multiples of 4 (and [`WINOGRAD_TILE`] is 4), F(2x2, 3x3)
+/// elsewhere. F(4x4)'s larger coefficients round more: measured on ResNet-56, its f32 weight
+/// gradients were 4.1e-2 (max error over max value) off f64 where F(2x2)'s were 4.4e-3 and the
+/// im2col GEMM's 1.0e-2, so training keeps F(2x2) ([`forward`]); inference outputs stay within
+/// the model tests' tolerances (torchvision logits against onnxruntime, plan against layers).
+pub(crate) fn forward_fused<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
+    let f4 = WINOGRAD_TILE.get() == 4 && op.out_h.is_multiple_of(4) && op.out_w.is_multiple_of(4);
+    forward_tiles(if f4 { 4 } else { 2 }, op, cnhw, x, w, out, store)
+}
+
+/// The conv with output tiles of side `tile` (2 or 4; the tests run both).
+pub(super) fn forward_tiles<E: Real>(
+    tile: usize,
+    op: &Conv2dOp,
+    cnhw: bool,
+    x: &[E],
+    w: &[E],
+    out: &mut [E],
+    store: Store<E>,
+) {
+    match tile {
+        4 => run::<F4, E>(op, cnhw, x, w, out, store),
+        _ => run::<F2, E>(op, cnhw, x, w, out, store),
+    }
+}
+
+fn run<V: Variant, E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
+    let g = Geom::new::<V>(op, cnhw);
     let out_len = g.batch * g.o * g.oh * g.ow;
     assert!(
         x.len() >= g.batch * g.c * g.h * g.w && w.len() >= g.o * g.c * 9 && out.len() >= out_len,
@@ -159,15 +318,15 @@ pub(crate) fn forward_to<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], o
         );
     }
     let mut u_buf = E::with_scratch(|s| std::mem::take(&mut s.winograd_u));
-    let u = grown(&mut u_buf, 16 * g.o * g.c);
-    transform_weights(&g, w, u);
+    let u = grown(&mut u_buf, g.n * g.o * g.c);
+    transform_weights::<V, E>(&g, w, u);
     let u = &*u;
     // Chunks write disjoint output rows (those of their own tile rows): `out` travels as an address.
     let out_addr = out.as_mut_ptr() as usize;
     let rows = g.batch * g.th;
-    let mem_rows = (MAX_CHUNK_ELEMS / (16 * (g.c + g.o) * g.tw)).max(1);
+    let mem_rows = (MAX_CHUNK_ELEMS / (g.n * (g.c + g.o) * g.tw)).max(1);
     let threads = rayon::current_num_threads().max(1);
-    let small = CHUNK_TILES.div_ceil(g.tw).min(mem_rows);
+    let small = (CHUNK_VALUES / g.n).div_ceil(g.tw).min(mem_rows);
     // A multiple of the threads, so that none waits for another's last chunk.
     let chunks = rows.div_ceil(small).next_multiple_of(threads);
     if whole_chunks_per_thread(chunks) {
@@ -177,15 +336,16 @@ pub(crate) fn forward_to<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], o
             E::with_scratch(|s| {
                 let (v, m) = (&mut s.col, &mut s.tmp);
                 // SAFETY: chunk i writes the output rows of its tile rows r0.. only.
-                unsafe { run_chunk(&g, x, u, out_addr as *mut E, store, r0..(r0 + per).min(rows), v, m, false) }
+                unsafe { run_chunk::<V, E>(&g, x, u, out_addr as *mut E, store, r0..(r0 + per).min(rows), v, m, false) }
             })
         });
     } else {
         let per = rows.min(mem_rows);
         let (mut v, mut m) = E::with_scratch(|s| (std::mem::take(&mut s.col), std::mem::take(&mut s.tmp)));
         for r0 in (0..rows).step_by(per) {
+            let chunk = r0..(r0 + per).min(rows);
             // SAFETY: one chunk at a time, each writing the output rows of its tile rows.
-            unsafe { run_chunk(&g, x, u, out_addr as *mut E, store, r0..(r0 + per).min(rows), &mut v, &mut m, true) }
+            unsafe { run_chunk::<V, E>(&g, x, u, out_addr as *mut E, store, chunk, &mut v, &mut m, true) }
         }
         E::with_scratch(|s| (s.col, s.tmp) = (v, m));
     }
@@ -193,13 +353,13 @@ pub(crate) fn forward_to<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], o
 }
 
 /// Tile rows `rows` (row `r` is tile row `r % th` of image `r / th`): input transform into `V`
-/// (`[c][xi][t]`), the 16 GEMMs into `M` (`[o][xi][t]`), inverse transform into the output.
+/// (`[c][xi][t]`), the `n` GEMMs into `M` (`[o][xi][t]`), inverse transform into the output.
 ///
 /// # Safety
-/// `out` holds the op's output (checked by [`forward`]); no other thread writes the output rows
-/// of these tile rows meanwhile.
+/// `out` holds the op's output (checked by [`run`]); no other thread writes the output rows of
+/// these tile rows meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_chunk<E: Real>(
+unsafe fn run_chunk<V: Variant, E: Real>(
     g: &Geom,
     x: &[E],
     u: &[E],
@@ -210,54 +370,54 @@ unsafe fn run_chunk<E: Real>(
     m: &mut Vec<E>,
     parallel: bool,
 ) {
-    let tc = rows.len() * g.tw;
-    let v = grown(v, g.c * 16 * tc);
-    let m = grown(m, g.o * 16 * tc);
+    let (n, tc) = (g.n, rows.len() * g.tw);
+    let v = grown(v, g.c * n * tc);
+    let m = grown(m, g.o * n * tc);
     let input = |c: usize, vc: &mut [E]| {
         let mut lines = InputLines::new();
         wide!(for r in rows.clone() {
-            input_tile_row(g, x, c, r, &mut vc[(r - rows.start) * g.tw..], tc, &mut lines);
+            input_tile_row::<V, E>(g, x, c, r, &mut vc[(r - rows.start) * g.tw..], tc, &mut lines);
         })
     };
     if parallel {
-        v.par_chunks_mut(16 * tc).enumerate().for_each(|(c, vc)| input(c, vc));
+        v.par_chunks_mut(n * tc).enumerate().for_each(|(c, vc)| input(c, vc));
     } else {
-        v.chunks_mut(16 * tc).enumerate().for_each(|(c, vc)| input(c, vc));
+        v.chunks_mut(n * tc).enumerate().for_each(|(c, vc)| input(c, vc));
     }
-    // M[xi] (o x tc, row stride 16 tc) = U[xi] (o x c, row stride 16 c) * V[xi] (c x tc, row
-    // stride 16 tc): the 16 GEMMs write disjoint elements of m.
-    assert!(u.len() >= g.o * 16 * g.c);
+    // M[xi] (o x tc, row stride n tc) = U[xi] (o x c, row stride n c) * V[xi] (c x tc, row
+    // stride n tc): the n GEMMs write disjoint elements of m.
+    assert!(u.len() >= g.o * n * g.c);
     let (m_addr, v_addr, u_addr) = (m.as_mut_ptr() as usize, v.as_ptr() as usize, u.as_ptr() as usize);
     let gemm = |xi: usize| {
-        // SAFETY: m, u and v hold [o|c][16][tc|c] (grown and asserted above); GEMM xi writes
+        // SAFETY: m, u and v hold [o|c][n][tc|c] (grown and asserted above); GEMM xi writes
         // column block xi of m's rows only, reads u and v.
         unsafe {
             matmul(
                 (g.o, tc, g.c),
                 (m_addr as *mut E).add(xi * tc),
-                16 * tc,
+                n * tc,
                 false,
                 (u_addr as *const E).add(xi * g.c),
-                (16 * g.c, 1),
+                (n * g.c, 1),
                 (v_addr as *const E).add(xi * tc),
-                (16 * tc, 1),
+                (n * tc, 1),
                 false,
             )
         }
     };
     if parallel {
-        (0..16).into_par_iter().for_each(gemm);
+        (0..n).into_par_iter().for_each(gemm);
     } else {
-        (0..16).for_each(gemm);
+        (0..n).for_each(gemm);
     }
     let m = &*m;
     let out_addr = out as usize;
     let output = |o: usize| {
-        let mut lines = [[E::ZERO; 2 * SEG]; 2];
+        let mut lines = [[E::ZERO; 4 * SEG]; 4];
         wide!(for r in rows.clone() {
-            let mo = &m[o * 16 * tc + (r - rows.start) * g.tw..];
+            let mo = &m[o * n * tc + (r - rows.start) * g.tw..];
             // SAFETY: the caller's contract: these output rows are this chunk's alone.
-            unsafe { output_tile_row(g, mo, tc, out_addr as *mut E, o, r, store, &mut lines) };
+            unsafe { output_tile_row::<V, E>(g, mo, tc, out_addr as *mut E, o, r, store, &mut lines) };
         })
     };
     if parallel {
@@ -267,10 +427,9 @@ unsafe fn run_chunk<E: Real>(
     }
 }
 
-/// `u[o][xi][c] = (G g G^T)[xi]` for each 3x3 kernel `g = w[o, c]`, with
-/// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
-fn transform_weights<E: Real>(g: &Geom, w: &[E], u: &mut [E]) {
-    u.par_chunks_mut(16 * g.c).enumerate().for_each(|(o, uo)| {
+/// `u[o][xi][c] = (G g G^T)[xi]` for each 3x3 kernel `g = w[o, c]`.
+fn transform_weights<V: Variant, E: Real>(g: &Geom, w: &[E], u: &mut [E]) {
+    u.par_chunks_mut(g.n * g.c).enumerate().for_each(|(o, uo)| {
         let wo = &w[o * g.c * 9..][..g.c * 9];
         let mut taps = [[E::ZERO; SEG]; 9];
         for c0 in (0..g.c).step_by(SEG) {
@@ -281,92 +440,95 @@ fn transform_weights<E: Real>(g: &Geom, w: &[E], u: &mut [E]) {
                     taps[t][j] = kc[t];
                 }
             }
-            wide!(transform_kernels(&taps, n, &mut uo[c0..], g.c));
+            wide!(transform_kernels::<V, E>(&taps, n, &mut uo[c0..], g.c));
         }
     });
 }
 
 /// [`transform_weights`] of `n` kernels given as `taps[tap][j]`, into `u[xi * stride + j]`.
 #[inline(always)]
-fn transform_kernels<E: Real>(taps: &[[E; SEG]; 9], n: usize, u: &mut [E], stride: usize) {
-    let half = E::from_f64_lossy(0.5);
-    // G g: row 0 is g's row 0, rows 1 and 2 half the sum and difference, row 3 g's row 2; then
-    // each of those rows times G^T the same way.
-    let gt = |p: E, q: E, r: E| [p, (p + q + r) * half, (p - q + r) * half, r];
+fn transform_kernels<V: Variant, E: Real>(taps: &[[E; SEG]; 9], n: usize, u: &mut [E], stride: usize) {
     for j in 0..n {
-        let col = |k: usize| gt(taps[k][j], taps[3 + k][j], taps[6 + k][j]);
+        // G g (down each kernel column), then each row of it times G^T.
+        let col = |k: usize| V::kernel(taps[k][j], taps[3 + k][j], taps[6 + k][j]);
         let (c0, c1, c2) = (col(0), col(1), col(2));
-        for a in 0..4 {
-            let row = gt(c0[a], c1[a], c2[a]);
-            for (b, v) in row.into_iter().enumerate() {
-                u[(a * 4 + b) * stride + j] = v;
+        for a in 0..V::T {
+            let row = V::kernel(c0[a], c1[a], c2[a]);
+            for (b, &v) in row[..V::T].iter().enumerate() {
+                u[(a * V::T + b) * stride + j] = v;
             }
         }
     }
 }
 
-/// One channel's input rows of a tile row, split into even and odd columns (see
-/// [`input_tile_row`]); reused across tile rows.
+/// One channel's input rows of a tile row, each split into `M` phases: `phase[i][r][j]` is
+/// column `M j + r` (from the segment's first column) of row `i`, so tile `j`'s column `q` is
+/// `phase[i][q % M][j + q / M]`. Reused across tile rows.
 struct InputLines<E> {
-    even: [[E; SEG + 1]; 4],
-    odd: [[E; SEG + 1]; 4],
+    phase: [[[E; SEG + 1]; 4]; 6],
 }
 
 impl<E: Real> InputLines<E> {
     fn new() -> Self {
-        InputLines { even: [[E::ZERO; SEG + 1]; 4], odd: [[E::ZERO; SEG + 1]; 4] }
+        InputLines { phase: [[[E::ZERO; SEG + 1]; 4]; 6] }
     }
 }
 
 /// The input transform of one tile row `r` of channel `c`: `V[xi][t] = (B^T d B)[xi]` for each
-/// tile's 4x4 input `d` (zero outside the image), with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0],
-/// [0, -1, 1, 0], [0, 1, 0, -1]]`. `vc` is this channel's `[16][tc]` from the row's first tile.
+/// tile's `T x T` input `d` (zero outside the image). `vc` is this channel's `[n][tc]` from the
+/// row's first tile.
 #[inline(always)]
-fn input_tile_row<E: Real>(g: &Geom, x: &[E], c: usize, r: usize, vc: &mut [E], tc: usize, lines: &mut InputLines<E>) {
+fn input_tile_row<V: Variant, E: Real>(
+    g: &Geom,
+    x: &[E],
+    c: usize,
+    r: usize,
+    vc: &mut [E],
+    tc: usize,
+    lines: &mut InputLines<E>,
+) {
     let (b, ty) = (r / g.th, r % g.th);
     let plane = &x[g.in_plane(b, c)..][..g.h * g.w];
+    let m = V::M;
     for tx0 in (0..g.tw).step_by(SEG) {
         let n = SEG.min(g.tw - tx0);
-        // Tile j of the segment reads columns 2 (tx0 + j) - pad + 0..4 of its 4 rows: even[j],
-        // odd[j], even[j + 1], odd[j + 1].
-        let col0 = (2 * tx0) as isize - g.pad as isize;
-        for i in 0..4 {
-            let (even, odd) = (&mut lines.even[i][..=n], &mut lines.odd[i][..=n]);
-            let y = (2 * ty + i) as isize - g.pad as isize;
+        // Tile j of the segment reads columns M (tx0 + j) - pad + 0..T of its T rows.
+        let col0 = (m * tx0) as isize - g.pad as isize;
+        for (i, ph) in lines.phase[..V::T].iter_mut().enumerate() {
+            let y = (m * ty + i) as isize - g.pad as isize;
             if y < 0 || y >= g.h as isize {
-                even.fill(E::ZERO);
-                odd.fill(E::ZERO);
+                ph[..m].iter_mut().for_each(|p| p[..=n].fill(E::ZERO));
                 continue;
             }
             let row = &plane[y as usize * g.w..][..g.w];
             let at = |xx: isize| if xx >= 0 && (xx as usize) < g.w { row[xx as usize] } else { E::ZERO };
-            // Tiles whose columns all lie in the row are copied without checks, the edges with.
-            let lo = ((-col0).max(0) as usize).div_ceil(2).min(n + 1);
-            let hi = ((g.w as isize - col0) / 2).clamp(lo as isize, n as isize + 1) as usize;
+            // Groups of M columns that lie in the row are copied without checks, the edges with.
+            let lo = ((-col0).max(0) as usize).div_ceil(m).min(n + 1);
+            let hi = ((g.w as isize - col0) / m as isize).clamp(lo as isize, n as isize + 1) as usize;
             for j in (0..lo).chain(hi..=n) {
-                even[j] = at(col0 + 2 * j as isize);
-                odd[j] = at(col0 + 2 * j as isize + 1);
+                for (k, p) in ph[..m].iter_mut().enumerate() {
+                    p[j] = at(col0 + (m * j + k) as isize);
+                }
             }
-            let src = &row[(col0 + 2 * lo as isize) as usize..][..2 * (hi - lo)];
-            for ((pair, e), o) in src.chunks_exact(2).zip(&mut even[lo..hi]).zip(&mut odd[lo..hi]) {
-                *e = pair[0];
-                *o = pair[1];
+            if hi == lo {
+                continue;
+            }
+            let src = &row[(col0 + (m * lo) as isize) as usize..][..m * (hi - lo)];
+            for (j, group) in (lo..hi).zip(src.chunks_exact(m)) {
+                for (k, p) in ph[..m].iter_mut().enumerate() {
+                    p[j] = group[k];
+                }
             }
         }
-        transform_inputs(lines, n, &mut vc[tx0..], tc);
+        transform_inputs::<V, E>(lines, n, &mut vc[tx0..], tc);
     }
 }
-
-/// Tiles per block of the transforms' inner loops: fixed-size arrays, which the compiler turns
-/// into whole-vector operations (with slices of run-time length and sixteen output streams it
-/// could not rule out aliasing and kept them scalar).
-const LANES: usize = 16;
 
 /// `dst = src` for the shorter's length: a whole block as one fixed-size copy (vector moves,
 /// where `copy_from_slice` of a run-time length calls `memmove`).
 #[inline(always)]
 fn copy_lanes<E: Real>(dst: &mut [E], src: &[E]) {
-    match (<&mut [E; LANES]>::try_from(&mut *dst), <&[E; LANES]>::try_from(src)) {
+    match (<&mut Lanes<E>>::try_from(&mut *dst), <&Lanes<E>>::try_from(src)) {
         (Ok(d), Ok(s)) => *d = *s,
         _ => {
             let len = dst.len().min(src.len());
@@ -375,51 +537,41 @@ fn copy_lanes<E: Real>(dst: &mut [E], src: &[E]) {
     }
 }
 
-/// `B^T d B` of `n` tiles from their rows' even and odd columns, into `v[xi * tc + j]`.
+/// `B^T d B` of `n` tiles from their rows' phases, into `v[xi * tc + j]`.
 #[inline(always)]
-fn transform_inputs<E: Real>(lines: &InputLines<E>, n: usize, v: &mut [E], tc: usize) {
-    let mut h = [[[E::ZERO; LANES]; 4]; 4];
-    let mut block = [[E::ZERO; LANES]; 16];
+fn transform_inputs<V: Variant, E: Real>(lines: &InputLines<E>, n: usize, v: &mut [E], tc: usize) {
+    let (m, t) = (V::M, V::T);
+    let mut rows = [[[E::ZERO; LANES]; 6]; 6];
     for j0 in (0..n).step_by(LANES) {
-        // Lanes j0.. of a line, shifted by `off` (j0 + 1 + LANES <= SEG + 1: j0 < n <= SEG).
-        let lanes = |a: &[E; SEG + 1], off: usize| -> [E; LANES] { a[j0 + off..][..LANES].try_into().unwrap() };
-        // d B per input row i: columns d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-        for (i, hi) in h.iter_mut().enumerate() {
-            let (d0, d1) = (lanes(&lines.even[i], 0), lanes(&lines.odd[i], 0));
-            let (d2, d3) = (lanes(&lines.even[i], 1), lanes(&lines.odd[i], 1));
-            for l in 0..LANES {
-                hi[0][l] = d0[l] - d2[l];
-                hi[1][l] = d1[l] + d2[l];
-                hi[2][l] = d2[l] - d1[l];
-                hi[3][l] = d1[l] - d3[l];
-            }
+        // Lanes j0.. of a phase, shifted by `off` (j0 + 1 + LANES <= SEG + 1: j0 < n <= SEG).
+        let lanes = |p: &[E; SEG + 1], off: usize| -> Lanes<E> { p[j0 + off..][..LANES].try_into().unwrap() };
+        // d B along each input row i (B^T of the row's T values, as a column).
+        for (i, row) in rows[..t].iter_mut().enumerate() {
+            let d: [Lanes<E>; 6] =
+                std::array::from_fn(|q| if q < t { lanes(&lines.phase[i][q % m], q / m) } else { [E::ZERO; LANES] });
+            *row = V::input(&d);
         }
-        // B^T down the rows: h0 - h2, h1 + h2, h2 - h1, h1 - h3.
-        for col in 0..4 {
-            for l in 0..LANES {
-                block[col][l] = h[0][col][l] - h[2][col][l];
-                block[4 + col][l] = h[1][col][l] + h[2][col][l];
-                block[8 + col][l] = h[2][col][l] - h[1][col][l];
-                block[12 + col][l] = h[1][col][l] - h[3][col][l];
-            }
-        }
+        // B^T down each column b of that.
         let len = LANES.min(n - j0);
-        for (xi, row) in block.iter().enumerate() {
-            copy_lanes(&mut v[xi * tc + j0..][..len], row);
+        for b in 0..t {
+            let col: [Lanes<E>; 6] = std::array::from_fn(|i| rows[i][b]);
+            let out = V::input(&col);
+            for (a, vals) in out[..t].iter().enumerate() {
+                copy_lanes(&mut v[(a * t + b) * tc + j0..][..len], vals);
+            }
         }
     }
 }
 
-/// The inverse transform of one tile row `r` of output channel `o`: the 2x2 outputs
-/// `A^T M A` of each tile, `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, from `mo` (this channel's
-/// `[16][tc]` from the row's first tile), stored into the output as `store` says. `lines` holds
-/// the two output rows of a segment.
+/// The inverse transform of one tile row `r` of output channel `o`: the `M x M` outputs
+/// `A^T M A` of each tile from `mo` (this channel's `[n][tc]` from the row's first tile), stored
+/// into the output as `store` says. `lines` holds the `M` output rows of a segment.
 ///
 /// # Safety
 /// `out` holds the op's output; nothing else accesses these output rows meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn output_tile_row<E: Real>(
+unsafe fn output_tile_row<V: Variant, E: Real>(
     g: &Geom,
     mo: &[E],
     tc: usize,
@@ -427,19 +579,20 @@ unsafe fn output_tile_row<E: Real>(
     o: usize,
     r: usize,
     store: Store<E>,
-    lines: &mut [[E; 2 * SEG]; 2],
+    lines: &mut [[E; 4 * SEG]; 4],
 ) {
     let (b, ty) = (r / g.th, r % g.th);
+    let m = V::M;
     for tx0 in (0..g.tw).step_by(SEG) {
         let n = SEG.min(g.tw - tx0);
-        transform_outputs(&mo[tx0..], n, tc, lines);
-        for (dy, line) in lines.iter().enumerate() {
-            let y = 2 * ty + dy;
+        transform_outputs::<V, E>(&mo[tx0..], n, tc, lines);
+        for (dy, line) in lines[..m].iter().enumerate() {
+            let y = m * ty + dy;
             if y >= g.oh {
                 break;
             }
-            let x0 = 2 * tx0;
-            let len = (2 * n).min(g.ow - x0);
+            let x0 = m * tx0;
+            let len = (m * n).min(g.ow - x0);
             let at = g.out_plane(b, o) + y * g.ow + x0;
             let dst = std::slice::from_raw_parts_mut(out.add(at), len);
             let line = &line[..len];
@@ -463,33 +616,29 @@ unsafe fn output_tile_row<E: Real>(
     }
 }
 
-/// `A^T M A` of `n` tiles from `m[xi * tc + j]`, into the pixel pairs `(2 j, 2 j + 1)` of the
-/// two output rows.
+/// `A^T M A` of `n` tiles from `m[xi * tc + j]`, into pixels `M j + 0..M` of the `M` output rows.
 #[inline(always)]
-fn transform_outputs<E: Real>(m: &[E], n: usize, tc: usize, lines: &mut [[E; 2 * SEG]; 2]) {
-    let mut mb = [[E::ZERO; LANES]; 16];
-    let mut px = [[E::ZERO; LANES]; 4];
+fn transform_outputs<V: Variant, E: Real>(m: &[E], n: usize, tc: usize, lines: &mut [[E; 4 * SEG]; 4]) {
+    let (ms, t) = (V::M, V::T);
+    let mut cols = [[[E::ZERO; LANES]; 4]; 6];
     for j0 in (0..n).step_by(LANES) {
         let len = LANES.min(n - j0);
-        for (xi, row) in mb.iter_mut().enumerate() {
-            copy_lanes(row, &m[xi * tc + j0..][..len]);
+        // A^T down each column b.
+        for (b, cb) in cols[..t].iter_mut().enumerate() {
+            let mut col = [[E::ZERO; LANES]; 6];
+            for (a, lane) in col[..t].iter_mut().enumerate() {
+                copy_lanes(lane, &m[(a * t + b) * tc + j0..][..len]);
+            }
+            *cb = V::output(&col);
         }
-        // A^T down the rows (m0 + m1 + m2, m1 - m2 - m3 per column), then across.
-        for l in 0..LANES {
-            let s = |col: usize| {
-                let (m0, m1, m2, m3) = (mb[col][l], mb[4 + col][l], mb[8 + col][l], mb[12 + col][l]);
-                (m0 + m1 + m2, m1 - m2 - m3)
-            };
-            let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
-            px[0][l] = s0.0 + s1.0 + s2.0;
-            px[1][l] = s1.0 - s2.0 - s3.0;
-            px[2][l] = s0.1 + s1.1 + s2.1;
-            px[3][l] = s1.1 - s2.1 - s3.1;
-        }
-        for (line, (even, odd)) in lines.iter_mut().zip([(&px[0], &px[1]), (&px[2], &px[3])]) {
-            for (l, pair) in line[2 * j0..][..2 * len].chunks_exact_mut(2).enumerate() {
-                pair[0] = even[l];
-                pair[1] = odd[l];
+        // Then along each output row dy.
+        for (dy, line) in lines[..ms].iter_mut().enumerate() {
+            let row: [Lanes<E>; 6] = std::array::from_fn(|b| cols[b][dy]);
+            let px = V::output(&row);
+            for (l, group) in line[ms * j0..][..ms * len].chunks_exact_mut(ms).enumerate() {
+                for (dx, p) in group.iter_mut().enumerate() {
+                    *p = px[dx][l];
+                }
             }
         }
     }
