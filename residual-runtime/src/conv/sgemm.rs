@@ -92,36 +92,34 @@ pub(crate) enum Isa {
     Avx2Fma,
 }
 
-/// The best [`Isa`] this CPU runs, if any (`is_x86_feature_detected` caches its answer).
-pub(crate) fn best_isa() -> Option<Isa> {
-    // Not `supported_isas().first()`: that allocates its Vec, and this runs before every GEMM.
+/// Every [`Isa`], best first.
+const ISAS: [Isa; 2] = [Isa::Avx512, Isa::Avx2Fma];
+
+/// Whether this CPU runs `isa` (`is_x86_feature_detected` caches its answer: a load).
+fn runs(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
-            return Some(Isa::Avx512);
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Some(Isa::Avx2Fma);
+        match isa {
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
         }
     }
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// The best [`Isa`] this CPU runs, if any. Runs before every GEMM, so it allocates nothing.
+pub(crate) fn best_isa() -> Option<Isa> {
+    ISAS.into_iter().find(|&isa| runs(isa))
 }
 
 /// Every [`Isa`] this CPU runs, best first (the tests run each).
 #[cfg(test)]
 pub(crate) fn supported_isas() -> Vec<Isa> {
-    #[allow(unused_mut)]
-    let mut isas = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            isas.push(Isa::Avx512);
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            isas.push(Isa::Avx2Fma);
-        }
-    }
-    isas
+    ISAS.into_iter().filter(|&isa| runs(isa)).collect()
 }
 
 /// Whether [`sgemm`] can run here.

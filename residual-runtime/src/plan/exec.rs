@@ -1048,12 +1048,17 @@ fn conv_lens(op: &Conv2dOp) -> Result<[usize; 3], PlanError> {
     }
 }
 
-/// The conv forward on `layout`'s activations (the buffer lengths are the same in both).
-fn conv_fwd<E: Real>(layout: Layout, op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(), PlanError> {
+/// Whether a conv forward's buffers are the lengths its op reads and writes.
+fn check_conv_fwd<E>(op: &Conv2dOp, x: &[E], w: &[E], y: &[E]) -> Result<(), PlanError> {
     let [xl, wl, yl] = conv_lens(op)?;
     check_len(x.len(), xl)?;
     check_len(w.len(), wl)?;
-    check_len(y.len(), yl)?;
+    check_len(y.len(), yl)
+}
+
+/// The conv forward on `layout`'s activations (the buffer lengths are the same in both).
+fn conv_fwd<E: Real>(layout: Layout, op: &Conv2dOp, x: &[E], w: &[E], y: &mut [E]) -> Result<(), PlanError> {
+    check_conv_fwd(op, x, w, y)?;
     match layout {
         Layout::Nchw => crate::conv::cpu::forward(op, x, w, y),
         Layout::Cnhw => crate::conv::cpu::forward_cnhw(op, x, w, y),
@@ -1073,15 +1078,12 @@ fn conv_fwd_epilogue<E: Real>(
     plane: usize,
     store: Store<E>,
 ) -> Result<(), PlanError> {
-    let [xl, wl, yl] = conv_lens(op)?;
-    check_len(x.len(), xl)?;
-    check_len(w.len(), wl)?;
-    check_len(y.len(), yl)?;
+    check_conv_fwd(op, x, w, y)?;
     let Store::Epilogue { scale, shift, res, relu } = store else {
         return err("a conv epilogue that is not one");
     };
     if let Some(r) = res {
-        check_len(r.len(), yl)?;
+        check_len(r.len(), y.len())?;
     }
     if crate::conv::cpu::forward_fused(op, matches!(layout, Layout::Cnhw), x, w, y, store) {
         return Ok(());
