@@ -18,6 +18,8 @@
 //! ones in NCHW (1: always NCHW), to measure the layouts against each other.
 //! `--winograd-min-tiles T`: 3x3 stride-1 convs with at least T output tiles of 2x2 (over the
 //! batch) run as Winograd F(2x2, 3x3) (default 128; a huge T: never, the im2col GEMM instead).
+//! `--direct-max-channels C`: f32 3x3 stride-1 padding-1 convs with at most C channels each side
+//! run on the direct kernels (`conv/direct.rs`; default 64; 0: never), on AVX-512 CPUs.
 //! `--winograd-tile M`: in compiled plans' inference, Winograd convs whose output sides are
 //! multiples of 4 run F(M x M, 3x3) (default 4; 2: F(2x2, 3x3) everywhere; training always
 //! runs F(2x2, 3x3)).
@@ -258,6 +260,9 @@ fn main() {
     if let Some(m) = args.opt_value_from_str("--winograd-tile").unwrap_or(None) {
         residual::runtime::conv::WINOGRAD_TILE.set(m);
     }
+    if let Some(c) = args.opt_value_from_str("--direct-max-channels").unwrap_or(None) {
+        residual::runtime::conv::DIRECT_MAX_CHANNELS.set(c);
+    }
     if let Some(b) = args.opt_value_from_str("--cnhw-train-max-batch").unwrap_or(None) {
         residual::runtime::plan::CNHW_TRAIN_MAX_BATCH.set(b);
     }
@@ -268,11 +273,12 @@ fn main() {
     }
     let peak = gemm_peak();
     println!(
-        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, Winograd from {} tiles, F({}x{}) where sides allow; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
+        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, direct 3x3 up to {} channels, Winograd from {} tiles, F({}x{}) where sides allow; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
         rayon::current_num_threads(),
         if cache { "on" } else { "off" },
         residual::runtime::conv::CRATE_GEMM_MIN_ROWS.get(),
         residual::runtime::conv::ROW_SPLIT_MIN_DEPTH.get(),
+        residual::runtime::conv::DIRECT_MAX_CHANNELS.get(),
         residual::runtime::conv::WINOGRAD_MIN_TILES.get(),
         residual::runtime::conv::WINOGRAD_TILE.get(),
         residual::runtime::conv::WINOGRAD_TILE.get(),

@@ -59,6 +59,8 @@ pub struct Scratch<E> {
     pub(crate) gw_parts: Vec<E>,
     /// The Winograd-transformed weights of a 3x3 conv (`conv/winograd.rs`).
     pub(crate) winograd_u: Vec<E>,
+    /// The tap masks of the direct 3x3 conv's planes (`conv/direct.rs`).
+    pub(crate) direct_masks: Vec<u16>,
 }
 
 /// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers

@@ -22,7 +22,7 @@ use dfdx::tensor::Cpu;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{sgemm, winograd, Conv2dKernel, Conv2dOp};
+use super::{direct, sgemm, winograd, Conv2dKernel, Conv2dOp};
 use crate::kernel_check::{check_lens, product};
 use crate::real::{grown, Real, Scratch};
 use crate::Knob;
@@ -346,7 +346,8 @@ pub(crate) fn forward_fused<E: Real>(
     out: &mut [E],
     store: winograd::Store<E>,
 ) -> bool {
-    let runs = winograd::applies(op);
+    // The direct kernel (small channel counts) runs its epilogue apart.
+    let runs = !direct::applies::<E>(op) && winograd::applies(op);
     if runs {
         winograd::forward_fused(op, cnhw, x, w, out, store);
     }
@@ -361,6 +362,9 @@ fn forward_cnhw_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], ac
     let n = op.batch * d.p;
     if n == 0 || out.len() < d.o * n {
         return;
+    }
+    if direct::applies::<E>(op) {
+        return direct::forward(op, true, x, w, out, accumulate);
     }
     if winograd::applies(op) {
         return winograd::forward(op, true, x, w, out, accumulate);
@@ -422,6 +426,9 @@ pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [
     let n = op.batch * d.p;
     if n == 0 || d.hw == 0 {
         return;
+    }
+    if direct::applies::<E>(op) {
+        return direct::backward(op, true, x, w, gx, gw, gout);
     }
     if d.pointwise {
         for g in 0..op.groups {
@@ -485,7 +492,11 @@ pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [
 /// Runs `f(t, gw_t, item)` for each of `items` (one per task: a run of whole chunks) in
 /// parallel, each with a weight-gradient part of its own (the first one's is `gw` itself), then
 /// sums the parts into `gw`.
-fn per_thread_weight_grads<E: Real, T: Send>(gw: &mut [E], items: Vec<T>, f: impl Fn(usize, &mut [E], T) + Sync) {
+pub(super) fn per_thread_weight_grads<E: Real, T: Send>(
+    gw: &mut [E],
+    items: Vec<T>,
+    f: impl Fn(usize, &mut [E], T) + Sync,
+) {
     let tasks = items.len().max(1);
     let mut parts = E::with_scratch(|s| std::mem::take(&mut s.gw_parts));
     let gw_len = gw.len().max(1);
@@ -540,6 +551,9 @@ fn forward_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], accumul
     let d = Dims::new(op);
     if d.depthwise && !accumulate {
         return depthwise_forward(op, &d, x, w, out);
+    }
+    if direct::applies::<E>(op) {
+        return direct::forward(op, false, x, w, out, accumulate);
     }
     if winograd::applies(op) {
         return winograd::forward(op, false, x, w, out, accumulate);
@@ -615,6 +629,9 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
         depthwise_backward_input(op, &d, w, gx, gout);
         depthwise_backward_weight(op, &d, x, gw, gout);
         return;
+    }
+    if direct::applies::<E>(op) {
+        return direct::backward(op, false, x, w, gx, gw, gout);
     }
     let nb = d.images_per_chunk(op);
     let chunks = op.batch.div_ceil(nb);

@@ -12,6 +12,9 @@ pub use cpu::{CRATE_GEMM_MIN_ROWS, ROW_SPLIT_MIN_DEPTH};
 pub use winograd::{WINOGRAD_MIN_TILES, WINOGRAD_TILE};
 #[cfg(feature = "cuda")]
 mod cuda;
+mod direct;
+#[doc(hidden)]
+pub use direct::DIRECT_MAX_CHANNELS;
 mod sgemm;
 #[cfg(test)]
 mod tests;

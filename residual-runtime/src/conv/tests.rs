@@ -806,3 +806,78 @@ fn winograd_matches_naive_loop() {
         }
     });
 }
+
+/// Puts a CNHW buffer back in NCHW order (or an NCHW one as it is).
+type ToNchw = Box<dyn Fn(&[f64]) -> Vec<f64>>;
+
+/// The direct 3x3 kernels (`direct.rs`, f32 on AVX-512) against the naive f64 loop, in both
+/// layouts: forward writing and adding, the input and weight gradients added into gradients that
+/// hold values; channel counts off the blocks (`OB` 8, `GB` 6), planes off the 16 lanes (1x1,
+/// 3x5, 7x7) and over several vectors, batch 1 (position runs split between tasks) and batches
+/// split into image runs and chunks; every buffer also starting 1 and 7 elements into its
+/// allocation, so that planes of 256 positions and more run with their vectors shifted onto the
+/// buffer's cache lines (`Geom::lead`). Run on a two-thread pool so both threading modes run.
+#[test]
+fn direct_matches_naive_loop() {
+    if !crate::wide::wide_vectors() {
+        eprintln!("no AVX-512 here: the direct kernels do not run");
+        return;
+    }
+    let cases = [
+        (1, 1, 1, 1, 1),
+        (2, 3, 5, 3, 5),
+        (1, 16, 16, 32, 32),
+        (3, 9, 17, 7, 7),
+        (5, 16, 32, 16, 16),
+        (4, 64, 64, 8, 8),
+        (2, 24, 8, 4, 4),
+        (9, 4, 3, 5, 6),
+        (2, 7, 13, 20, 24),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    // `v` copied `skip` elements into a buffer of its own, so its slice starts there.
+    let placed = |v: &[f64], skip: usize| -> Vec<f32> {
+        std::iter::repeat_n(f32::NAN, skip).chain(v.iter().map(|&v| v as f32)).collect()
+    };
+    let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| v as f64).collect() };
+    pool.install(|| {
+        for (b, c, o, h, w) in cases {
+            let case = Case { batched: true, b, c, o, h, w, cfg: Conv2dConfig::new(3).padding(1) };
+            let op = case.op();
+            assert!(direct::applies::<f32>(&op));
+            let (x, wt) = (case.x(), case.weight());
+            let want = naive_grads(&case, &x, &wt);
+            let p = h * w;
+            for (cnhw, skip) in [(false, 0), (true, 0), (false, 1), (true, 7)] {
+                let (x_l, y_to_nchw, x_to_nchw): (Vec<f64>, ToNchw, ToNchw) = if cnhw {
+                    (
+                        swap_outer(&x, b, c, p),
+                        Box::new(move |y: &[f64]| swap_outer(y, o, b, p)),
+                        Box::new(move |v: &[f64]| swap_outer(v, c, b, p)),
+                    )
+                } else {
+                    (x.clone(), Box::new(|y: &[f64]| y.to_vec()), Box::new(|v: &[f64]| v.to_vec()))
+                };
+                let name = format!("{case:?} cnhw {cnhw} skip {skip}");
+                let (x32, w32) = (placed(&x_l, skip), placed(&wt, 0));
+                let x32 = &x32[skip..];
+                let mut y = placed(&vec![f64::NAN; want.y.len()], skip);
+                direct::forward(&op, cnhw, x32, &w32, &mut y[skip..], false);
+                assert_close(&format!("{name} y"), &y_to_nchw(&f64s(&y[skip..])), &want.y, 2e-5);
+                let mut y = placed(&vec![1.0; want.y.len()], skip);
+                direct::forward(&op, cnhw, x32, &w32, &mut y[skip..], true);
+                let plus_one: Vec<f64> = want.y.iter().map(|v| v + 1.0).collect();
+                assert_close(&format!("{name} y added"), &y_to_nchw(&f64s(&y[skip..])), &plus_one, 2e-5);
+                let gout: Vec<f64> = want.y.iter().map(|v| 2.0 * v).collect();
+                let gout = placed(&if cnhw { swap_outer(&gout, b, o, p) } else { gout }, skip);
+                let mut gx = placed(&vec![1.0; x.len()], skip);
+                let mut gw = vec![1.0f32; wt.len()];
+                direct::backward(&op, cnhw, x32, &w32, &mut gx[skip..], &mut gw, &gout[skip..]);
+                let dx: Vec<f64> = want.dx.iter().map(|v| v + 1.0).collect();
+                let dw: Vec<f64> = want.dw.iter().map(|v| v + 1.0).collect();
+                assert_close(&format!("{name} dx"), &x_to_nchw(&f64s(&gx[skip..])), &dx, 2e-5);
+                assert_close(&format!("{name} dw"), &f64s(&gw), &dw, 2e-5);
+            }
+        }
+    });
+}
