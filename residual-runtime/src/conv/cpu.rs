@@ -421,14 +421,29 @@ fn forward_cnhw_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], ac
 /// `[O, B * P]` matrix as it lies (NCHW gathers each chunk's columns first), and a 1x1 stride-1
 /// conv needs no im2col in either direction. The input gradient of a stride-1 conv is the
 /// transposed conv's forward pass, as in NCHW; of any other, a col2im of `W^T * gout`.
-pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
+///
+/// With `gx_overwrite`, `gx` holds no gradient yet (its contents are garbage): the input gradient
+/// is written, not added (the plans' first gradient of a value; no zero-fill and no read of it
+/// where the kernel can write).
+pub(crate) fn backward_cnhw<E: Real>(
+    op: &Conv2dOp,
+    x: &[E],
+    w: &[E],
+    gx: &mut [E],
+    gx_overwrite: bool,
+    gw: &mut [E],
+    gout: &[E],
+) {
     let d = Dims::cnhw(op);
     let n = op.batch * d.p;
     if n == 0 || d.hw == 0 {
+        if gx_overwrite {
+            gx.fill(E::ZERO);
+        }
         return;
     }
     if direct::applies::<E>(op) {
-        return direct::backward(op, true, x, w, gx, gw, gout);
+        return direct::backward(op, true, x, w, gx, !gx_overwrite, gw, gout);
     }
     if d.pointwise {
         for g in 0..op.groups {
@@ -436,11 +451,15 @@ pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [
             let (x_g, gout_g) = (&x[g * d.cg * n..][..d.cg * n], &gout[g * d.og * n..][..d.og * n]);
             let gx_g = &mut gx[g * d.cg * n..][..d.cg * n];
             weight_grad(&d, n, gw_g, gout_g, n, x_g, n, true);
-            weight_gemm(&d, true, n, gx_g, n, true, w_g, gout_g, n, true);
+            weight_gemm(&d, true, n, gx_g, n, !gx_overwrite, w_g, gout_g, n, true);
         }
         return;
     }
     let transposed = transposed_input_grad(op);
+    if gx_overwrite && transposed.is_none() {
+        // col2im adds.
+        gx.fill(E::ZERO);
+    }
     let nb = d.images_per_chunk(op);
     let chunks = op.batch.div_ceil(nb);
     // The weight gradient of images b0.. added into gw, and, given gx, their col2im input gradient.
@@ -484,7 +503,7 @@ pub(crate) fn backward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [
     if let Some(op_t) = transposed {
         let mut wt = E::with_scratch(|s| std::mem::take(&mut s.wt));
         flipped_transposed(op, w, grown(&mut wt, w.len()));
-        forward_cnhw_into(&op_t, gout, &wt[..w.len()], gx, true);
+        forward_cnhw_into(&op_t, gout, &wt[..w.len()], gx, !gx_overwrite);
         E::with_scratch(|s| s.wt = wt);
     }
 }
@@ -623,22 +642,36 @@ fn forward_chunk<E: Real>(
     }
 }
 
-pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
+/// `gx` and `gw` get the gradients added, from `gout`; with `gx_overwrite`, `gx` holds no
+/// gradient yet and the input gradient is written instead (see [`backward_cnhw`]).
+pub(crate) fn backward<E: Real>(
+    op: &Conv2dOp,
+    x: &[E],
+    w: &[E],
+    gx: &mut [E],
+    gx_overwrite: bool,
+    gw: &mut [E],
+    gout: &[E],
+) {
     let d = Dims::new(op);
+    if direct::applies::<E>(op) {
+        return direct::backward(op, false, x, w, gx, !gx_overwrite, gw, gout);
+    }
+    let transposed = transposed_input_grad(op);
+    if gx_overwrite && (transposed.is_none() || d.depthwise) {
+        // Only the transposed conv's forward pass can write; the others add.
+        gx.fill(E::ZERO);
+    }
     if d.depthwise {
         depthwise_backward_input(op, &d, w, gx, gout);
         depthwise_backward_weight(op, &d, x, gw, gout);
         return;
-    }
-    if direct::applies::<E>(op) {
-        return direct::backward(op, false, x, w, gx, gw, gout);
     }
     let nb = d.images_per_chunk(op);
     let chunks = op.batch.div_ceil(nb);
     // A stride-1 conv's input gradient is itself a conv (of the output gradient with the flipped,
     // transposed kernel): one long-K GEMM instead of a K = out_channels GEMM plus a col2im scatter,
     // which wins most where channels are few (CIFAR nets' 16-channel stages).
-    let transposed = transposed_input_grad(op);
     let image_len = d.c * d.hw;
     if chunks > 0 && image_len > 0 && whole_chunks_per_thread(chunks) {
         // Each thread takes a run of whole chunks (and their disjoint input gradients: a thread's
@@ -668,7 +701,7 @@ pub(crate) fn backward<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], gx: &mut [E], g
         let wt_s = &mut grown(&mut wt, w.len())[..w.len()];
         flipped_transposed(op, w, wt_s);
         // Straight into gx: no separate buffer and pass to add it.
-        forward_into(&op_t, gout, wt_s, gx, true);
+        forward_into(&op_t, gout, wt_s, gx, !gx_overwrite);
         E::with_scratch(|s| s.wt = wt);
     }
 }
@@ -967,7 +1000,7 @@ macro_rules! impl_conv_kernel {
                 let lens = op.buffer_lens();
                 check_lens(lens, [input.len(), weight.len(), grad_output.len()])?;
                 check_lens(lens, [grad_input.len(), grad_weight.len(), grad_output.len()])?;
-                backward::<$t>(op, input, weight, grad_input, grad_weight, grad_output);
+                backward::<$t>(op, input, weight, grad_input, false, grad_weight, grad_output);
                 Ok(())
             }
         }

@@ -208,9 +208,19 @@ pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out:
     })
 }
 
-/// `gx += ` the input gradient and `gw += ` the weight gradient of `op` (NCHW, or CNHW when
-/// `cnhw`), from the output gradient `gout`.
-pub(super) fn backward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], gx: &mut [E], gw: &mut [E], gout: &[E]) {
+/// The input gradient of `op` (NCHW, or CNHW when `cnhw`) into `gx` (added when `accumulate`)
+/// and `gw += ` its weight gradient, from the output gradient `gout`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward<E: Real>(
+    op: &Conv2dOp,
+    cnhw: bool,
+    x: &[E],
+    w: &[E],
+    gx: &mut [E],
+    accumulate: bool,
+    gw: &mut [E],
+    gout: &[E],
+) {
     let (c, o) = (op.in_channels, op.out_channels);
     let (w, gw) = (as_f32(w), as_f32_mut(gw));
     assert!(w.len() >= o * c * TAPS && gw.len() >= o * c * TAPS);
@@ -223,7 +233,9 @@ pub(super) fn backward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], gx:
     let len = c.div_ceil(OB) * TAPS * o * OB;
     with_packed(len, |wp| {
         pack_weights(c, o, |ci, oi, t| w[(oi * c + ci) * TAPS + TAPS - 1 - t], wp);
-        with_geom(op, gout.as_ptr(), align_conv(op), |g| same_conv(g, o, c, gout, yp, wp, as_f32_mut(gx), xp, true))
+        with_geom(op, gout.as_ptr(), align_conv(op), |g| {
+            same_conv(g, o, c, gout, yp, wp, as_f32_mut(gx), xp, accumulate)
+        })
     });
 }
 
@@ -354,7 +366,10 @@ unsafe fn forward_block<const P: usize>(k: &Block) {
         let wt = &k.wp[t * k.ins * OB..][..k.ins * OB];
         for (c, wc) in wt.chunks_exact(OB).enumerate() {
             let xc = xt.wrapping_add(c * k.x_cs);
-            let xv: [__m512; P] = std::array::from_fn(|p| _mm512_maskz_loadu_ps(m[p], xc.wrapping_add(p * LANES)));
+            let mut xv = [_mm512_setzero_ps(); P];
+            for p in 0..P {
+                xv[p] = _mm512_maskz_loadu_ps(m[p], xc.wrapping_add(p * LANES));
+            }
             for o in 0..OB {
                 let wv = _mm512_set1_ps(wc[o]);
                 for p in 0..P {
@@ -509,8 +524,11 @@ unsafe fn grad_block<const G: usize>(k: &GradBlock, ky: usize, sums: &mut [[f32;
         }
     }
     let rows = [[a00, a01, a02], [a10, a11, a12], [a20, a21, a22], [a30, a31, a32], [a40, a41, a42], [a50, a51, a52]];
+    // Loops, not `map` closures: a closure is compiled without AVX-512 unless it inlines here.
     for (s, r) in sums.iter_mut().zip(&rows).take(G) {
-        *s = r.map(|a| _mm512_reduce_add_ps(a));
+        for kx in 0..3 {
+            s[kx] = _mm512_reduce_add_ps(r[kx]);
+        }
     }
 }
 

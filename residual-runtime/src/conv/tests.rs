@@ -672,7 +672,8 @@ fn swap_outer(v: &[f64], a: usize, b: usize, plane: usize) -> Vec<f64> {
 }
 
 /// The CNHW backward (compiled plans' batched training) against the naive loop, adding into
-/// gradients that already hold values: the 1x1 direct path, the transposed-conv input gradient
+/// gradients that already hold values, and overwriting input gradients that hold NaNs (CNHW and
+/// NCHW, f64 and f32): the 1x1 direct path, the transposed-conv input gradient
 /// (stride 1) over one chunk and over many taken whole by the threads, col2im (stride 2,
 /// dilation, groups).
 #[test]
@@ -699,11 +700,26 @@ fn cnhw_backward_matches_naive_loop() {
         // Start from ones: the gradients are added.
         let mut gx = vec![1.0; x.len()];
         let mut gw = vec![1.0; wt.len()];
-        cpu::backward_cnhw(&op, &x_cnhw, &wt, &mut gx, &mut gw, &gout);
+        cpu::backward_cnhw(&op, &x_cnhw, &wt, &mut gx, false, &mut gw, &gout);
         let dx: Vec<f64> = want.dx.iter().map(|v| v + 1.0).collect();
         let dw: Vec<f64> = want.dw.iter().map(|v| v + 1.0).collect();
         assert_close(&format!("f64 {case:?} dx"), &swap_outer(&gx, c, b, h * w), &dx, 1e-11);
         assert_close(&format!("f64 {case:?} dw"), &gw, &dw, 1e-11);
+        // Overwriting a gradient buffer that holds garbage (the plans' first gradient of a
+        // value), in both layouts and in f32 (the direct kernels where they apply).
+        let nan_gx = || vec![f64::NAN; x.len()];
+        let mut gx = nan_gx();
+        cpu::backward_cnhw(&op, &x_cnhw, &wt, &mut gx, true, &mut vec![0.0; wt.len()], &gout);
+        assert_close(&format!("f64 overwrite {case:?} dx"), &swap_outer(&gx, c, b, h * w), &want.dx, 1e-11);
+        let mut gx = nan_gx();
+        let gout_nchw: Vec<f64> = want.y.iter().map(|v| 2.0 * v).collect();
+        cpu::backward(&op, &x, &wt, &mut gx, true, &mut vec![0.0; wt.len()], &gout_nchw);
+        assert_close(&format!("f64 overwrite nchw {case:?} dx"), &gx, &want.dx, 1e-11);
+        let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&v| v as f32).collect() };
+        let mut gx32 = vec![f32::NAN; x.len()];
+        cpu::backward(&op, &f32s(&x), &f32s(&wt), &mut gx32, true, &mut vec![0.0; wt.len()], &f32s(&gout_nchw));
+        let gx32: Vec<f64> = gx32.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("f32 overwrite nchw {case:?} dx"), &gx32, &want.dx, 2e-5);
     }
 }
 
@@ -872,7 +888,7 @@ fn direct_matches_naive_loop() {
                 let gout = placed(&if cnhw { swap_outer(&gout, b, o, p) } else { gout }, skip);
                 let mut gx = placed(&vec![1.0; x.len()], skip);
                 let mut gw = vec![1.0f32; wt.len()];
-                direct::backward(&op, cnhw, x32, &w32, &mut gx[skip..], &mut gw, &gout[skip..]);
+                direct::backward(&op, cnhw, x32, &w32, &mut gx[skip..], true, &mut gw, &gout[skip..]);
                 let dx: Vec<f64> = want.dx.iter().map(|v| v + 1.0).collect();
                 let dw: Vec<f64> = want.dw.iter().map(|v| v + 1.0).collect();
                 assert_close(&format!("{name} dx"), &x_to_nchw(&f64s(&gx[skip..])), &dx, 2e-5);

@@ -735,7 +735,8 @@ fn live<E>(vals: &[Option<Vec<E>>], v: usize) -> Result<&[E], PlanError> {
 
 fn zeroed<E: Real>(pool: &mut BufPool<E>, len: usize) -> Vec<E> {
     let mut v = pool.take(len);
-    v.fill(E::ZERO);
+    // On the threads: the parameter gradients of a ResNet-50 are 100 MB.
+    v.par_chunks_mut(CHUNK).for_each(|c| c.fill(E::ZERO));
     v
 }
 
@@ -770,11 +771,18 @@ impl Compiled {
             Node::Conv { x, y, op, weight, bias, bn, res, relu } => {
                 let op = Conv2dOp { batch, ..op };
                 let plane = plane(layout, batch, op.out_h * op.out_w);
-                // g: the gradient at the conv (+ bias) output, built in place.
+                // g: the gradient at the conv (+ bias) output, built in place; in the same pass,
+                // the residual's gradient (the gradient at the add: the same values).
                 let mut g = pool.take(gy.len());
-                masked(gy, if relu { Some(val(y)?) } else { None }, &mut g);
-                if let Some(r) = res {
-                    add_assign(grad_of(pool, grads, r, len(r)?), &g);
+                let y_relu = if relu { Some(val(y)?) } else { None };
+                match res {
+                    Some(r) => {
+                        let (fresh, rl) = (grads[r].is_none(), len(r)?);
+                        let gr = grads[r].get_or_insert_with(|| pool.take(rl));
+                        check_len(gr.len(), g.len())?;
+                        masked_into_res(gy, y_relu, &mut g, gr, fresh);
+                    }
+                    None => masked(gy, y_relu, &mut g),
                 }
                 if let Some(bn) = bn {
                     let a = aux.ok_or_else(|| PlanError("batch statistics were not saved".into()))?;
@@ -783,8 +791,10 @@ impl Compiled {
                 if let Some(b) = bias {
                     channel_sums_into(&g, plane, op.out_channels, &mut pgrads[b]);
                 }
-                let gx = grad_of(pool, grads, x, len(x)?);
-                let r = conv_bwd(layout, &op, val(x)?, params[weight], gx, &mut pgrads[weight], &g);
+                // The conv writes the input's first gradient (no zero-fill to add into).
+                let (fresh, xl) = (grads[x].is_none(), len(x)?);
+                let gx = grads[x].get_or_insert_with(|| pool.take(xl));
+                let r = conv_bwd(layout, &op, val(x)?, params[weight], gx, fresh, &mut pgrads[weight], &g);
                 pool.give(g);
                 r?;
             }
@@ -1137,12 +1147,16 @@ fn swap_outer<E: Real>(src: &[E], dst: &mut [E], a: usize, b: usize, plane: usiz
     });
 }
 
+/// The conv backward on `layout`'s buffers: `gw += `, and `gx += ` the input gradient, or
+/// `gx = ` with `gx_fresh` (a buffer holding no gradient yet).
+#[allow(clippy::too_many_arguments)]
 fn conv_bwd<E: Real>(
     layout: Layout,
     op: &Conv2dOp,
     x: &[E],
     w: &[E],
     gx: &mut [E],
+    gx_fresh: bool,
     gw: &mut [E],
     gy: &[E],
 ) -> Result<(), PlanError> {
@@ -1153,8 +1167,8 @@ fn conv_bwd<E: Real>(
     check_len(gw.len(), wl)?;
     check_len(gy.len(), yl)?;
     match layout {
-        Layout::Nchw => crate::conv::cpu::backward(op, x, w, gx, gw, gy),
-        Layout::Cnhw => crate::conv::cpu::backward_cnhw(op, x, w, gx, gw, gy),
+        Layout::Nchw => crate::conv::cpu::backward(op, x, w, gx, gx_fresh, gw, gy),
+        Layout::Cnhw => crate::conv::cpu::backward_cnhw(op, x, w, gx, gx_fresh, gw, gy),
     }
     Ok(())
 }
@@ -1479,6 +1493,22 @@ fn masked<E: Real>(gy: &[E], y: Option<&[E]>, g: &mut [E]) {
         }
         None => g.copy_from_slice(gy),
     }
+}
+
+/// [`masked`], and `res = ` (`res_fresh`: a buffer holding no gradient yet) or `+= ` the same
+/// values, in one pass.
+fn masked_into_res<E: Real>(gy: &[E], y: Option<&[E]>, g: &mut [E], res: &mut [E], res_fresh: bool) {
+    let y = y.unwrap_or(gy);
+    let relu = !std::ptr::eq(y, gy);
+    g.par_chunks_mut(CHUNK).zip(res.par_chunks_mut(CHUNK)).zip(gy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(
+        |((g, r), (gy, y))| {
+            for (((g, r), &gy), &y) in g.iter_mut().zip(r).zip(gy).zip(y) {
+                let v = if !relu || y > E::ZERO { gy } else { E::ZERO };
+                *g = v;
+                *r = if res_fresh { v } else { *r + v };
+            }
+        },
+    );
 }
 
 fn add_assign<E: Real>(dst: &mut [E], src: &[E]) {
