@@ -1373,15 +1373,15 @@ fn channel_grad_sums<'a, E: Real>(planes: impl Iterator<Item = (&'a [E], &'a [E]
         let [a, b] = if let Some(s) = f32_sums(gp, xp, 0.0) {
             s
         } else if exact_products {
-            lane_sums(gp, xp, |gv, xv| {
+            wide!(lane_sums(gp, xp, |gv, xv| {
                 let gv = gv.to_f64_lossless();
                 [gv, gv * xv.to_f64_lossless()]
-            })
+            }))
         } else {
-            lane_sums(gp, xp, |gv, xv| {
+            wide!(lane_sums(gp, xp, |gv, xv| {
                 let gv = gv.to_f64_lossless();
                 [gv, gv * (xv.to_f64_lossless() - m) * is]
-            })
+            }))
         };
         sg += a;
         sgx += b;
