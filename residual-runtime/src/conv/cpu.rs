@@ -658,8 +658,8 @@ pub(crate) fn backward<E: Real>(
         return direct::backward(op, false, x, w, gx, !gx_overwrite, gw, gout);
     }
     let transposed = transposed_input_grad(op);
-    if gx_overwrite && (transposed.is_none() || d.depthwise) {
-        // Only the transposed conv's forward pass can write; the others add.
+    if gx_overwrite && transposed.is_none() {
+        // Only the transposed conv's forward pass can write; the others (col2im, depthwise) add.
         gx.fill(E::ZERO);
     }
     if d.depthwise {

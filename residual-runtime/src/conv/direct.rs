@@ -197,15 +197,8 @@ pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out:
     let (c, o) = (op.in_channels, op.out_channels);
     let w = as_f32(w);
     assert!(w.len() >= o * c * TAPS);
-    let len = o.div_ceil(OB) * TAPS * c * OB;
-    with_packed(len, |wp| {
-        pack_weights(o, c, |oi, ci, t| w[(oi * c + ci) * TAPS + t], wp);
-        let x = as_f32(x);
-        with_geom(op, x.as_ptr(), align_conv(op), |g| {
-            let (xp, yp) = (Planes::new(cnhw, op.batch, c), Planes::new(cnhw, op.batch, o));
-            same_conv(g, c, o, x, xp, wp, as_f32_mut(out), yp, accumulate)
-        })
-    })
+    let (xp, yp) = (Planes::new(cnhw, op.batch, c), Planes::new(cnhw, op.batch, o));
+    packed_conv(op, c, o, |oi, ci, t| w[(oi * c + ci) * TAPS + t], as_f32(x), xp, as_f32_mut(out), yp, accumulate);
 }
 
 /// The input gradient of `op` (NCHW, or CNHW when `cnhw`) into `gx` (added when `accumulate`)
@@ -230,13 +223,29 @@ pub(super) fn backward<E: Real>(
     // extra vector of small planes measured cheaper than their straddling loads).
     with_geom(op, gout.as_ptr(), true, |g| weight_grad(g, c, o, as_f32(x), xp, gout, yp, gw));
     // The input gradient: the conv of gout (o channels in) with w flipped and transposed.
-    let len = c.div_ceil(OB) * TAPS * o * OB;
-    with_packed(len, |wp| {
-        pack_weights(c, o, |ci, oi, t| w[(oi * c + ci) * TAPS + TAPS - 1 - t], wp);
-        with_geom(op, gout.as_ptr(), align_conv(op), |g| {
-            same_conv(g, o, c, gout, yp, wp, as_f32_mut(gx), xp, accumulate)
-        })
-    });
+    let flipped = |ci: usize, oi: usize, t: usize| w[(oi * c + ci) * TAPS + TAPS - 1 - t];
+    packed_conv(op, o, c, flipped, gout, yp, as_f32_mut(gx), xp, accumulate);
+}
+
+/// `y (+)= conv(x, weight)` on `op`'s planes, `ins` channels in and `outs` out, `weight(o, c, t)`
+/// packed for the forward blocks first ([`pack_weights`]): the forward pass and the input
+/// gradient (the flipped, transposed kernel) alike.
+#[allow(clippy::too_many_arguments)]
+fn packed_conv(
+    op: &Conv2dOp,
+    ins: usize,
+    outs: usize,
+    weight: impl Fn(usize, usize, usize) -> f32,
+    x: &[f32],
+    xp: Planes,
+    y: &mut [f32],
+    yp: Planes,
+    accumulate: bool,
+) {
+    with_packed(outs.div_ceil(OB) * TAPS * ins * OB, |wp| {
+        pack_weights(outs, ins, weight, wp);
+        with_geom(op, x.as_ptr(), align_conv(op), |g| same_conv(g, ins, outs, x, xp, wp, y, yp, accumulate))
+    })
 }
 
 /// `y (+)= conv(x, w)` for `ins` input and `outs` output channels, `wp` packed by

@@ -1500,8 +1500,8 @@ fn masked<E: Real>(gy: &[E], y: Option<&[E]>, g: &mut [E]) {
 /// [`masked`], and `res = ` (`res_fresh`: a buffer holding no gradient yet) or `+= ` the same
 /// values, in one pass.
 fn masked_into_res<E: Real>(gy: &[E], y: Option<&[E]>, g: &mut [E], res: &mut [E], res_fresh: bool) {
-    let y = y.unwrap_or(gy);
-    let relu = !std::ptr::eq(y, gy);
+    // Without a relu, `y` is never read: `gy` stands in so the chunks zip alike.
+    let (relu, y) = (y.is_some(), y.unwrap_or(gy));
     g.par_chunks_mut(CHUNK).zip(res.par_chunks_mut(CHUNK)).zip(gy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(
         |((g, r), (gy, y))| {
             for (((g, r), &gy), &y) in g.iter_mut().zip(r).zip(gy).zip(y) {
@@ -1513,7 +1513,8 @@ fn masked_into_res<E: Real>(gy: &[E], y: Option<&[E]>, g: &mut [E], res: &mut [E
     );
 }
 
-fn add_assign<E: Real>(dst: &mut [E], src: &[E]) {
+/// `dst += src`, elementwise, on the threads (also the plan's gradients into dfdx's).
+pub(super) fn add_assign<E: Real>(dst: &mut [E], src: &[E]) {
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));

@@ -479,10 +479,6 @@ fn add_into<E: Real>(dst: &mut [E], src: &[E]) -> Result<(), PlanError> {
         return Err(PlanError(format!("gradient of {} elements for a tensor of {}", src.len(), dst.len())));
     }
     // On the threads: a ResNet-50's parameter gradients are 100 MB, added once per step.
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
-        d.iter_mut().zip(s).for_each(|(d, &s)| *d += s);
-    });
+    exec::add_assign(dst, src);
     Ok(())
 }
