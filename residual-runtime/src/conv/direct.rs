@@ -295,7 +295,7 @@ fn same_conv(
         for group in (run * per_run..(run + 1) * per_run).take_while(|&i| i < groups_n) {
             let (v0, n) = groups.get(group);
             let k = Block { x0, x_cs: xp.ch * hw, ins, wp: wb, g, v0, y0, y_cs: yp.ch * hw, rows, accumulate };
-            // SAFETY: this CPU has AVX-512F (`applies`). The addresses: the planes of image b
+            // SAFETY: this CPU has AVX-512 (`applies`: `wide_vectors`). The addresses: the planes of image b
             // (channels below ins, outputs o0..o0 + rows) lie inside x and y (asserted above);
             // the kernel reads input lanes only where their mask is set, which is only for
             // pixels inside the plane, and writes output lanes only below hw. Tasks write
@@ -364,7 +364,7 @@ struct Block<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
 unsafe fn forward_block<const P: usize>(k: &Block) {
     use std::arch::x86_64::*;
     let g = k.g;
@@ -443,7 +443,7 @@ fn weight_grad(g: &Geom, ins: usize, outs: usize, x: &[f32], xp: Planes, gy: &[f
                     for ky in 0..3 {
                         let mut sums = [[0.0; 3]; GB];
                         let sums = &mut sums[..rows];
-                        // SAFETY: AVX-512F (`applies`). Images b0..b0 + n_img <= batch, channel
+                        // SAFETY: AVX-512 (`applies`). Images b0..b0 + n_img <= batch, channel
                         // c < ins and outputs o0..o0 + rows <= outs (the kernel's G is rows):
                         // their planes lie inside x and gy (asserted above); input lanes are
                         // read only where their tap mask is set (pixels inside the plane),
@@ -490,7 +490,7 @@ struct GradBlock<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
 unsafe fn grad_block<const G: usize>(k: &GradBlock, ky: usize, sums: &mut [[f32; 3]]) {
     use std::arch::x86_64::*;
     let g = k.g;

@@ -100,7 +100,7 @@ fn runs(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         match isa {
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => crate::wide::wide_vectors(),
             Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
         }
     }
@@ -429,7 +429,7 @@ unsafe fn pack_a<T: Tile>(dst: &mut [f32], a: Mat, ic: usize, mc: usize, pc: usi
 
 /// `c[12 x 32] (+)= ap[12 x kc] * bp[kc x 32]` from packed slivers.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
 unsafe fn kernel_12x32(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
     let mut acc = [[_mm512_setzero_ps(); 2]; 12];
     for p in 0..kc {
@@ -457,7 +457,7 @@ unsafe fn kernel_12x32(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, l
 /// `c[8 x 48] (+)= ap[8 x kc] * bp[kc x 48]` from packed slivers: 24 zmm accumulators, three
 /// vector loads of `B` and eight broadcasts of `A` per `k` step.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
 unsafe fn kernel_8x48(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
     let mut acc = [[_mm512_setzero_ps(); 3]; 8];
     for p in 0..kc {

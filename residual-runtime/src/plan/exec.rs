@@ -1414,7 +1414,7 @@ fn f32_sums<E: Real>(g: &[E], x: &[E], m: f64) -> Option<[f64; 2]> {
     };
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f")]
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
         unsafe fn sums(g: &[f32], x: &[f32], m: f64) -> [f64; 2] {
             use std::arch::x86_64::*;
             let z = _mm512_setzero_pd();
@@ -1441,7 +1441,7 @@ fn f32_sums<E: Real>(g: &[E], x: &[E], m: f64) -> Option<[f64; 2]> {
             }
             [a, b]
         }
-        // SAFETY: the CPU has AVX-512F (checked above).
+        // SAFETY: the CPU has AVX-512 (checked above: `wide_vectors`).
         Some(unsafe { sums(g, x, m) })
     }
     #[cfg(not(target_arch = "x86_64"))]
