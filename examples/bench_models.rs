@@ -20,6 +20,11 @@
 //! batch) run as Winograd F(2x2, 3x3) (default 128; a huge T: never, the im2col GEMM instead).
 //! `--direct-max-channels C`: f32 3x3 stride-1 padding-1 convs with at most C channels each side
 //! run on the direct kernels (`conv/direct.rs`; default 64; 0: never), on AVX-512 CPUs.
+//! `--pointwise-max-channels C`: f32 1x1 stride-1 convs with at most C channels each side run on the
+//! pointwise kernel (`conv/pointwise.rs`, their epilogue in its store; default 256; 0: never), on
+//! AVX-512 CPUs.
+//! `--phases-max-channels C`: f32 stride-2 convs with at most C input channels (the stem) run on
+//! the phase-plane kernel (`conv/phases.rs`; default 4; 0: never), on AVX-512 CPUs.
 //! `--winograd-tile M`: in compiled plans' inference, Winograd convs whose output sides are
 //! multiples of 4 run F(M x M, 3x3) (default 4; 2: F(2x2, 3x3) everywhere; training always
 //! runs F(2x2, 3x3)).
@@ -263,6 +268,12 @@ fn main() {
     if let Some(c) = args.opt_value_from_str("--direct-max-channels").unwrap_or(None) {
         residual::runtime::conv::DIRECT_MAX_CHANNELS.set(c);
     }
+    if let Some(c) = args.opt_value_from_str("--pointwise-max-channels").unwrap_or(None) {
+        residual::runtime::conv::POINTWISE_MAX_CHANNELS.set(c);
+    }
+    if let Some(c) = args.opt_value_from_str("--phases-max-channels").unwrap_or(None) {
+        residual::runtime::conv::PHASES_MAX_CHANNELS.set(c);
+    }
     if let Some(b) = args.opt_value_from_str("--cnhw-train-max-batch").unwrap_or(None) {
         residual::runtime::plan::CNHW_TRAIN_MAX_BATCH.set(b);
     }
@@ -273,12 +284,14 @@ fn main() {
     }
     let peak = gemm_peak();
     println!(
-        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, direct 3x3 up to {} channels, Winograd from {} tiles, F({}x{}) where sides allow; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
+        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, direct 3x3 up to {} channels, pointwise 1x1 up to {} channels, stride-2 phases up to {} channels in, Winograd from {} tiles, F({}x{}) where sides allow; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
         rayon::current_num_threads(),
         if cache { "on" } else { "off" },
         residual::runtime::conv::CRATE_GEMM_MIN_ROWS.get(),
         residual::runtime::conv::ROW_SPLIT_MIN_DEPTH.get(),
         residual::runtime::conv::DIRECT_MAX_CHANNELS.get(),
+        residual::runtime::conv::POINTWISE_MAX_CHANNELS.get(),
+        residual::runtime::conv::PHASES_MAX_CHANNELS.get(),
         residual::runtime::conv::WINOGRAD_MIN_TILES.get(),
         residual::runtime::conv::WINOGRAD_TILE.get(),
         residual::runtime::conv::WINOGRAD_TILE.get(),

@@ -22,7 +22,8 @@ use dfdx::tensor::Cpu;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{direct, sgemm, winograd, Conv2dKernel, Conv2dOp};
+use super::winograd::Store;
+use super::{direct, phases, pointwise, sgemm, winograd, Conv2dKernel, Conv2dOp};
 use crate::kernel_check::{check_lens, product};
 use crate::real::{grown, Real, Scratch};
 use crate::Knob;
@@ -336,7 +337,9 @@ pub(crate) fn forward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [
 
 /// The conv into `out` (NCHW, or CNHW when `cnhw`) stored as `store` says (an epilogue fused
 /// into the pass that writes the output), where the conv runs as Winograd, whose inverse
-/// transform writes every output once anyway; elsewhere false, with nothing written (the caller
+/// transform writes every output once anyway, or as a shallow 1x1 conv (`pointwise.rs`) or a
+/// stride-2 conv of few input channels (`phases.rs`), whose kernels store each output once;
+/// elsewhere false, with nothing written (the caller
 /// runs the conv and its epilogue apart). Buffer lengths are checked by the caller.
 pub(crate) fn forward_fused<E: Real>(
     op: &Conv2dOp,
@@ -346,6 +349,14 @@ pub(crate) fn forward_fused<E: Real>(
     out: &mut [E],
     store: winograd::Store<E>,
 ) -> bool {
+    if pointwise::applies::<E>(op) {
+        pointwise::forward(op, cnhw, x, w, out, store);
+        return true;
+    }
+    if phases::applies::<E>(op) {
+        phases::forward(op, cnhw, x, w, out, store);
+        return true;
+    }
     // The direct kernel (small channel counts) runs its epilogue apart.
     let runs = !direct::applies::<E>(op) && winograd::applies(op);
     if runs {
@@ -365,6 +376,9 @@ fn forward_cnhw_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], ac
     }
     if direct::applies::<E>(op) {
         return direct::forward(op, true, x, w, out, accumulate);
+    }
+    if phases::applies::<E>(op) {
+        return phases::forward(op, true, x, w, out, if accumulate { Store::Add } else { Store::Write });
     }
     if winograd::applies(op) {
         return winograd::forward(op, true, x, w, out, accumulate);
@@ -573,6 +587,9 @@ fn forward_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], accumul
     }
     if direct::applies::<E>(op) {
         return direct::forward(op, false, x, w, out, accumulate);
+    }
+    if phases::applies::<E>(op) {
+        return phases::forward(op, false, x, w, out, if accumulate { Store::Add } else { Store::Write });
     }
     if winograd::applies(op) {
         return winograd::forward(op, false, x, w, out, accumulate);

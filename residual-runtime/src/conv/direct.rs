@@ -73,13 +73,13 @@ pub(super) fn applies<E: 'static>(op: &Conv2dOp) -> bool {
 }
 
 /// `s` as f32 (callers pass only what [`applies`] accepted).
-fn as_f32<E: 'static>(s: &[E]) -> &[f32] {
+pub(super) fn as_f32<E: 'static>(s: &[E]) -> &[f32] {
     assert!(TypeId::of::<E>() == TypeId::of::<f32>());
     // SAFETY: E is f32 (asserted): the same memory, renamed.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
 }
 
-fn as_f32_mut<E: 'static>(s: &mut [E]) -> &mut [f32] {
+pub(super) fn as_f32_mut<E: 'static>(s: &mut [E]) -> &mut [f32] {
     assert!(TypeId::of::<E>() == TypeId::of::<f32>());
     // SAFETY: E is f32 (asserted): the same memory, renamed.
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) }
@@ -184,7 +184,7 @@ fn pack_weights(outs: usize, ins: usize, weight: impl Fn(usize, usize, usize) ->
 }
 
 /// Runs `f` with this thread's packing buffer of at least `len` elements.
-fn with_packed<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_packed<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut wp = f32::with_scratch(|s| std::mem::take(&mut s.wt));
     let r = f(&mut grown(&mut wp, len)[..len]);
     f32::with_scratch(|s| s.wt = wp);

@@ -15,6 +15,12 @@ mod cuda;
 mod direct;
 #[doc(hidden)]
 pub use direct::DIRECT_MAX_CHANNELS;
+mod phases;
+#[doc(hidden)]
+pub use phases::PHASES_MAX_CHANNELS;
+mod pointwise;
+#[doc(hidden)]
+pub use pointwise::POINTWISE_MAX_CHANNELS;
 mod sgemm;
 #[cfg(test)]
 mod tests;

@@ -897,3 +897,108 @@ fn direct_matches_naive_loop() {
         }
     });
 }
+
+/// A conv kernel that stores as a `Store` says, on NCHW or CNHW (`cnhw`) activations.
+type StoreKernel = fn(&Conv2dOp, bool, &[f32], &[f32], &mut [f32], winograd::Store<f32>);
+
+/// `kernel` against the naive loop on `case`, both layouts, with each store: write, add into
+/// values, and the epilogue (per-channel scale and shift, the residual, relu) computed here in
+/// f64 from the naive conv.
+fn check_store_kernel(case: &Case, kernel: StoreKernel) {
+    let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&v| v as f32).collect() };
+    let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| v as f64).collect() };
+    let op = case.op();
+    let (b, c, o, p) = (case.b, case.c, case.o, op.out_h * op.out_w);
+    let (x, wt) = (case.x(), case.weight());
+    let want = naive_forward(case, &x, &wt);
+    let scale: Vec<f64> = (0..o).map(|i| 0.5 + 0.1 * i as f64).collect();
+    let shift: Vec<f64> = (0..o).map(|i| 0.3 - 0.07 * i as f64).collect();
+    let res: Vec<f64> = (0..want.len()).map(|i| (0.11 * i as f64).cos()).collect();
+    for cnhw in [false, true] {
+        let to_l = |v: &[f64], ch: usize, plane: usize| if cnhw { swap_outer(v, b, ch, plane) } else { v.to_vec() };
+        let to_nchw = |v: &[f64]| if cnhw { swap_outer(v, o, b, p) } else { v.to_vec() };
+        let name = format!("{case:?} cnhw {cnhw}");
+        let (x32, w32) = (f32s(&to_l(&x, c, op.in_h * op.in_w)), f32s(&wt));
+        let mut y = vec![f32::NAN; want.len()];
+        kernel(&op, cnhw, &x32, &w32, &mut y, winograd::Store::Write);
+        assert_close(&format!("{name} y"), &to_nchw(&f64s(&y)), &want, 2e-5);
+        let mut y = vec![1.0f32; want.len()];
+        kernel(&op, cnhw, &x32, &w32, &mut y, winograd::Store::Add);
+        let plus_one: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
+        assert_close(&format!("{name} y added"), &to_nchw(&f64s(&y)), &plus_one, 2e-5);
+        let (k32, s32, r32) = (f32s(&scale), f32s(&shift), f32s(&to_l(&res, o, p)));
+        for (with_res, relu) in [(false, false), (true, true), (false, true)] {
+            let store = winograd::Store::Epilogue {
+                scale: Some(&k32[..]),
+                shift: Some(&s32[..]),
+                res: with_res.then_some(&r32[..]),
+                relu,
+            };
+            let mut y = vec![f32::NAN; want.len()];
+            kernel(&op, cnhw, &x32, &w32, &mut y, store);
+            let expect: Vec<f64> = (0..want.len())
+                .map(|i| {
+                    let ch = i / p % o;
+                    let t = want[i] * scale[ch] + shift[ch] + if with_res { res[i] } else { 0.0 };
+                    if relu {
+                        t.max(0.0)
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            let what = format!("{name} epilogue res {with_res} relu {relu}");
+            assert_close(&what, &to_nchw(&f64s(&y)), &expect, 2e-5);
+        }
+    }
+}
+
+/// The 1x1 kernel (`pointwise.rs`) against the naive loop (`check_store_kernel`): output
+/// channels off the 8-channel blocks, pixel counts off the 16 lanes, the 48-column blocks and the
+/// 384-column chunks (batch 1's 7x7: output channels split between tasks), 64 input channels and
+/// 256 outputs. Two threads.
+#[test]
+fn pointwise_matches_naive_loop() {
+    if !crate::wide::wide_vectors() {
+        eprintln!("no AVX-512 here: the pointwise kernel does not run");
+        return;
+    }
+    let cases =
+        [(1, 1, 1, 1, 1), (2, 3, 5, 3, 5), (1, 16, 20, 7, 7), (3, 64, 24, 20, 21), (8, 40, 9, 4, 4), (1, 5, 256, 2, 3)];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        for (b, c, o, h, w) in cases {
+            let case = Case { batched: true, b, c, o, h, w, cfg: Conv2dConfig::new(1) };
+            assert!(pointwise::applies::<f32>(&case.op()));
+            check_store_kernel(&case, pointwise::forward);
+        }
+    });
+}
+
+/// The stride-2 phase-plane kernel (`phases.rs`) against the naive loop (`check_store_kernel`):
+/// the 7x7 stem's geometry (padding 3, smaller), 3x3 and 2x2 kernels, paddings 0-2, odd input
+/// sides (the last phase row and column partly padding), output rows of 1, 2, 4, 5 and 7 vectors
+/// and off the 16 lanes, output channels off the 8-channel blocks. Two threads.
+#[test]
+fn phases_match_naive_loop() {
+    if !crate::wide::wide_vectors() {
+        eprintln!("no AVX-512 here: the phase-plane kernel does not run");
+        return;
+    }
+    let cases = [
+        (2, 3, 64, 40, 38, 7, 3),
+        (1, 1, 5, 9, 9, 3, 1),
+        (3, 4, 9, 17, 120, 3, 1),
+        (1, 2, 16, 130, 160, 2, 0),
+        (1, 3, 8, 9, 224, 7, 3),
+        (2, 3, 8, 11, 13, 5, 2),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        for (b, c, o, h, w, k, pad) in cases {
+            let case = Case { batched: true, b, c, o, h, w, cfg: Conv2dConfig::new(k).stride(2).padding(pad) };
+            assert!(phases::applies::<f32>(&case.op()));
+            check_store_kernel(&case, phases::forward);
+        }
+    });
+}
