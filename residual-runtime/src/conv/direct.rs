@@ -18,7 +18,10 @@
 //!   (a stride-1, padding-1 3x3 conv's input gradient is such a conv), added into `gx`.
 //! - weight gradient: for `GB` output channels and one input channel, `GB x 9` accumulators (one
 //!   vector per tap) summed over the images' positions, then across lanes once per chunk of
-//!   images. The threads take runs of images, each with a weight-gradient part of its own.
+//!   images. The threads take runs of images, each with a weight-gradient part of its own. Where
+//!   the lane masks repeat every two vectors (planes 16 or 32 wide, or of a width dividing 16),
+//!   the vectors away from the plane's first and last rows run with the masks in registers
+//!   (`Geom::inner`); elsewhere every vector loads its four masks.
 //!
 //! Layouts: NCHW and CNHW (compiled plans' batches), by where plane (image, channel) lies.
 //! f64, other convs and CPUs without AVX-512 run the GEMM paths (`cpu.rs`, `winograd.rs`).
@@ -113,6 +116,8 @@ impl Planes {
 struct Geom<'a> {
     batch: usize,
     hw: usize,
+    /// Plane width.
+    w: usize,
     /// Positions of the first vector before the plane's start (masked off), below 16.
     lead: usize,
     /// Vectors per plane, `ceil((lead + H * W) / 16)`.
@@ -121,6 +126,34 @@ struct Geom<'a> {
     /// the image; `masks[v * MASKS + KEEP]`: its lanes inside the plane.
     masks: &'a [u16],
     shifts: [isize; TAPS],
+}
+
+impl Geom<'_> {
+    /// The inner vectors of tap row `ky`, an even number of them: all lanes inside the plane and
+    /// their pixels shifted by `ky - 1` rows inside the image, where the lane masks repeat every
+    /// 2 vectors (a width that is a multiple of 16 up to 32, or that divides 16). Their masks are
+    /// then those of taps `kx = 0` and `2` at the row's edges ([`Geom::row_edges`]) and all lanes
+    /// for the rest. Empty where the masks do not repeat so.
+    fn inner(&self, ky: usize) -> std::ops::Range<usize> {
+        let repeats = matches!(self.w, 16 | 32) || (self.w > 0 && LANES.is_multiple_of(self.w));
+        // Positions whose pixel one row up (ky = 0) or down (ky = 2) is inside the image.
+        let (lo, hi) = match ky {
+            0 => (self.w, self.hw),
+            2 => (0, self.hw.saturating_sub(self.w)),
+            _ => (0, self.hw),
+        };
+        let first = (lo + self.lead).div_ceil(LANES);
+        let end = ((hi + self.lead) / LANES).max(first);
+        if !repeats {
+            return first..first;
+        }
+        first..first + (end - first) / 2 * 2
+    }
+
+    /// Vector `v`'s masks of taps `(ky, 0)` and `(ky, 2)`.
+    fn row_edges(&self, v: usize, ky: usize) -> (u16, u16) {
+        (self.masks[v * MASKS + ky * 3], self.masks[v * MASKS + ky * 3 + 2])
+    }
 }
 
 /// Fills `masks` (`ceil((lead + h * w) / 16) * MASKS`) for `h x w` planes whose vectors start
@@ -152,7 +185,8 @@ fn with_geom<R>(op: &Conv2dOp, aligned_to: *const f32, align: bool, f: impl FnOn
     let hw = op.in_h * op.in_w;
     let lead = if align && hw.is_multiple_of(LANES) { aligned_to as usize % 64 / size_of::<f32>() } else { 0 };
     let shifts = tap_masks(op.in_h, op.in_w, lead, &mut masks);
-    let r = f(&Geom { batch: op.batch, hw, lead, vecs: (lead + hw).div_ceil(LANES), masks: &masks, shifts });
+    let r =
+        f(&Geom { batch: op.batch, hw, w: op.in_w, lead, vecs: (lead + hw).div_ceil(LANES), masks: &masks, shifts });
     f32::with_scratch(|s| s.direct_masks = masks);
     r
 }
@@ -503,19 +537,19 @@ unsafe fn grad_block<const G: usize>(k: &GradBlock, ky: usize, sums: &mut [[f32;
     let (mut a40, mut a41, mut a42, mut a50, mut a51, mut a52) = (z, z, z, z, z, z);
     let (s0, s1, s2) = (g.shifts[ky * 3], g.shifts[ky * 3 + 1], g.shifts[ky * 3 + 2]);
     let masks = &g.masks[..g.vecs * MASKS];
-    for b in 0..k.n_img {
-        // Pointers bumped vector by vector (fewer live registers than indices).
-        let mut xq = k.x0.wrapping_add(b * k.x_bs).wrapping_sub(g.lead);
-        let mut gq = k.g0.wrapping_add(b * k.g_bs).wrapping_sub(g.lead);
-        for m in masks.chunks_exact(MASKS) {
-            let x0 = _mm512_maskz_loadu_ps(m[ky * 3], xq.wrapping_offset(s0));
-            let x1 = _mm512_maskz_loadu_ps(m[ky * 3 + 1], xq.wrapping_offset(s1));
-            let x2 = _mm512_maskz_loadu_ps(m[ky * 3 + 2], xq.wrapping_offset(s2));
-            let keep = m[KEEP];
+    // One vector of positions: the three taps' input vectors under their masks, then each output
+    // channel's gradient vector under `keep` into its three accumulators. Pointers are bumped
+    // vector by vector (fewer live registers than indices).
+    macro_rules! vector {
+        ($xq:ident, $gq:ident, $m0:expr, $m1:expr, $m2:expr, $keep:expr) => {{
+            let x0 = _mm512_maskz_loadu_ps($m0, $xq.wrapping_offset(s0));
+            let x1 = _mm512_maskz_loadu_ps($m1, $xq.wrapping_offset(s1));
+            let x2 = _mm512_maskz_loadu_ps($m2, $xq.wrapping_offset(s2));
+            let keep = $keep;
             macro_rules! row {
                 ($o:literal, $c0:ident, $c1:ident, $c2:ident) => {
                     if $o < G {
-                        let gv = _mm512_maskz_loadu_ps(keep, gq.wrapping_add($o * k.g_os));
+                        let gv = _mm512_maskz_loadu_ps(keep, $gq.wrapping_add($o * k.g_os));
                         $c0 = _mm512_fmadd_ps(gv, x0, $c0);
                         $c1 = _mm512_fmadd_ps(gv, x1, $c1);
                         $c2 = _mm512_fmadd_ps(gv, x2, $c2);
@@ -528,8 +562,36 @@ unsafe fn grad_block<const G: usize>(k: &GradBlock, ky: usize, sums: &mut [[f32;
             row!(3, a30, a31, a32);
             row!(4, a40, a41, a42);
             row!(5, a50, a51, a52);
-            xq = xq.wrapping_add(LANES);
-            gq = gq.wrapping_add(LANES);
+            $xq = $xq.wrapping_add(LANES);
+            $gq = $gq.wrapping_add(LANES);
+        }};
+    }
+    let general = |v: usize| {
+        let m = &masks[v * MASKS..][..MASKS];
+        (m[ky * 3], m[ky * 3 + 1], m[ky * 3 + 2], m[KEEP])
+    };
+    let inner = g.inner(ky);
+    let (pair0, pair1) = if inner.is_empty() {
+        ((0, 0), (0, 0))
+    } else {
+        (g.row_edges(inner.start, ky), g.row_edges(inner.start + 1, ky))
+    };
+    for b in 0..k.n_img {
+        let mut xq = k.x0.wrapping_add(b * k.x_bs).wrapping_sub(g.lead);
+        let mut gq = k.g0.wrapping_add(b * k.g_bs).wrapping_sub(g.lead);
+        for v in 0..inner.start {
+            let (m0, m1, m2, keep) = general(v);
+            vector!(xq, gq, m0, m1, m2, keep);
+        }
+        // The inner vectors, in pairs: masks held in registers (only taps kx = 0 and 2 mask a
+        // lane there, the same ones every pair), no mask loads.
+        for _ in inner.clone().step_by(2) {
+            vector!(xq, gq, pair0.0, u16::MAX, pair0.1, u16::MAX);
+            vector!(xq, gq, pair1.0, u16::MAX, pair1.1, u16::MAX);
+        }
+        for v in inner.end..g.vecs {
+            let (m0, m1, m2, keep) = general(v);
+            vector!(xq, gq, m0, m1, m2, keep);
         }
     }
     let rows = [[a00, a01, a02], [a10, a11, a12], [a20, a21, a22], [a30, a31, a32], [a40, a41, a42], [a50, a51, a52]];
