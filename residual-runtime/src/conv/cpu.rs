@@ -337,9 +337,9 @@ pub(crate) fn forward_cnhw<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [
 
 /// The conv into `out` (NCHW, or CNHW when `cnhw`) stored as `store` says (an epilogue fused
 /// into the pass that writes the output), where the conv runs as Winograd, whose inverse
-/// transform writes every output once anyway, or as a shallow 1x1 conv (`pointwise.rs`) or a
-/// stride-2 conv of few input channels (`phases.rs`), whose kernels store each output once;
-/// elsewhere false, with nothing written (the caller
+/// transform writes every output once anyway, or as a direct 3x3 conv (`direct.rs`), a shallow
+/// 1x1 conv (`pointwise.rs`) or a stride-2 conv of few input channels (`phases.rs`), whose
+/// kernels store each output once; elsewhere false, with nothing written (the caller
 /// runs the conv and its epilogue apart). Buffer lengths are checked by the caller.
 pub(crate) fn forward_fused<E: Real>(
     op: &Conv2dOp,
@@ -357,8 +357,11 @@ pub(crate) fn forward_fused<E: Real>(
         phases::forward(op, cnhw, x, w, out, store);
         return true;
     }
-    // The direct kernel (small channel counts) runs its epilogue apart.
-    let runs = !direct::applies::<E>(op) && winograd::applies(op);
+    if direct::applies::<E>(op) {
+        direct::forward_fused(op, cnhw, x, w, out, store);
+        return true;
+    }
+    let runs = winograd::applies(op);
     if runs {
         winograd::forward_fused(op, cnhw, x, w, out, store);
     }

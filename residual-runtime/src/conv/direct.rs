@@ -30,6 +30,8 @@ use std::any::TypeId;
 
 use rayon::prelude::*;
 
+use super::pointwise::Epilogue;
+use super::winograd::Store;
 use super::Conv2dOp;
 use crate::real::{grown, Real};
 use crate::Knob;
@@ -228,11 +230,18 @@ pub(super) fn with_packed<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// The conv into `out` (NCHW, or CNHW when `cnhw`), added when `accumulate`. Buffer lengths are
 /// checked by the caller; they are checked again here against what the kernels address.
 pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], accumulate: bool) {
+    forward_fused(op, cnhw, x, w, out, if accumulate { Store::Add } else { Store::Write })
+}
+
+/// The conv into `out` (NCHW, or CNHW when `cnhw`), stored as `store` says (the plans'
+/// inference epilogue in the store). Buffer lengths as in [`forward`].
+pub(super) fn forward_fused<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
     let (c, o) = (op.in_channels, op.out_channels);
     let w = as_f32(w);
     assert!(w.len() >= o * c * TAPS);
     let (xp, yp) = (Planes::new(cnhw, op.batch, c), Planes::new(cnhw, op.batch, o));
-    packed_conv(op, c, o, |oi, ci, t| w[(oi * c + ci) * TAPS + t], as_f32(x), xp, as_f32_mut(out), yp, accumulate);
+    let ep = Epilogue::new(store);
+    packed_conv(op, c, o, |oi, ci, t| w[(oi * c + ci) * TAPS + t], as_f32(x), xp, as_f32_mut(out), yp, &ep);
 }
 
 /// The input gradient of `op` (NCHW, or CNHW when `cnhw`) into `gx` (added when `accumulate`)
@@ -258,10 +267,11 @@ pub(super) fn backward<E: Real>(
     with_geom(op, gout.as_ptr(), true, |g| weight_grad(g, c, o, as_f32(x), xp, gout, yp, gw));
     // The input gradient: the conv of gout (o channels in) with w flipped and transposed.
     let flipped = |ci: usize, oi: usize, t: usize| w[(oi * c + ci) * TAPS + TAPS - 1 - t];
-    packed_conv(op, o, c, flipped, gout, yp, as_f32_mut(gx), xp, accumulate);
+    let ep = Epilogue::new::<f32>(if accumulate { Store::Add } else { Store::Write });
+    packed_conv(op, o, c, flipped, gout, yp, as_f32_mut(gx), xp, &ep);
 }
 
-/// `y (+)= conv(x, weight)` on `op`'s planes, `ins` channels in and `outs` out, `weight(o, c, t)`
+/// `y = conv(x, weight)`, stored as `ep` says, on `op`'s planes, `ins` channels in and `outs` out, `weight(o, c, t)`
 /// packed for the forward blocks first ([`pack_weights`]): the forward pass and the input
 /// gradient (the flipped, transposed kernel) alike.
 #[allow(clippy::too_many_arguments)]
@@ -274,11 +284,11 @@ fn packed_conv(
     xp: Planes,
     y: &mut [f32],
     yp: Planes,
-    accumulate: bool,
+    ep: &Epilogue,
 ) {
     with_packed(outs.div_ceil(OB) * TAPS * ins * OB, |wp| {
         pack_weights(outs, ins, weight, wp);
-        with_geom(op, x.as_ptr(), align_conv(op), |g| same_conv(g, ins, outs, x, xp, wp, y, yp, accumulate))
+        with_geom(op, x.as_ptr(), align_conv(op), |g| same_conv(g, ins, outs, x, xp, wp, y, yp, ep))
     })
 }
 
@@ -295,7 +305,7 @@ fn same_conv(
     wp: &[f32],
     y: &mut [f32],
     yp: Planes,
-    accumulate: bool,
+    ep: &Epilogue,
 ) {
     let (hw, vecs) = (g.hw, g.vecs);
     let blocks = outs.div_ceil(OB);
@@ -309,6 +319,7 @@ fn same_conv(
             && y.len() >= g.batch * outs * hw
             && wp.len() >= blocks * TAPS * ins * OB
             && g.masks.len() >= vecs * MASKS
+            && ep.fits(outs, g.batch * outs * hw)
     );
     let groups = VectorGroups::new(vecs);
     let groups_n = groups.len();
@@ -324,15 +335,21 @@ fn same_conv(
         let o0 = ob * OB;
         let rows = OB.min(outs - o0);
         let x0 = (x_addr as *const f32).wrapping_add(b * xp.img * hw);
-        let y0 = (y_addr as *mut f32).wrapping_add((b * yp.img + o0 * yp.ch) * hw);
+        let at = (b * yp.img + o0 * yp.ch) * hw;
+        let y0 = (y_addr as *mut f32).wrapping_add(at);
+        let res0 = ep.res().map(|r| r.as_ptr().wrapping_add(at));
+        let (scale, shift) = ep.scale_shift(o0);
         let wb = &wp[ob * TAPS * ins * OB..][..TAPS * ins * OB];
         for group in (run * per_run..(run + 1) * per_run).take_while(|&i| i < groups_n) {
             let (v0, n) = groups.get(group);
-            let k = Block { x0, x_cs: xp.ch * hw, ins, wp: wb, g, v0, y0, y_cs: yp.ch * hw, rows, accumulate };
+            let (x_cs, y_cs) = (xp.ch * hw, yp.ch * hw);
+            let (relu, accumulate) = (ep.relu(), ep.accumulate());
+            let k = Block { x0, x_cs, ins, wp: wb, g, v0, y0, y_cs, res0, rows, scale, shift, relu, accumulate };
             // SAFETY: this CPU has AVX-512 (`applies`: `wide_vectors`). The addresses: the planes of image b
             // (channels below ins, outputs o0..o0 + rows) lie inside x and y (asserted above);
             // the kernel reads input lanes only where their mask is set, which is only for
-            // pixels inside the plane, and writes output lanes only below hw. Tasks write
+            // pixels inside the plane, and reads the residual and writes output lanes only below
+            // hw. Tasks write
             // disjoint (image, output-channel, vector) ranges of y.
             unsafe {
                 match n {
@@ -392,8 +409,14 @@ struct Block<'a> {
     /// Plane (image, first output channel of the block) of the output; `y_cs` apart.
     y0: *mut f32,
     y_cs: usize,
+    /// The residual's plane (image, first output channel of the block), laid out as `y`.
+    res0: Option<*const f32>,
     /// Output channels of the block that exist (the rest of the `OB` are zero weights).
     rows: usize,
+    /// The epilogue of [`pointwise::store`](super::pointwise::store), per output channel.
+    scale: [f32; OB],
+    shift: [f32; OB],
+    relu: bool,
     accumulate: bool,
 }
 
@@ -426,7 +449,21 @@ unsafe fn forward_block<const P: usize>(k: &Block) {
             let q = ((k.v0 + p) * LANES) as isize - g.lead as isize;
             let keep = g.masks[(k.v0 + p) * MASKS + KEEP];
             let dst = k.y0.wrapping_add(o * k.y_cs).wrapping_offset(q);
-            let v = if k.accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(keep, dst), a) } else { a };
+            let v = if k.accumulate {
+                _mm512_add_ps(_mm512_maskz_loadu_ps(keep, dst), a)
+            } else {
+                // The plans' epilogue, operation for operation (as `pointwise::store`).
+                let mut t = _mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(k.scale[o])), _mm512_set1_ps(k.shift[o]));
+                if let Some(r) = k.res0 {
+                    let r = r.wrapping_add(o * k.y_cs).wrapping_offset(q);
+                    t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(keep, r));
+                }
+                if k.relu {
+                    let zero = _mm512_setzero_ps();
+                    t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(t, zero), t, zero);
+                }
+                t
+            };
             _mm512_mask_storeu_ps(dst, keep, v);
         }
     }

@@ -84,20 +84,41 @@ impl<'a> Epilogue<'a> {
             && self.res.is_none_or(|r| r.len() >= len)
     }
 
+    pub(super) fn accumulate(&self) -> bool {
+        self.accumulate
+    }
+
+    pub(super) fn relu(&self) -> bool {
+        self.relu
+    }
+
+    pub(super) fn res(&self) -> Option<&'a [f32]> {
+        self.res
+    }
+
+    /// The scale and shift of output channels `ob..ob + OB` (0 past the last).
+    pub(super) fn scale_shift(&self, ob: usize) -> ([f32; OB], [f32; OB]) {
+        (
+            std::array::from_fn(|i| self.scale.map_or(1.0, |k| k.get(ob + i).copied().unwrap_or(0.0))),
+            std::array::from_fn(|i| self.shift.map_or(0.0, |s| s.get(ob + i).copied().unwrap_or(0.0))),
+        )
+    }
+
     /// Where a block of output channels `ob..ob + OB` (`rows` of them exist) stores, its first
     /// value at index `at` of the output (and of the residual), rows `y_rs` apart, `cols` values
     /// per row.
     ///
     /// The caller passes `at + (rows - 1) * y_rs + cols <= len` (the length `fits` checked).
     pub(super) fn out(&self, y: *mut f32, at: usize, y_rs: usize, ob: usize, rows: usize, cols: usize) -> Out {
+        let (scale, shift) = self.scale_shift(ob);
         Out {
             y: y.wrapping_add(at),
             y_rs,
             res: self.res.map(|r| r[at..].as_ptr()),
             rows,
             cols,
-            scale: std::array::from_fn(|i| self.scale.map_or(1.0, |k| k.get(ob + i).copied().unwrap_or(0.0))),
-            shift: std::array::from_fn(|i| self.shift.map_or(0.0, |s| s.get(ob + i).copied().unwrap_or(0.0))),
+            scale,
+            shift,
             relu: self.relu,
             accumulate: self.accumulate,
         }

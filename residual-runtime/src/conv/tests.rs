@@ -1002,3 +1002,23 @@ fn phases_match_naive_loop() {
         }
     });
 }
+
+/// The direct 3x3 kernel's stores (`direct::forward_fused`: write, add, the plans' epilogue)
+/// against the naive loop (`check_store_kernel`), on planes of one vector, several, and 256
+/// positions and more (vectors moved onto the input's cache lines). Two threads.
+#[test]
+fn direct_stores_match_naive_loop() {
+    if !crate::wide::wide_vectors() {
+        eprintln!("no AVX-512 here: the direct kernels do not run");
+        return;
+    }
+    let cases = [(2, 3, 5, 3, 5), (3, 16, 20, 16, 16), (2, 9, 17, 7, 7), (1, 8, 64, 20, 24)];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        for (b, c, o, h, w) in cases {
+            let case = Case { batched: true, b, c, o, h, w, cfg: Conv2dConfig::new(3).padding(1) };
+            assert!(direct::applies::<f32>(&case.op()));
+            check_store_kernel(&case, direct::forward_fused);
+        }
+    });
+}
