@@ -20,6 +20,7 @@ pub mod shortcut;
 pub mod storage;
 pub mod summary;
 mod tape;
+mod threads;
 pub mod upsample;
 
 pub use error::Error;

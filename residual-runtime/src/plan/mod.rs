@@ -372,7 +372,7 @@ where
     let out = E::with_pool(|pool| -> Result<Vec<E>, PlanError> {
         let views = params.views()?;
         let (compiled, batch, input) = start(plan, &views, &x, &out_shape, pool)?;
-        compiled.infer(pool, batch, input, &views)
+        crate::threads::hot(|| compiled.infer(pool, batch, input, &views))
     })
     .map_err(D::plan_error)?;
     Ok(dev.try_tensor_from_vec(out, out_shape)?.put_tape(tape))
@@ -415,7 +415,7 @@ where
             });
         }
         let (compiled, batch, input) = start(plan, &views, &x, &out_shape, pool)?;
-        let r = compiled.train(pool, batch, input, &views, &mut running, T::OWNS_TAPE);
+        let r = crate::threads::hot(|| compiled.train(pool, batch, input, &views, &mut running, T::OWNS_TAPE));
         Ok((r, running))
     })
     .and_then(|(r, running)| {
@@ -450,8 +450,11 @@ where
                     v
                 })
             };
-            let (grad_input, param_grads) =
-                E::with_pool(|pool| saved.backward(pool, grad_out, &views(&weights)?)).map_err(D::plan_error)?;
+            let (grad_input, param_grads) = E::with_pool(|pool| {
+                let weights = views(&weights)?;
+                crate::threads::hot(|| saved.backward(pool, grad_out, &weights))
+            })
+            .map_err(D::plan_error)?;
             let not_host = || D::plan_error(PlanError("device buffers are not host memory".into()));
             let gx = D::host_mut(grads.get_or_alloc_mut(&x_ghost)?).ok_or_else(not_host)?;
             add_into(gx, &grad_input).map_err(D::plan_error)?;
