@@ -353,12 +353,7 @@ pub(crate) fn forward_fused<E: Real>(
         pointwise::forward(op, cnhw, x, w, out, store);
         return true;
     }
-    if phases::applies::<E>(op) {
-        phases::forward(op, cnhw, x, w, out, store);
-        return true;
-    }
-    if direct::applies::<E>(op) {
-        direct::forward_fused(op, cnhw, x, w, out, store);
+    if stored_forward(op, cnhw, x, w, out, store) {
         return true;
     }
     let runs = winograd::applies(op);
@@ -366,6 +361,20 @@ pub(crate) fn forward_fused<E: Real>(
         winograd::forward_fused(op, cnhw, x, w, out, store);
     }
     runs
+}
+
+/// The conv on the kernels that store as `store` says in training and inference alike, the
+/// direct 3x3 conv (`direct.rs`) and the stride-2 conv of few input channels (`phases.rs`), where
+/// one applies; false, with nothing written, elsewhere.
+fn stored_forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) -> bool {
+    if direct::applies::<E>(op) {
+        direct::forward(op, cnhw, x, w, out, store);
+    } else if phases::applies::<E>(op) {
+        phases::forward(op, cnhw, x, w, out, store);
+    } else {
+        return false;
+    }
+    true
 }
 
 /// [`forward_cnhw`], adding into `out` when `accumulate` (the transposed conv that is a stride-1
@@ -377,11 +386,8 @@ fn forward_cnhw_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], ac
     if n == 0 || out.len() < d.o * n {
         return;
     }
-    if direct::applies::<E>(op) {
-        return direct::forward(op, true, x, w, out, accumulate);
-    }
-    if phases::applies::<E>(op) {
-        return phases::forward(op, true, x, w, out, if accumulate { Store::Add } else { Store::Write });
+    if stored_forward(op, true, x, w, out, Store::plain(accumulate)) {
+        return;
     }
     if winograd::applies(op) {
         return winograd::forward(op, true, x, w, out, accumulate);
@@ -588,11 +594,8 @@ fn forward_into<E: Real>(op: &Conv2dOp, x: &[E], w: &[E], out: &mut [E], accumul
     if d.depthwise && !accumulate {
         return depthwise_forward(op, &d, x, w, out);
     }
-    if direct::applies::<E>(op) {
-        return direct::forward(op, false, x, w, out, accumulate);
-    }
-    if phases::applies::<E>(op) {
-        return phases::forward(op, false, x, w, out, if accumulate { Store::Add } else { Store::Write });
+    if stored_forward(op, false, x, w, out, Store::plain(accumulate)) {
+        return;
     }
     if winograd::applies(op) {
         return winograd::forward(op, false, x, w, out, accumulate);

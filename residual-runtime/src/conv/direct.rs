@@ -227,15 +227,10 @@ pub(super) fn with_packed<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
-/// The conv into `out` (NCHW, or CNHW when `cnhw`), added when `accumulate`. Buffer lengths are
-/// checked by the caller; they are checked again here against what the kernels address.
-pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], accumulate: bool) {
-    forward_fused(op, cnhw, x, w, out, if accumulate { Store::Add } else { Store::Write })
-}
-
-/// The conv into `out` (NCHW, or CNHW when `cnhw`), stored as `store` says (the plans'
-/// inference epilogue in the store). Buffer lengths as in [`forward`].
-pub(super) fn forward_fused<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
+/// The conv into `out` (NCHW, or CNHW when `cnhw`), stored as `store` says (a write, an add, or
+/// the plans' inference epilogue). Buffer lengths are checked by the caller; they are checked
+/// again here against what the kernels address.
+pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
     let (c, o) = (op.in_channels, op.out_channels);
     let w = as_f32(w);
     assert!(w.len() >= o * c * TAPS);
@@ -267,7 +262,7 @@ pub(super) fn backward<E: Real>(
     with_geom(op, gout.as_ptr(), true, |g| weight_grad(g, c, o, as_f32(x), xp, gout, yp, gw));
     // The input gradient: the conv of gout (o channels in) with w flipped and transposed.
     let flipped = |ci: usize, oi: usize, t: usize| w[(oi * c + ci) * TAPS + TAPS - 1 - t];
-    let ep = Epilogue::new::<f32>(if accumulate { Store::Add } else { Store::Write });
+    let ep = Epilogue::new::<f32>(Store::plain(accumulate));
     packed_conv(op, o, c, flipped, gout, yp, as_f32_mut(gx), xp, &ep);
 }
 

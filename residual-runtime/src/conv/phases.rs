@@ -15,7 +15,7 @@ use std::any::TypeId;
 use rayon::prelude::*;
 
 use super::direct::{as_f32, as_f32_mut};
-use super::pointwise::{store, Epilogue, OB};
+use super::pointwise::{store, with_blocked_weights, Epilogue, OB};
 use super::winograd::Store;
 use super::Conv2dOp;
 use crate::real::{grown, Real};
@@ -103,56 +103,50 @@ pub(super) fn forward<E: 'static>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], o
         }
     });
     let phases = &*phases;
-    // wp[ob][ch][ky][kx][OB] = w[ob * OB + i][ch][ky][kx], zero past o.
     let blocks = o.div_ceil(OB);
     let taps = c * k * k;
-    let mut wp = vec![0.0f32; blocks * taps * OB];
-    for (ob, wb) in wp.chunks_exact_mut(taps * OB).enumerate() {
-        for (t, dst) in wb.chunks_exact_mut(OB).enumerate() {
-            for (i, v) in dst.iter_mut().enumerate().filter(|(i, _)| ob * OB + i < o) {
-                *v = w[(ob * OB + i) * taps + t];
-            }
-        }
-    }
     // Tasks: (image, block of output channels, run of output rows).
     let row_vecs = op.out_w.div_ceil(LANES);
     let rows_per_task = (2048 / (row_vecs * LANES)).clamp(1, op.out_h);
     let runs = op.out_h.div_ceil(rows_per_task);
     let y_addr = y.as_mut_ptr() as usize;
-    (0..op.batch * blocks * runs).into_par_iter().for_each(|task| {
-        let (b, ob, run) = (task / (blocks * runs), task / runs % blocks, task % runs);
-        let o0 = ob * OB;
-        let base = &phases[b * c * 4 * ph.plane()..][..c * 4 * ph.plane()];
-        let wb = &wp[ob * taps * OB..][..taps * OB];
-        for oy in (run * rows_per_task..(run + 1) * rows_per_task).take_while(|&r| r < op.out_h) {
-            let mut v0 = 0;
-            while v0 < row_vecs {
-                // Blocks of 3 vectors, the rest in 2s (or one 1).
-                let n = match row_vecs - v0 {
-                    1 => 1,
-                    2 | 4 => 2,
-                    _ => PB,
-                };
-                let ox0 = v0 * LANES;
-                let at = (b * y_img + o0 * y_ch) * out_plane + oy * op.out_w + ox0;
-                let cols = (op.out_w - ox0).min(n * LANES);
-                let out = ep.out(y_addr as *mut f32, at, y_ch * out_plane, o0, OB.min(o - o0), cols);
-                let blk = Block { phases: base, ph, c, k, oy, ox0, wp: wb, out };
-                // SAFETY: AVX-512 (`applies`). The kernel reads phase rows oy + ky / 2 <
-                // ph.rows and columns ox0 + 16 * n - 1 + kx / 2 < ph.cols of image b's planes
-                // (asserted in the kernel); it stores rows o0..o0 + rows <= o of output row oy,
-                // columns ox0..ox0 + cols <= out_w, inside y and the residual (checked above).
-                // Tasks write disjoint (image, channels, rows) ranges of y.
-                unsafe {
-                    match n {
-                        3 => block::<3>(&blk),
-                        2 => block::<2>(&blk),
-                        _ => block::<1>(&blk),
+    // wp[ob][ch][ky][kx][OB] = w[ob * OB + i][ch][ky][kx], zero past o.
+    with_blocked_weights(w, o, taps, |wp| {
+        (0..op.batch * blocks * runs).into_par_iter().for_each(|task| {
+            let (b, ob, run) = (task / (blocks * runs), task / runs % blocks, task % runs);
+            let o0 = ob * OB;
+            let base = &phases[b * c * 4 * ph.plane()..][..c * 4 * ph.plane()];
+            let wb = &wp[ob * taps * OB..][..taps * OB];
+            for oy in (run * rows_per_task..(run + 1) * rows_per_task).take_while(|&r| r < op.out_h) {
+                let mut v0 = 0;
+                while v0 < row_vecs {
+                    // Blocks of 3 vectors, the rest in 2s (or one 1).
+                    let n = match row_vecs - v0 {
+                        1 => 1,
+                        2 | 4 => 2,
+                        _ => PB,
+                    };
+                    let ox0 = v0 * LANES;
+                    let at = (b * y_img + o0 * y_ch) * out_plane + oy * op.out_w + ox0;
+                    let cols = (op.out_w - ox0).min(n * LANES);
+                    let out = ep.out(y_addr as *mut f32, at, y_ch * out_plane, o0, OB.min(o - o0), cols);
+                    let blk = Block { phases: base, ph, c, k, oy, ox0, wp: wb, out };
+                    // SAFETY: AVX-512 (`applies`). The kernel reads phase rows oy + ky / 2 <
+                    // ph.rows and columns ox0 + 16 * n - 1 + kx / 2 < ph.cols of image b's planes
+                    // (asserted in the kernel); it stores rows o0..o0 + rows <= o of output row oy,
+                    // columns ox0..ox0 + cols <= out_w, inside y and the residual (checked above).
+                    // Tasks write disjoint (image, channels, rows) ranges of y.
+                    unsafe {
+                        match n {
+                            3 => block::<3>(&blk),
+                            2 => block::<2>(&blk),
+                            _ => block::<1>(&blk),
+                        }
                     }
+                    v0 += n;
                 }
-                v0 += n;
             }
-        }
+        });
     });
     f32::with_scratch(|s| s.tmp = buf);
 }

@@ -154,19 +154,24 @@ pub(super) fn forward<E: 'static>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], o
         x.len() >= images * c * n && w.len() >= o * c && y.len() >= len_y && ep.fits(o, len_y),
         "pointwise conv buffers too short for {op:?}"
     );
-    let blocks = o.div_ceil(OB);
-    with_packed(blocks * c * OB, |wp| {
-        // wp[ob][c][OB] = w[ob * OB + i][c], zero past o.
-        for (ob, wb) in wp.chunks_exact_mut(c * OB).enumerate() {
-            for (ci, dst) in wb.chunks_exact_mut(OB).enumerate() {
+    with_blocked_weights(w, o, c, |wp| run(&m, c, o, x, wp, y, &ep));
+}
+
+/// Runs `f` with `w` (`o` rows of `taps` values) packed for blocks of `OB` output channels,
+/// `wp[ob][t][OB] = w[ob * OB + i][t]` (zero past `o`), in this thread's packing buffer: the
+/// order this kernel's and the phase-plane kernel's blocks read them.
+pub(super) fn with_blocked_weights<R>(w: &[f32], o: usize, taps: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    with_packed(o.div_ceil(OB) * taps * OB, |wp| {
+        for (ob, wb) in wp.chunks_exact_mut(taps * OB).enumerate() {
+            for (t, dst) in wb.chunks_exact_mut(OB).enumerate() {
                 for (i, v) in dst.iter_mut().enumerate() {
                     let oi = ob * OB + i;
-                    *v = if oi < o { w[oi * c + ci] } else { 0.0 };
+                    *v = if oi < o { w[oi * taps + t] } else { 0.0 };
                 }
             }
         }
-        run(&m, c, o, x, wp, y, &ep);
-    });
+        f(wp)
+    })
 }
 
 /// `images` matrices `X[C, n]` (`x_img` apart) into `Y[O, n]` (`y_img` apart).

@@ -878,10 +878,10 @@ fn direct_matches_naive_loop() {
                 let (x32, w32) = (placed(&x_l, skip), placed(&wt, 0));
                 let x32 = &x32[skip..];
                 let mut y = placed(&vec![f64::NAN; want.y.len()], skip);
-                direct::forward(&op, cnhw, x32, &w32, &mut y[skip..], false);
+                direct::forward(&op, cnhw, x32, &w32, &mut y[skip..], winograd::Store::Write);
                 assert_close(&format!("{name} y"), &y_to_nchw(&f64s(&y[skip..])), &want.y, 2e-5);
                 let mut y = placed(&vec![1.0; want.y.len()], skip);
-                direct::forward(&op, cnhw, x32, &w32, &mut y[skip..], true);
+                direct::forward(&op, cnhw, x32, &w32, &mut y[skip..], winograd::Store::Add);
                 let plus_one: Vec<f64> = want.y.iter().map(|v| v + 1.0).collect();
                 assert_close(&format!("{name} y added"), &y_to_nchw(&f64s(&y[skip..])), &plus_one, 2e-5);
                 let gout: Vec<f64> = want.y.iter().map(|v| 2.0 * v).collect();
@@ -1003,7 +1003,7 @@ fn phases_match_naive_loop() {
     });
 }
 
-/// The direct 3x3 kernel's stores (`direct::forward_fused`: write, add, the plans' epilogue)
+/// The direct 3x3 kernel's stores (`direct::forward`: write, add, the plans' epilogue)
 /// against the naive loop (`check_store_kernel`), on planes of one vector, several, and 256
 /// positions and more (vectors moved onto the input's cache lines). Two threads.
 #[test]
@@ -1018,7 +1018,7 @@ fn direct_stores_match_naive_loop() {
         for (b, c, o, h, w) in cases {
             let case = Case { batched: true, b, c, o, h, w, cfg: Conv2dConfig::new(3).padding(1) };
             assert!(direct::applies::<f32>(&case.op()));
-            check_store_kernel(&case, direct::forward_fused);
+            check_store_kernel(&case, direct::forward);
         }
     });
 }

@@ -254,8 +254,7 @@ impl Geom {
 /// `accumulate`; activations NCHW, or CNHW when `cnhw`. Always F(2x2, 3x3): this is the conv of
 /// training (forward and input gradient) and of the layer-by-layer path (see [`forward_fused`]).
 pub(super) fn forward<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], accumulate: bool) {
-    let store = if accumulate { Store::Add } else { Store::Write };
-    forward_tiles(2, op, cnhw, x, w, out, store)
+    forward_tiles(2, op, cnhw, x, w, out, Store::plain(accumulate))
 }
 
 /// What the inverse transform does with each output value `y`.
@@ -273,6 +272,17 @@ pub(crate) enum Store<'a, E> {
         res: Option<&'a [E]>,
         relu: bool,
     },
+}
+
+impl<E> Store<'_, E> {
+    /// A plain conv's store: an add into the output when `accumulate`, else a write.
+    pub(crate) fn plain(accumulate: bool) -> Self {
+        if accumulate {
+            Store::Add
+        } else {
+            Store::Write
+        }
+    }
 }
 
 /// The conv of compiled plans' inference, storing as `store` says (their epilogue): F(4x4, 3x3)

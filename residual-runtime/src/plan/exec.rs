@@ -1266,12 +1266,12 @@ fn norm_forward<E: Real>(
     let n = (batch * plane) as f64;
     // Tasks write the disjoint planes of their own channel: `out` travels as an address.
     let out_addr = out.as_mut_ptr() as usize;
-    let stats: Vec<(f64, f64)> = (0..channels)
+    let stats: Vec<(f64, f64, E)> = (0..channels)
         .into_par_iter()
         .map(|c| {
             let (m, v) = channel_moments(x, batch, channels, plane, c);
-            let (mean, k, shift) =
-                (E::from_f64_lossy(m), gamma[c] * E::from_f64_lossy(1.0 / (v + EPS).sqrt()), beta[c]);
+            let is = E::from_f64_lossy(1.0 / (v + EPS).sqrt());
+            let (mean, k, shift) = (E::from_f64_lossy(m), gamma[c] * is, beta[c]);
             for b in 0..batch {
                 let off = (b * channels + c) * plane;
                 // SAFETY: plane (b, c) lies inside `out` (len = batch * channels * plane, checked
@@ -1279,14 +1279,14 @@ fn norm_forward<E: Real>(
                 let o = unsafe { std::slice::from_raw_parts_mut((out_addr as *mut E).add(off), plane) };
                 normalize_plane(&x[off..][..plane], o, mean, k, shift, res.map(|r| &r[off..][..plane]), relu);
             }
-            (m, v)
+            (m, v, is)
         })
         .collect();
     let mut mean = pool.take(channels);
     let mut invstd = pool.take(channels);
-    for (c, &(m, v)) in stats.iter().enumerate() {
+    for (c, &(m, v, is)) in stats.iter().enumerate() {
         mean[c] = E::from_f64_lossy(m);
-        invstd[c] = E::from_f64_lossy(1.0 / (v + EPS).sqrt());
+        invstd[c] = is;
         let rm = &mut running[bn.mean][c];
         *rm = E::from_f64_lossy((1.0 - MOMENTUM) * rm.to_f64_lossless() + MOMENTUM * m);
         if n > 1.0 {
