@@ -70,8 +70,14 @@ const LANES: usize = 16;
 /// A block of `LANES` values, one per tile.
 type Lanes<E> = [E; LANES];
 
+/// Outputs per 100 that F(2x2, 3x3)'s tiles must cover before Winograd runs: odd output sides
+/// leave a half-empty tile at each row's and column's end, whose transforms and multiplies are
+/// spent for nothing. ResNet's 7x7 maps (49 outputs in 64 tile places, 77%) measured slower than
+/// im2col and the GEMM at batch 8 (two 512-channel convs, 19.1-20.2 against 14.5 ms).
+const MIN_COVERAGE_PERCENT: usize = 80;
+
 /// Whether `op` runs as Winograd: a 3x3 kernel, stride 1, no dilation, one group, padding up to
-/// 2, enough channels and tiles.
+/// 2, enough channels and tiles, and tiles mostly covered.
 pub(super) fn applies(op: &Conv2dOp) -> bool {
     op.kernel == 3
         && op.stride == 1
@@ -84,6 +90,8 @@ pub(super) fn applies(op: &Conv2dOp) -> bool {
         && op.out_w + 2 == op.in_w + 2 * op.padding
         && op.batch.saturating_mul(op.out_h.div_ceil(2)).saturating_mul(op.out_w.div_ceil(2))
             >= WINOGRAD_MIN_TILES.get()
+        && op.out_h.saturating_mul(op.out_w).saturating_mul(100)
+            >= (op.out_h.next_multiple_of(2) * op.out_w.next_multiple_of(2)).saturating_mul(MIN_COVERAGE_PERCENT)
 }
 
 /// One of the algorithms: the 1D transforms along one side of a tile, on `LANES` tiles at once.
@@ -384,9 +392,11 @@ unsafe fn run_chunk<V: Variant, E: Real>(
     let v = grown(v, g.c * n * tc);
     let m = grown(m, g.o * n * tc);
     let input = |c: usize, vc: &mut [E]| {
-        let mut lines = InputLines::new();
-        wide!(for r in rows.clone() {
-            input_tile_row::<V, E>(g, x, c, r, &mut vc[(r - rows.start) * g.tw..], tc, &mut lines);
+        let mut tiles = InputTiles::new();
+        wide!(for t0 in (0..tc).step_by(SEG) {
+            let n = SEG.min(tc - t0);
+            gather_inputs::<V, E>(g, x, c, rows.start, t0, n, &mut tiles);
+            transform_inputs::<V, E>(&tiles, n, &mut vc[t0..], tc);
         })
     };
     if parallel {
@@ -424,10 +434,23 @@ unsafe fn run_chunk<V: Variant, E: Real>(
     let out_addr = out as usize;
     let output = |o: usize| {
         let mut lines = [[E::ZERO; 4 * SEG]; 4];
-        wide!(for r in rows.clone() {
-            let mo = &m[o * n * tc + (r - rows.start) * g.tw..];
+        let mo = &m[o * n * tc..][..n * tc];
+        wide!(for t0 in (0..tc).step_by(SEG) {
             // SAFETY: the caller's contract: these output rows are this chunk's alone.
-            unsafe { output_tile_row::<V, E>(g, mo, tc, out_addr as *mut E, o, r, store, &mut lines) };
+            unsafe {
+                output_tiles::<V, E>(
+                    g,
+                    mo,
+                    tc,
+                    out_addr as *mut E,
+                    o,
+                    rows.start,
+                    t0,
+                    SEG.min(tc - t0),
+                    store,
+                    &mut lines,
+                )
+            };
         })
     };
     if parallel {
@@ -471,66 +494,73 @@ fn transform_kernels<V: Variant, E: Real>(taps: &[[E; SEG]; 9], n: usize, u: &mu
     }
 }
 
-/// One channel's input rows of a tile row, each split into `M` phases: `phase[i][r][j]` is
-/// column `M j + r` (from the segment's first column) of row `i`, so tile `j`'s column `q` is
-/// `phase[i][q % M][j + q / M]`. Reused across tile rows.
-struct InputLines<E> {
-    phase: [[[E; SEG + 1]; 4]; 6],
+/// The `T x T` inputs of up to `SEG` tiles of one channel: `cols[i][q][k]` is row `i`, column
+/// `q` of tile `k`'s input (zero outside the image). The tiles are consecutive in the chunk's
+/// order (tile rows one after another), so the transforms run on whole vectors of tiles even
+/// where a row holds few tiles (7 on ResNet-50's 14x14 and 28x28 maps: with a transform per row,
+/// most of each vector went unused).
+struct InputTiles<E> {
+    cols: [[[E; SEG]; 6]; 6],
 }
 
-impl<E: Real> InputLines<E> {
+impl<E: Real> InputTiles<E> {
     fn new() -> Self {
-        InputLines { phase: [[[E::ZERO; SEG + 1]; 4]; 6] }
+        InputTiles { cols: [[[E::ZERO; SEG]; 6]; 6] }
     }
 }
 
-/// The input transform of one tile row `r` of channel `c`: `V[xi][t] = (B^T d B)[xi]` for each
-/// tile's `T x T` input `d` (zero outside the image). `vc` is this channel's `[n][tc]` from the
-/// row's first tile.
+/// Gathers into `tiles` the inputs of channel `c`'s tiles `t0..t0 + n` of the chunk that starts
+/// at tile row `r0` (chunk tile `t` is column `t % tw` of tile row `r0 + t / tw`; row `r` is tile
+/// row `r % th` of image `r / th`).
 #[inline(always)]
-fn input_tile_row<V: Variant, E: Real>(
+#[allow(clippy::too_many_arguments)]
+fn gather_inputs<V: Variant, E: Real>(
     g: &Geom,
     x: &[E],
     c: usize,
-    r: usize,
-    vc: &mut [E],
-    tc: usize,
-    lines: &mut InputLines<E>,
+    r0: usize,
+    t0: usize,
+    n: usize,
+    tiles: &mut InputTiles<E>,
 ) {
-    let (b, ty) = (r / g.th, r % g.th);
-    let plane = &x[g.in_plane(b, c)..][..g.h * g.w];
-    let m = V::M;
-    for tx0 in (0..g.tw).step_by(SEG) {
-        let n = SEG.min(g.tw - tx0);
-        // Tile j of the segment reads columns M (tx0 + j) - pad + 0..T of its T rows.
+    let (m, t) = (V::M, V::T);
+    let mut k = 0;
+    while k < n {
+        // A run of tiles on one tile row.
+        let (r, tx0) = (r0 + (t0 + k) / g.tw, (t0 + k) % g.tw);
+        let run = (g.tw - tx0).min(n - k);
+        let (b, ty) = (r / g.th, r % g.th);
+        let plane = &x[g.in_plane(b, c)..][..g.h * g.w];
+        // Tile j of the run reads columns col0 + M j + 0..T of its T rows.
         let col0 = (m * tx0) as isize - g.pad as isize;
-        for (i, ph) in lines.phase[..V::T].iter_mut().enumerate() {
+        // Tiles whose T columns lie in the row, [lo, hi), are copied without checks.
+        let lo = ((-col0).max(0) as usize).div_ceil(m).min(run);
+        let room = g.w as isize - col0 - t as isize;
+        let hi = if room >= 0 { room as usize / m + 1 } else { 0 }.clamp(lo, run);
+        for (i, rows) in tiles.cols[..t].iter_mut().enumerate() {
             let y = (m * ty + i) as isize - g.pad as isize;
             if y < 0 || y >= g.h as isize {
-                ph[..m].iter_mut().for_each(|p| p[..=n].fill(E::ZERO));
+                rows[..t].iter_mut().for_each(|q| q[k..k + run].fill(E::ZERO));
                 continue;
             }
             let row = &plane[y as usize * g.w..][..g.w];
             let at = |xx: isize| if xx >= 0 && (xx as usize) < g.w { row[xx as usize] } else { E::ZERO };
-            // Groups of M columns that lie in the row are copied without checks, the edges with.
-            let lo = ((-col0).max(0) as usize).div_ceil(m).min(n + 1);
-            let hi = ((g.w as isize - col0) / m as isize).clamp(lo as isize, n as isize + 1) as usize;
-            for j in (0..lo).chain(hi..=n) {
-                for (k, p) in ph[..m].iter_mut().enumerate() {
-                    p[j] = at(col0 + (m * j + k) as isize);
+            for j in (0..lo).chain(hi..run) {
+                for (q, lane) in rows[..t].iter_mut().enumerate() {
+                    lane[k + j] = at(col0 + (m * j + q) as isize);
                 }
             }
-            if hi == lo {
-                continue;
-            }
-            let src = &row[(col0 + (m * lo) as isize) as usize..][..m * (hi - lo)];
-            for (j, group) in (lo..hi).zip(src.chunks_exact(m)) {
-                for (k, p) in ph[..m].iter_mut().enumerate() {
-                    p[j] = group[k];
+            if hi > lo {
+                // Column q of tiles lo..hi: every M-th value of the row from column q.
+                let src = &row[(col0 + (m * lo) as isize) as usize..][..m * (hi - lo - 1) + t];
+                for (q, lane) in rows[..t].iter_mut().enumerate() {
+                    for (d, s) in lane[k + lo..k + hi].iter_mut().zip(src[q..].iter().step_by(m)) {
+                        *d = *s;
+                    }
                 }
             }
         }
-        transform_inputs::<V, E>(lines, n, &mut vc[tx0..], tc);
+        k += run;
     }
 }
 
@@ -547,18 +577,17 @@ fn copy_lanes<E: Real>(dst: &mut [E], src: &[E]) {
     }
 }
 
-/// `B^T d B` of `n` tiles from their rows' phases, into `v[xi * tc + j]`.
+/// `B^T d B` of the `n` tiles gathered in `tiles`, into `v[xi * tc + j]`.
 #[inline(always)]
-fn transform_inputs<V: Variant, E: Real>(lines: &InputLines<E>, n: usize, v: &mut [E], tc: usize) {
-    let (m, t) = (V::M, V::T);
+fn transform_inputs<V: Variant, E: Real>(tiles: &InputTiles<E>, n: usize, v: &mut [E], tc: usize) {
+    let t = V::T;
     let mut rows = [[[E::ZERO; LANES]; 6]; 6];
     for j0 in (0..n).step_by(LANES) {
-        // Lanes j0.. of a phase, shifted by `off` (j0 + 1 + LANES <= SEG + 1: j0 < n <= SEG).
-        let lanes = |p: &[E; SEG + 1], off: usize| -> Lanes<E> { p[j0 + off..][..LANES].try_into().unwrap() };
+        // Lanes j0.. of column q of row i (j0 + LANES <= SEG: j0 < n <= SEG, SEG % LANES == 0).
+        let lanes = |i: usize, q: usize| -> Lanes<E> { tiles.cols[i][q][j0..][..LANES].try_into().unwrap() };
         // d B along each input row i (B^T of the row's T values, as a column).
         for (i, row) in rows[..t].iter_mut().enumerate() {
-            let d: [Lanes<E>; 6] =
-                std::array::from_fn(|q| if q < t { lanes(&lines.phase[i][q % m], q / m) } else { [E::ZERO; LANES] });
+            let d: [Lanes<E>; 6] = std::array::from_fn(|q| if q < t { lanes(i, q) } else { [E::ZERO; LANES] });
             *row = V::input(&d);
         }
         // B^T down each column b of that.
@@ -573,56 +602,63 @@ fn transform_inputs<V: Variant, E: Real>(lines: &InputLines<E>, n: usize, v: &mu
     }
 }
 
-/// The inverse transform of one tile row `r` of output channel `o`: the `M x M` outputs
-/// `A^T M A` of each tile from `mo` (this channel's `[n][tc]` from the row's first tile), stored
-/// into the output as `store` says. `lines` holds the `M` output rows of a segment.
+/// The inverse transform of output channel `o`'s tiles `t0..t0 + n` of the chunk that starts at
+/// tile row `r0` (see [`gather_inputs`]): the `M x M` outputs `A^T M A` of each tile from `mo`
+/// (this channel's `[n][tc]`), stored into the output as `store` says. `lines` holds the `M`
+/// output rows of the tiles, one tile after another; a run of tiles on one tile row is contiguous
+/// there and in the output.
 ///
 /// # Safety
 /// `out` holds the op's output; nothing else accesses these output rows meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn output_tile_row<V: Variant, E: Real>(
+unsafe fn output_tiles<V: Variant, E: Real>(
     g: &Geom,
     mo: &[E],
     tc: usize,
     out: *mut E,
     o: usize,
-    r: usize,
+    r0: usize,
+    t0: usize,
+    n: usize,
     store: Store<E>,
     lines: &mut [[E; 4 * SEG]; 4],
 ) {
-    let (b, ty) = (r / g.th, r % g.th);
     let m = V::M;
-    for tx0 in (0..g.tw).step_by(SEG) {
-        let n = SEG.min(g.tw - tx0);
-        transform_outputs::<V, E>(&mo[tx0..], n, tc, lines);
+    transform_outputs::<V, E>(&mo[t0..], n, tc, lines);
+    let mut k = 0;
+    while k < n {
+        let (r, tx0) = (r0 + (t0 + k) / g.tw, (t0 + k) % g.tw);
+        let run = (g.tw - tx0).min(n - k);
+        let (b, ty) = (r / g.th, r % g.th);
         for (dy, line) in lines[..m].iter().enumerate() {
             let y = m * ty + dy;
             if y >= g.oh {
                 break;
             }
             let x0 = m * tx0;
-            let len = (m * n).min(g.ow - x0);
+            let len = (m * run).min(g.ow - x0);
             let at = g.out_plane(b, o) + y * g.ow + x0;
             let dst = std::slice::from_raw_parts_mut(out.add(at), len);
-            let line = &line[..len];
+            let line = &line[m * k..][..len];
             match store {
                 Store::Write => dst.copy_from_slice(line),
                 Store::Add => dst.iter_mut().zip(line).for_each(|(d, &v)| *d += v),
                 Store::Epilogue { scale, shift, res, relu } => {
-                    let k = scale.map_or(E::ONE, |k| k[o]);
-                    let s = shift.map_or(E::ZERO, |s| s[o]);
+                    let mul = scale.map_or(E::ONE, |k| k[o]);
+                    let add = shift.map_or(E::ZERO, |s| s[o]);
                     let relu_if = |t: E| if relu && t <= E::ZERO { E::ZERO } else { t };
                     match res {
                         Some(res) => {
                             let res = &res[at..][..len];
-                            dst.iter_mut().zip(line).zip(res).for_each(|((d, &v), &r)| *d = relu_if(v * k + s + r));
+                            dst.iter_mut().zip(line).zip(res).for_each(|((d, &v), &r)| *d = relu_if(v * mul + add + r));
                         }
-                        None => dst.iter_mut().zip(line).for_each(|(d, &v)| *d = relu_if(v * k + s)),
+                        None => dst.iter_mut().zip(line).for_each(|(d, &v)| *d = relu_if(v * mul + add)),
                     }
                 }
             }
         }
+        k += run;
     }
 }
 

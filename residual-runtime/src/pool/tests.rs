@@ -92,9 +92,10 @@ fn run_op(kind: PoolKind, cfg: Pool2dConfig, nchw: [usize; 4], x: &[f64], w: &[f
 
 #[test]
 fn matches_naive_loop_over_configs() {
-    // kernel 2/3, stride 1/2, padding 0/1, square and not, batch 1 and 3.
-    let configs = [(2, 2, 0), (2, 1, 0), (3, 2, 1), (3, 1, 1), (2, 2, 1), (3, 1, 0)];
-    let shapes = [[1, 2, 5, 5], [3, 2, 6, 4], [1, 1, 4, 7]];
+    // kernel 2/3, stride 1/2, padding 0/1, square and not, batch 1 and 3; rows long enough for
+    // the max pool's inner columns (kernel 3 stride 2 has its own loop there), odd and even.
+    let configs = [(2, 2, 0), (2, 1, 0), (3, 2, 1), (3, 1, 1), (2, 2, 1), (3, 1, 0), (3, 2, 0)];
+    let shapes = [[1, 2, 5, 5], [3, 2, 6, 4], [1, 1, 4, 7], [1, 1, 3, 20], [2, 1, 4, 21]];
     for (ci, &(k, s, p)) in configs.iter().enumerate() {
         let cfg = Pool2dConfig::new(k).with_stride(s).with_padding(p);
         for (si, &nchw) in shapes.iter().enumerate() {
