@@ -25,9 +25,11 @@
 //! AVX-512 CPUs.
 //! `--phases-max-channels C`: f32 stride-2 convs with at most C input channels (the stem) run on
 //! the phase-plane kernel (`conv/phases.rs`; default 4; 0: never), on AVX-512 CPUs.
-//! `--winograd-tile M`: in compiled plans' inference, Winograd convs whose output sides are
-//! multiples of 4 run F(M x M, 3x3) (default 4; 2: F(2x2, 3x3) everywhere; training always
+//! `--winograd-tile M`: in compiled plans' inference, Winograd convs whose maps F(4x4)'s tiles
+//! cover to 3/4 run F(M x M, 3x3) (default 4; 2: F(2x2, 3x3) everywhere; training always
 //! runs F(2x2, 3x3)).
+//! `--winograd-cache-bytes N`: compiled plans' inference keeps Winograd's transformed weights
+//! across calls up to N bytes (default 256 MiB; 0: transformed on every call).
 //! `--no-header` leaves out the header (the script runs one process per row, so that each row's
 //! peak RSS is its own: plans keep their buffers in a per-thread pool).
 //!
@@ -262,6 +264,9 @@ fn main() {
     if let Some(t) = args.opt_value_from_str("--winograd-min-tiles").unwrap_or(None) {
         residual::runtime::conv::WINOGRAD_MIN_TILES.set(t);
     }
+    if let Some(b) = args.opt_value_from_str("--winograd-cache-bytes").unwrap_or(None) {
+        residual::runtime::conv::WINOGRAD_CACHE_BYTES.set(b);
+    }
     if let Some(m) = args.opt_value_from_str("--winograd-tile").unwrap_or(None) {
         residual::runtime::conv::WINOGRAD_TILE.set(m);
     }
@@ -284,7 +289,7 @@ fn main() {
     }
     let peak = gemm_peak();
     println!(
-        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, direct 3x3 up to {} channels, pointwise 1x1 up to {} channels, stride-2 phases up to {} channels in, Winograd from {} tiles, F({}x{}) where sides allow; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
+        "# residual, fp32, {} rayon threads, dfdx cache {}, crate GEMM from {} rows, row split from depth {}, direct 3x3 up to {} channels, pointwise 1x1 up to {} channels, stride-2 phases up to {} channels in, Winograd from {} tiles, F({}x{}) where tiles cover 3/4, transformed weights cached up to {} MiB; GEMM peak (4096^3, this process): {peak:.0} GFLOP/s",
         rayon::current_num_threads(),
         if cache { "on" } else { "off" },
         residual::runtime::conv::CRATE_GEMM_MIN_ROWS.get(),
@@ -295,6 +300,7 @@ fn main() {
         residual::runtime::conv::WINOGRAD_MIN_TILES.get(),
         residual::runtime::conv::WINOGRAD_TILE.get(),
         residual::runtime::conv::WINOGRAD_TILE.get(),
+        residual::runtime::conv::WINOGRAD_CACHE_BYTES.get() >> 20,
     );
     if header {
         println!(

@@ -43,6 +43,9 @@ pub trait Real:
     /// Runs `f` with this thread's plan buffer pool (or a fresh one on re-entry).
     #[doc(hidden)]
     fn with_pool<R>(f: impl FnOnce(&mut BufPool<Self>) -> R) -> R;
+    /// Runs `f` with the process's cache of derived parameters, locked.
+    #[doc(hidden)]
+    fn with_derived<R>(f: impl FnOnce(&mut DerivedCache<Self>) -> R) -> R;
 }
 
 /// Reusable buffers of the conv kernels: the im2col matrix, a GEMM output or gathered gradient,
@@ -61,6 +64,98 @@ pub struct Scratch<E> {
     pub(crate) winograd_u: Vec<E>,
     /// The tap masks of the direct 3x3 conv's planes (`conv/direct.rs`).
     pub(crate) direct_masks: Vec<u16>,
+}
+
+/// Values derived from a parameter (Winograd's transformed weights), kept across calls with a
+/// copy of the parameter they came from: a lookup finds an entry by the parameter's address and
+/// uses it only if the parameter's bits are still those copied (parameters may change between
+/// calls, in place). One per element type, shared by the threads.
+#[doc(hidden)]
+pub struct DerivedCache<E> {
+    entries: Vec<Derived<E>>,
+    bytes: usize,
+    lookups: u64,
+}
+
+struct Derived<E> {
+    /// The parameter's address and length, and what was derived (a variant's tag).
+    key: (usize, usize, usize),
+    source: Vec<E>,
+    value: std::sync::Arc<Vec<E>>,
+    bytes: usize,
+    /// The lookup count when last used.
+    used: u64,
+}
+
+impl<E: Real> DerivedCache<E> {
+    const fn new() -> Self {
+        DerivedCache { entries: Vec::new(), bytes: 0, lookups: 0 }
+    }
+
+    /// What was derived as `tag` from `source`, if this cache holds it and `source` has not
+    /// changed since.
+    pub(crate) fn get(&mut self, source: &[E], tag: usize) -> Option<std::sync::Arc<Vec<E>>> {
+        self.lookups += 1;
+        let key = (source.as_ptr() as usize, source.len(), tag);
+        let i = self.entries.iter().position(|e| e.key == key)?;
+        if same_bits(&self.entries[i].source, source) {
+            self.entries[i].used = self.lookups;
+            return Some(self.entries[i].value.clone());
+        }
+        // Changed in place (an optimizer step): stale.
+        let gone = self.entries.swap_remove(i);
+        self.bytes -= gone.bytes;
+        None
+    }
+
+    /// Keeps `value`, derived as `tag` from `source`, if it fits in `budget` bytes with the
+    /// entries used in the last `fresh` lookups (older ones are dropped to make room: a model
+    /// dropped, or a parameter moved).
+    pub(crate) fn insert(
+        &mut self,
+        source: &[E],
+        tag: usize,
+        value: std::sync::Arc<Vec<E>>,
+        budget: usize,
+        fresh: u64,
+    ) {
+        let key = (source.as_ptr() as usize, source.len(), tag);
+        if let Some(i) = self.entries.iter().position(|e| e.key == key) {
+            let gone = self.entries.swap_remove(i);
+            self.bytes -= gone.bytes;
+        }
+        let bytes = (source.len() + value.len()).saturating_mul(std::mem::size_of::<E>());
+        while self.bytes.saturating_add(bytes) > budget {
+            let now = self.lookups;
+            let stale = self
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| now - e.used > fresh)
+                .min_by_key(|(_, e)| e.used)
+                .map(|(i, _)| i);
+            match stale {
+                Some(i) => {
+                    let gone = self.entries.swap_remove(i);
+                    self.bytes -= gone.bytes;
+                }
+                None => return,
+            }
+        }
+        self.bytes += bytes;
+        self.entries.push(Derived { key, source: source.to_vec(), value, bytes, used: self.lookups });
+    }
+}
+
+/// Whether `a` and `b` hold the same bits (`==` on floats would take -0.0 for 0.0 and never a
+/// NaN for itself).
+fn same_bits<E: Real>(a: &[E], b: &[E]) -> bool {
+    let bytes = |v: &[E]| {
+        // SAFETY: `E` is f32 or f64 (sealed): plain bytes, no padding; the view covers exactly
+        // `v`'s elements and lives no longer than the borrow of `v`.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+    };
+    a.len() == b.len() && bytes(a) == bytes(b)
 }
 
 /// The first `len` elements of `v`, growing it (zero-filled, once) if it is too short. Callers
@@ -159,8 +254,56 @@ macro_rules! impl_real {
                     Err(_) => (f.take().expect("called once"))(&mut BufPool::default()),
                 }
             }
+            fn with_derived<R>(f: impl FnOnce(&mut DerivedCache<Self>) -> R) -> R {
+                static DERIVED: std::sync::Mutex<DerivedCache<$t>> = std::sync::Mutex::new(DerivedCache::new());
+                // A panic while locked leaves the cache consistent (each method updates its
+                // entries and byte count together before anything can panic): keep using it.
+                f(&mut DERIVED.lock().unwrap_or_else(|e| e.into_inner()))
+            }
         }
     };
 }
 impl_real!(f32);
 impl_real!(f64);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::DerivedCache;
+
+    /// The cache's rules: a hit needs the same buffer with the same bits (`-0.0` is not `0.0`); a
+    /// changed source drops its entry; what does not fit the budget is not kept unless entries
+    /// older than `fresh` lookups make room, oldest first.
+    #[test]
+    fn derived_cache_keeps_what_fits_and_drops_what_changed() {
+        let mut cache = DerivedCache::<f32>::new();
+        let value = |n: usize| Arc::new(vec![1.0f32; n]);
+        let mut a = vec![0.0f32, 1.0, 2.0, 3.0];
+        // 4 + 4 values of 4 bytes: 32 bytes an entry.
+        cache.insert(&a, 2, value(4), 64, 10);
+        assert!(cache.get(&a, 2).is_some());
+        assert!(cache.get(&a, 4).is_none(), "another tag is another entry");
+        let copy = a.clone();
+        assert!(cache.get(&copy, 2).is_none(), "another buffer is another entry");
+        a[0] = -0.0;
+        assert!(cache.get(&a, 2).is_none(), "-0.0 for 0.0 is a change");
+        assert_eq!((cache.entries.len(), cache.bytes), (0, 0), "a changed source's entry is dropped");
+
+        let (b, c, d) = (vec![1.0f32; 4], vec![2.0f32; 4], vec![3.0f32; 4]);
+        cache.insert(&a, 2, value(4), 64, 10);
+        cache.insert(&b, 2, value(4), 64, 10);
+        cache.insert(&c, 2, value(4), 64, 10);
+        assert!(cache.get(&c, 2).is_none(), "over the budget, nothing old enough to drop: not kept");
+        assert_eq!(cache.bytes, 64);
+        for _ in 0..11 {
+            assert!(cache.get(&b, 2).is_some());
+        }
+        cache.insert(&d, 2, value(4), 64, 10);
+        assert!(cache.get(&a, 2).is_none(), "unused for over 10 lookups: dropped for d");
+        assert!(cache.get(&b, 2).is_some() && cache.get(&d, 2).is_some());
+        cache.insert(&c, 2, value(100), 64, 10);
+        assert!(cache.get(&c, 2).is_none(), "larger than the budget: never kept");
+        assert_eq!(cache.bytes, 64);
+    }
+}

@@ -9,7 +9,7 @@ pub(crate) mod cpu;
 #[doc(hidden)]
 pub use cpu::{CRATE_GEMM_MIN_ROWS, ROW_SPLIT_MIN_DEPTH};
 #[doc(hidden)]
-pub use winograd::{WINOGRAD_MIN_TILES, WINOGRAD_TILE};
+pub use winograd::{WINOGRAD_CACHE_BYTES, WINOGRAD_MIN_TILES, WINOGRAD_TILE};
 #[cfg(feature = "cuda")]
 mod cuda;
 mod direct;

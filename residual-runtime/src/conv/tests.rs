@@ -823,6 +823,55 @@ fn winograd_matches_naive_loop() {
     });
 }
 
+/// The inference Winograd conv keeps its transformed weights across calls (`DerivedCache`):
+/// calls with the same weights give the same bits as with nothing kept, and weights changed in
+/// place (the same buffer, as an optimizer step leaves them) give the new weights' conv, not
+/// the kept one's, in f64 and f32, for F(4x4) (a 12x12 map) and F(2x2) (a 10x10 one).
+#[test]
+fn winograd_kept_weights_follow_changes_in_place() {
+    for (h, tile) in [(12, 4), (10, 2)] {
+        let case = Case { batched: true, b: 2, c: 16, o: 16, h, w: h, cfg: Conv2dConfig::new(3).padding(1) };
+        let op = case.op();
+        let x = case.x();
+        let mut wt = case.weight();
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let mut w32: Vec<f32> = wt.iter().map(|&v| v as f32).collect();
+        for step in 0..3 {
+            let want = naive_forward(&case, &x, &wt);
+            let mut fresh = vec![f64::NAN; want.len()];
+            winograd::forward_tiles(tile, &op, false, &x, &wt, &mut fresh, winograd::Store::Write);
+            let mut fresh32 = vec![f32::NAN; want.len()];
+            winograd::forward_tiles(tile, &op, false, &x32, &w32, &mut fresh32, winograd::Store::Write);
+            for call in 0..2 {
+                let what = format!("{h}x{h} step {step} call {call}");
+                let mut y = vec![f64::NAN; want.len()];
+                winograd::forward_fused(&op, false, &x, &wt, &mut y, winograd::Store::Write);
+                assert_close(&format!("f64 {what}"), &y, &want, 1e-12);
+                assert_eq!(
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    fresh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "f64 {what}: kept != fresh"
+                );
+                let mut y32 = vec![f32::NAN; want.len()];
+                winograd::forward_fused(&op, false, &x32, &w32, &mut y32, winograd::Store::Write);
+                assert_eq!(
+                    y32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    fresh32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "f32 {what}: kept != fresh"
+                );
+            }
+            // An optimizer-like step, in place: one weight, then all.
+            if step == 0 {
+                wt[5] += 0.25;
+                w32[5] += 0.25;
+            } else {
+                wt.iter_mut().for_each(|v| *v *= -0.5);
+                w32.iter_mut().for_each(|v| *v *= -0.5);
+            }
+        }
+    }
+}
+
 /// Puts a CNHW buffer back in NCHW order (or an NCHW one as it is).
 type ToNchw = Box<dyn Fn(&[f64]) -> Vec<f64>>;
 

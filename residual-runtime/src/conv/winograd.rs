@@ -40,12 +40,30 @@ use crate::Knob;
 #[doc(hidden)]
 pub static WINOGRAD_MIN_TILES: Knob = Knob::new(128);
 
-/// The output tile side of compiled plans' inference convs whose output sides are multiples of
-/// 4: 4 for F(4x4, 3x3), 2 for F(2x2, 3x3) everywhere (the others always run F(2x2, 3x3):
-/// F(4x4)'s partial tiles would waste up to 30% of its multiplies on a 14x14 or 7x7 map, and
-/// measured slower on ResNet-50; training always runs F(2x2), see [`forward_fused`]).
+/// The output tile side of compiled plans' inference convs whose maps F(4x4)'s tiles cover
+/// well enough ([`F4_MIN_COVERAGE_PERCENT`]): 4 for F(4x4, 3x3), 2 for F(2x2, 3x3) everywhere
+/// (training always runs F(2x2), see [`forward_fused`]).
 #[doc(hidden)]
 pub static WINOGRAD_TILE: Knob = Knob::new(4);
+
+/// Outputs per 100 that F(4x4, 3x3)'s tiles must cover for compiled plans' inference to run it
+/// rather than F(2x2). ResNet-50's 14x14 maps (196 outputs in 256 tile places, 77%): F(4x4)
+/// 4.5-5.3 ms a 256-channel conv at batch 8, F(2x2) 5.5-6.7 (both with the transforms on whole
+/// vectors; before them F(4x4) lost there). 36 multiplies per 16 tile places against F(2x2)'s 64
+/// outweigh a quarter of the places left empty.
+const F4_MIN_COVERAGE_PERCENT: usize = 75;
+
+/// Bytes of transformed weights (with the copies of the weights they came from) that compiled
+/// plans' inference keeps across calls (`DerivedCache`; default 256 MiB, 0: none). The transform
+/// of a 256-channel conv's weights for F(4x4) took 1.0-1.2 ms of its 4.3-4.5 at batch 8; a
+/// cached one costs the comparison of the weights with their copy. ResNet-50's Winograd convs
+/// keep 82 MB, ResNet-152's would keep 424 MB: those past the budget are transformed per call.
+#[doc(hidden)]
+pub static WINOGRAD_CACHE_BYTES: Knob = Knob::new(256 << 20);
+
+/// An entry of the cache not used in this many lookups gives way to a new one that does not fit
+/// (a dropped model's): far more than the Winograd convs of one pass of any model.
+const CACHE_FRESH_LOOKUPS: u64 = 1 << 12;
 
 /// Input and output channels from which Winograd runs: with fewer, each GEMM is too shallow (or
 /// too thin) to run near the GEMM's speed, and the transforms dominate.
@@ -76,6 +94,13 @@ type Lanes<E> = [E; LANES];
 /// im2col and the GEMM at batch 8 (two 512-channel convs, 19.1-20.2 against 14.5 ms).
 const MIN_COVERAGE_PERCENT: usize = 80;
 
+/// Whether output tiles of side `tile` cover at least `percent` per 100 of their places on an
+/// `oh x ow` map.
+fn covers(oh: usize, ow: usize, tile: usize, percent: usize) -> bool {
+    let places = oh.next_multiple_of(tile).saturating_mul(ow.next_multiple_of(tile));
+    oh.saturating_mul(ow).saturating_mul(100) >= places.saturating_mul(percent)
+}
+
 /// Whether `op` runs as Winograd: a 3x3 kernel, stride 1, no dilation, one group, padding up to
 /// 2, enough channels and tiles, and tiles mostly covered.
 pub(super) fn applies(op: &Conv2dOp) -> bool {
@@ -90,8 +115,7 @@ pub(super) fn applies(op: &Conv2dOp) -> bool {
         && op.out_w + 2 == op.in_w + 2 * op.padding
         && op.batch.saturating_mul(op.out_h.div_ceil(2)).saturating_mul(op.out_w.div_ceil(2))
             >= WINOGRAD_MIN_TILES.get()
-        && op.out_h.saturating_mul(op.out_w).saturating_mul(100)
-            >= (op.out_h.next_multiple_of(2) * op.out_w.next_multiple_of(2)).saturating_mul(MIN_COVERAGE_PERCENT)
+        && covers(op.out_h, op.out_w, 2, MIN_COVERAGE_PERCENT)
 }
 
 /// One of the algorithms: the 1D transforms along one side of a tile, on `LANES` tiles at once.
@@ -294,14 +318,17 @@ impl<E> Store<'_, E> {
 }
 
 /// The conv of compiled plans' inference, storing as `store` says (their epilogue): F(4x4, 3x3)
-/// where both output sides are multiples of 4 (and [`WINOGRAD_TILE`] is 4), F(2x2, 3x3)
+/// where its tiles cover the map well enough (and [`WINOGRAD_TILE`] is 4), F(2x2, 3x3)
 /// elsewhere. F(4x4)'s larger coefficients round more: measured on ResNet-56, its f32 weight
 /// gradients were 4.1e-2 (max error over max value) off f64 where F(2x2)'s were 4.4e-3 and the
 /// im2col GEMM's 1.0e-2, so training keeps F(2x2) ([`forward`]); inference outputs stay within
 /// the model tests' tolerances (torchvision logits against onnxruntime, plan against layers).
 pub(crate) fn forward_fused<E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
-    let f4 = WINOGRAD_TILE.get() == 4 && op.out_h.is_multiple_of(4) && op.out_w.is_multiple_of(4);
-    forward_tiles(if f4 { 4 } else { 2 }, op, cnhw, x, w, out, store)
+    let f4 = WINOGRAD_TILE.get() == 4 && covers(op.out_h, op.out_w, 4, F4_MIN_COVERAGE_PERCENT);
+    match f4 {
+        true => run::<F4, E>(op, cnhw, x, w, out, store, true),
+        false => run::<F2, E>(op, cnhw, x, w, out, store, true),
+    }
 }
 
 /// The conv with output tiles of side `tile` (2 or 4; the tests run both).
@@ -315,12 +342,14 @@ pub(super) fn forward_tiles<E: Real>(
     store: Store<E>,
 ) {
     match tile {
-        4 => run::<F4, E>(op, cnhw, x, w, out, store),
-        _ => run::<F2, E>(op, cnhw, x, w, out, store),
+        4 => run::<F4, E>(op, cnhw, x, w, out, store, false),
+        _ => run::<F2, E>(op, cnhw, x, w, out, store, false),
     }
 }
 
-fn run<V: Variant, E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>) {
+/// The conv; with `cache`, the transformed weights come from (or go into) the derived-values
+/// cache ([`WINOGRAD_CACHE_BYTES`]), else they are transformed into this thread's scratch.
+fn run<V: Variant, E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &mut [E], store: Store<E>, cache: bool) {
     let g = Geom::new::<V>(op, cnhw);
     let out_len = g.batch * g.o * g.oh * g.ow;
     assert!(
@@ -335,10 +364,17 @@ fn run<V: Variant, E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &m
             "winograd epilogue operands too short for {op:?}"
         );
     }
+    let w = &w[..g.o * g.c * 9];
+    let cached = if cache { cached_weights::<V, E>(&g, w) } else { None };
     let mut u_buf = E::with_scratch(|s| std::mem::take(&mut s.winograd_u));
-    let u = grown(&mut u_buf, g.n * g.o * g.c);
-    transform_weights::<V, E>(&g, w, u);
-    let u = &*u;
+    let u: &[E] = match &cached {
+        Some(u) => u,
+        None => {
+            let u = grown(&mut u_buf, g.n * g.o * g.c);
+            transform_weights::<V, E>(&g, w, u);
+            u
+        }
+    };
     // Chunks write disjoint output rows (those of their own tile rows): `out` travels as an address.
     let out_addr = out.as_mut_ptr() as usize;
     let rows = g.batch * g.th;
@@ -368,6 +404,24 @@ fn run<V: Variant, E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &m
         E::with_scratch(|s| (s.col, s.tmp) = (v, m));
     }
     E::with_scratch(|s| s.winograd_u = u_buf);
+}
+
+/// `w`'s transformed weights from the cache, or transformed now and kept there if they fit its
+/// budget; `None` when they do not (or the budget is 0).
+fn cached_weights<V: Variant, E: Real>(g: &Geom, w: &[E]) -> Option<std::sync::Arc<Vec<E>>> {
+    let budget = WINOGRAD_CACHE_BYTES.get();
+    let len = g.n * g.o * g.c;
+    if budget == 0 || (len + w.len()).saturating_mul(std::mem::size_of::<E>()) > budget {
+        return None;
+    }
+    if let Some(u) = E::with_derived(|cache| cache.get(w, V::M)) {
+        return Some(u);
+    }
+    let mut u = vec![E::ZERO; len];
+    transform_weights::<V, E>(g, w, &mut u);
+    let u = std::sync::Arc::new(u);
+    E::with_derived(|cache| cache.insert(w, V::M, u.clone(), budget, CACHE_FRESH_LOOKUPS));
+    Some(u)
 }
 
 /// Tile rows `rows` (row `r` is tile row `r % th` of image `r / th`): input transform into `V`
