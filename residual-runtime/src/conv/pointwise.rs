@@ -228,6 +228,14 @@ fn run(m: &Matrices, c: usize, o: usize, x: &[f32], wp: &[f32], y: &mut [f32], e
                     let at = img * m.y_img + ob * m.n + j0 + jp;
                     let out = ep.out(y_addr as *mut f32, at, m.n, ob, OB.min(o - ob), cols);
                     let k = Block { xp: &xp[panel * c * COLS..][..c * COLS], wp: &wp[ob * c..][..c * OB], out };
+                    // While this block computes, the lines of the next one's output and residual.
+                    let (next_ob, next_at) = match panel + 1 < panels {
+                        true => (ob, at + COLS),
+                        false => (ob + OB, img * m.y_img + (ob + OB) * m.n + j0),
+                    };
+                    if next_ob < o {
+                        prefetch_rows(y_addr as *const f32, ep.res(), next_at, m.n, OB.min(o - next_ob), COLS);
+                    }
                     // SAFETY: AVX-512 (`applies`). Rows ob..ob + rows <= o, columns
                     // j0 + jp.. + cols <= n of image img's Y and of the residual: inside the
                     // buffers (checked in `forward`); lanes past `cols` are neither read nor
@@ -243,6 +251,33 @@ fn run(m: &Matrices, c: usize, o: usize, x: &[f32], wp: &[f32], y: &mut [f32], e
             }
         })
     });
+}
+
+/// Asks for the lines of `rows` rows (`y_rs` apart) of `cols` values from index `at` of the
+/// output (to be written) and of the residual to be fetched into L1. A block stores 8 rows of
+/// 192 bytes and the next block of the sweep continues them, but a chunk's blocks of output
+/// channels visit 256 rows in turn, too many streams for the hardware prefetchers: each run began
+/// with misses. Measured on ResNet-50's six 56x56 1x1 convs at batch 8: 49.9/51.4 -> 42.0/46.0
+/// ms (with plain prefetches of the output, 42.5/47.1).
+#[inline(always)]
+fn prefetch_rows(y: *const f32, res: Option<&[f32]>, at: usize, y_rs: usize, rows: usize, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for row in 0..rows {
+        for line in (0..cols).step_by(16) {
+            let i = at + row * y_rs + line;
+            use std::arch::x86_64::*;
+            // SAFETY: a prefetch is a hint: it does not fault, whatever the address (computed
+            // with wrapping arithmetic, never dereferenced).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_ET0>(y.wrapping_add(i) as *const i8);
+                if let Some(r) = res {
+                    _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().wrapping_add(i) as *const i8);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (y, res, at, y_rs, rows, cols);
 }
 
 /// One block's operands.
