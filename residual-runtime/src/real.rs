@@ -77,9 +77,14 @@ pub struct DerivedCache<E> {
     lookups: u64,
 }
 
+/// What a derived value was derived as: a caller's own description, which must tell apart every
+/// layout of the value that one source could give (Winograd: the variant and the input channels,
+/// which with the weights' length fix the output channels).
+pub(crate) type Tag = [usize; 2];
+
 struct Derived<E> {
-    /// The parameter's address and length, and what was derived (a variant's tag).
-    key: (usize, usize, usize),
+    /// The parameter's address and length, and what was derived.
+    key: (usize, usize, Tag),
     source: Vec<E>,
     value: std::sync::Arc<Vec<E>>,
     bytes: usize,
@@ -94,7 +99,7 @@ impl<E: Real> DerivedCache<E> {
 
     /// What was derived as `tag` from `source`, if this cache holds it and `source` has not
     /// changed since.
-    pub(crate) fn get(&mut self, source: &[E], tag: usize) -> Option<std::sync::Arc<Vec<E>>> {
+    pub(crate) fn get(&mut self, source: &[E], tag: Tag) -> Option<std::sync::Arc<Vec<E>>> {
         self.lookups += 1;
         let key = (source.as_ptr() as usize, source.len(), tag);
         let i = self.entries.iter().position(|e| e.key == key)?;
@@ -103,30 +108,15 @@ impl<E: Real> DerivedCache<E> {
             return Some(self.entries[i].value.clone());
         }
         // Changed in place (an optimizer step): stale.
-        let gone = self.entries.swap_remove(i);
-        self.bytes -= gone.bytes;
+        self.remove(i);
         None
     }
 
-    /// Keeps `value`, derived as `tag` from `source`, if it fits in `budget` bytes with the
-    /// entries used in the last `fresh` lookups (older ones are dropped to make room: a model
-    /// dropped, or a parameter moved).
-    pub(crate) fn insert(
-        &mut self,
-        source: &[E],
-        tag: usize,
-        value: std::sync::Arc<Vec<E>>,
-        budget: usize,
-        fresh: u64,
-    ) {
-        let key = (source.as_ptr() as usize, source.len(), tag);
-        if let Some(i) = self.entries.iter().position(|e| e.key == key) {
-            let gone = self.entries.swap_remove(i);
-            self.bytes -= gone.bytes;
-        }
-        let bytes = (source.len() + value.len()).saturating_mul(std::mem::size_of::<E>());
+    /// Whether an entry of `bytes` fits in `budget` bytes, after dropping entries not used in the
+    /// last `fresh` lookups (oldest first) as needed: a dropped model's, or a moved parameter's.
+    pub(crate) fn make_room(&mut self, bytes: usize, budget: usize, fresh: u64) -> bool {
+        let now = self.lookups;
         while self.bytes.saturating_add(bytes) > budget {
-            let now = self.lookups;
             let stale = self
                 .entries
                 .iter()
@@ -135,15 +125,46 @@ impl<E: Real> DerivedCache<E> {
                 .min_by_key(|(_, e)| e.used)
                 .map(|(i, _)| i);
             match stale {
-                Some(i) => {
-                    let gone = self.entries.swap_remove(i);
-                    self.bytes -= gone.bytes;
-                }
-                None => return,
+                Some(i) => self.remove(i),
+                None => return false,
             }
+        }
+        true
+    }
+
+    /// Keeps `value`, derived as `tag` from `source`, if it fits ([`Self::make_room`]); returns
+    /// whether it was kept.
+    pub(crate) fn insert(
+        &mut self,
+        source: &[E],
+        tag: Tag,
+        value: std::sync::Arc<Vec<E>>,
+        budget: usize,
+        fresh: u64,
+    ) -> bool {
+        let key = (source.as_ptr() as usize, source.len(), tag);
+        if let Some(i) = self.entries.iter().position(|e| e.key == key) {
+            self.remove(i);
+        }
+        let bytes = (source.len() + value.len()).saturating_mul(std::mem::size_of::<E>());
+        if !self.make_room(bytes, budget, fresh) {
+            return false;
         }
         self.bytes += bytes;
         self.entries.push(Derived { key, source: source.to_vec(), value, bytes, used: self.lookups });
+        true
+    }
+
+    /// Whether an entry for `source` derived as `tag` is held (whatever `source`'s bits now).
+    #[cfg(test)]
+    pub(crate) fn holds(&self, source: &[E], tag: Tag) -> bool {
+        let key = (source.as_ptr() as usize, source.len(), tag);
+        self.entries.iter().any(|e| e.key == key)
+    }
+
+    fn remove(&mut self, i: usize) {
+        let gone = self.entries.swap_remove(i);
+        self.bytes -= gone.bytes;
     }
 }
 
@@ -281,29 +302,41 @@ mod tests {
         let value = |n: usize| Arc::new(vec![1.0f32; n]);
         let mut a = vec![0.0f32, 1.0, 2.0, 3.0];
         // 4 + 4 values of 4 bytes: 32 bytes an entry.
-        cache.insert(&a, 2, value(4), 64, 10);
-        assert!(cache.get(&a, 2).is_some());
-        assert!(cache.get(&a, 4).is_none(), "another tag is another entry");
+        assert!(cache.insert(&a, [2, 0], value(4), 64, 10));
+        assert!(cache.get(&a, [2, 0]).is_some());
+        assert!(cache.get(&a, [4, 0]).is_none(), "another tag is another entry");
+        assert!(cache.get(&a, [2, 1]).is_none(), "another layout (the tag's second word) is another entry");
         let copy = a.clone();
-        assert!(cache.get(&copy, 2).is_none(), "another buffer is another entry");
+        assert!(cache.get(&copy, [2, 0]).is_none(), "another buffer is another entry");
         a[0] = -0.0;
-        assert!(cache.get(&a, 2).is_none(), "-0.0 for 0.0 is a change");
+        assert!(cache.get(&a, [2, 0]).is_none(), "-0.0 for 0.0 is a change");
         assert_eq!((cache.entries.len(), cache.bytes), (0, 0), "a changed source's entry is dropped");
 
         let (b, c, d) = (vec![1.0f32; 4], vec![2.0f32; 4], vec![3.0f32; 4]);
-        cache.insert(&a, 2, value(4), 64, 10);
-        cache.insert(&b, 2, value(4), 64, 10);
-        cache.insert(&c, 2, value(4), 64, 10);
-        assert!(cache.get(&c, 2).is_none(), "over the budget, nothing old enough to drop: not kept");
+        cache.insert(&a, [2, 0], value(4), 64, 10);
+        cache.insert(&b, [2, 0], value(4), 64, 10);
+        assert!(!cache.insert(&c, [2, 0], value(4), 64, 10), "over the budget, nothing old enough to drop: not kept");
+        assert!(cache.get(&c, [2, 0]).is_none());
         assert_eq!(cache.bytes, 64);
         for _ in 0..11 {
-            assert!(cache.get(&b, 2).is_some());
+            assert!(cache.get(&b, [2, 0]).is_some());
         }
-        cache.insert(&d, 2, value(4), 64, 10);
-        assert!(cache.get(&a, 2).is_none(), "unused for over 10 lookups: dropped for d");
-        assert!(cache.get(&b, 2).is_some() && cache.get(&d, 2).is_some());
-        cache.insert(&c, 2, value(100), 64, 10);
-        assert!(cache.get(&c, 2).is_none(), "larger than the budget: never kept");
+        cache.insert(&d, [2, 0], value(4), 64, 10);
+        assert!(cache.get(&a, [2, 0]).is_none(), "unused for over 10 lookups: dropped for d");
+        assert!(cache.get(&b, [2, 0]).is_some() && cache.get(&d, [2, 0]).is_some());
+        assert!(!cache.insert(&c, [2, 0], value(100), 64, 10), "larger than the budget: never kept");
+        assert!(cache.get(&c, [2, 0]).is_none());
+        assert_eq!(cache.bytes, 64);
+        // Two stale entries, one room needed: the older goes.
+        for _ in 0..11 {
+            assert!(cache.get(&c, [9, 9]).is_none());
+        }
+        assert!(cache.get(&d, [2, 0]).is_some());
+        for _ in 0..11 {
+            assert!(cache.get(&c, [9, 9]).is_none());
+        }
+        assert!(cache.insert(&c, [2, 0], value(4), 64, 10));
+        assert!(cache.holds(&d, [2, 0]) && !cache.holds(&b, [2, 0]), "b, used before d, was the older");
         assert_eq!(cache.bytes, 64);
     }
 }

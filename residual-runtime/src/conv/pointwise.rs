@@ -222,6 +222,7 @@ fn run(m: &Matrices, c: usize, o: usize, x: &[f32], wp: &[f32], y: &mut [f32], e
             // One block of output channels sweeps the chunk's panels, then the next: its output
             // and residual rows go by as 8 streams of 1.5 KB (4 blocks at a time over each panel,
             // 32 streams, measured slower).
+            let run_end = ((r + 1) * per_run).min(blocks) * OB;
             for ob in (r * per_run..((r + 1) * per_run).min(blocks)).map(|b| b * OB) {
                 for panel in 0..panels {
                     let (jp, cols) = (panel * COLS, COLS.min(width - panel * COLS));
@@ -233,7 +234,8 @@ fn run(m: &Matrices, c: usize, o: usize, x: &[f32], wp: &[f32], y: &mut [f32], e
                         true => (ob, at + COLS),
                         false => (ob + OB, img * m.y_img + (ob + OB) * m.n + j0),
                     };
-                    if next_ob < o {
+                    // (Not past this task's blocks: the next run's rows are another task's.)
+                    if next_ob < run_end.min(o) {
                         prefetch_rows(y_addr as *const f32, ep.res(), next_at, m.n, OB.min(o - next_ob), COLS);
                     }
                     // SAFETY: AVX-512 (`applies`). Rows ob..ob + rows <= o, columns

@@ -8,6 +8,7 @@ use dfdx::prelude::*;
 use super::*;
 use crate::init::{ConvInit, KaimingNormalFanOut, TorchDefaultInit};
 use crate::layers::{Bias2d, Conv2d};
+use crate::real::Real;
 use crate::Element;
 
 /// One conv configuration and its dims.
@@ -846,6 +847,7 @@ fn winograd_kept_weights_follow_changes_in_place() {
                 let what = format!("{h}x{h} step {step} call {call}");
                 let mut y = vec![f64::NAN; want.len()];
                 winograd::forward_fused(&op, false, &x, &wt, &mut y, winograd::Store::Write);
+                assert!(f64::with_derived(|cache| cache.holds(&wt, [tile, 16])), "{what}: nothing kept");
                 assert_close(&format!("f64 {what}"), &y, &want, 1e-12);
                 assert_eq!(
                     y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -868,6 +870,26 @@ fn winograd_kept_weights_follow_changes_in_place() {
                 wt.iter_mut().for_each(|v| *v *= -0.5);
                 w32.iter_mut().for_each(|v| *v *= -0.5);
             }
+        }
+    }
+}
+
+/// The same weight buffer, with the same bits, read as 32 x 16 and then as 16 x 32 channels (a
+/// buffer reused by a model of another shape): each conv gets its own transformed weights.
+#[test]
+fn winograd_kept_weights_follow_the_channel_split() {
+    let split =
+        |c: usize, o: usize| Case { batched: true, b: 1, c, o, h: 12, w: 12, cfg: Conv2dConfig::new(3).padding(1) };
+    let (wide, deep) = (split(16, 32), split(32, 16));
+    let wt = wide.weight();
+    assert_eq!(wt.len(), deep.o * deep.c * 9);
+    for _ in 0..2 {
+        for case in [&wide, &deep] {
+            let x = case.x();
+            let want = naive_forward(case, &x, &wt);
+            let mut y = vec![f64::NAN; want.len()];
+            winograd::forward_fused(&case.op(), false, &x, &wt, &mut y, winograd::Store::Write);
+            assert_close(&format!("{case:?}"), &y, &want, 1e-12);
         }
     }
 }

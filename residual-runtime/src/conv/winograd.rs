@@ -414,13 +414,20 @@ fn cached_weights<V: Variant, E: Real>(g: &Geom, w: &[E]) -> Option<std::sync::A
     if budget == 0 || (len + w.len()).saturating_mul(std::mem::size_of::<E>()) > budget {
         return None;
     }
-    if let Some(u) = E::with_derived(|cache| cache.get(w, V::M)) {
+    // The layout of u, [o][xi][c], also depends on how w's length splits into o and c.
+    let tag = [V::M, g.c];
+    if let Some(u) = E::with_derived(|cache| cache.get(w, tag)) {
         return Some(u);
+    }
+    // Past the budget: transformed into the scratch as without the cache (no allocation per call).
+    let bytes = (len + w.len()) * std::mem::size_of::<E>();
+    if !E::with_derived(|cache| cache.make_room(bytes, budget, CACHE_FRESH_LOOKUPS)) {
+        return None;
     }
     let mut u = vec![E::ZERO; len];
     transform_weights::<V, E>(g, w, &mut u);
     let u = std::sync::Arc::new(u);
-    E::with_derived(|cache| cache.insert(w, V::M, u.clone(), budget, CACHE_FRESH_LOOKUPS));
+    E::with_derived(|cache| cache.insert(w, tag, u.clone(), budget, CACHE_FRESH_LOOKUPS));
     Some(u)
 }
 

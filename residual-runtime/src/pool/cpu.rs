@@ -78,6 +78,10 @@ fn max_plane_separable<E: Float>(op: &Pool2dOp, inp: &[E], out: &mut [E]) {
             let (x0, x1) = window(ox, op, op.in_w);
             row[ox] = colmax[x0..x1].iter().fold(E::neg_infinity(), |m, &v| nan_max(m, v));
         }
+        if hi == lo {
+            continue;
+        }
+        // Window lo starts inside the row (lo * stride >= padding), as every one up to hi.
         let first = lo * op.stride - op.padding;
         let inner = &mut row[lo..hi];
         match (op.kernel, op.stride) {
