@@ -214,8 +214,15 @@ fn run(m: &Matrices, c: usize, o: usize, x: &[f32], wp: &[f32], y: &mut [f32], e
             for (panel, xpp) in xp.chunks_exact_mut(c * COLS).enumerate() {
                 let (jp, cols) = (panel * COLS, COLS.min(width - panel * COLS));
                 for (ci, row) in xpp.chunks_exact_mut(COLS).enumerate() {
-                    row[..cols].copy_from_slice(&xs[ci * m.n + jp..][..cols]);
-                    row[cols..].fill(0.0);
+                    let src = &xs[ci * m.n + jp..];
+                    match <&mut [f32; COLS]>::try_from(&mut *row) {
+                        // SAFETY: AVX-512 (`applies`); `src` holds the COLS values (checked).
+                        Ok(dst) if cols == COLS && src.len() >= COLS => unsafe { copy_panel_row(dst, src) },
+                        _ => {
+                            row[..cols].copy_from_slice(&src[..cols]);
+                            row[cols..].fill(0.0);
+                        }
+                    }
                 }
             }
             let xp = &*xp;
@@ -280,6 +287,30 @@ fn prefetch_rows(y: *const f32, res: Option<&[f32]>, at: usize, y_rs: usize, row
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (y, res, at, y_rs, rows, cols);
+}
+
+/// `dst = src[..COLS]`, and a prefetch into L2 of the `COLS` values after them (the next
+/// panel's part of this row, packed one panel later). A packing reads a chunk's columns of each
+/// input channel, rows 100 KB apart at ResNet-50's 56x56 maps: 64-256 streams, too many for the
+/// hardware prefetchers, and a copy of run-time length called memmove (192 bytes a call); memmove
+/// was 3.1-3.9% of ResNet-50 b8 inference's samples.
+///
+/// # Safety
+/// AVX-512; `src.len() >= COLS`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
+unsafe fn copy_panel_row(dst: &mut [f32; COLS], src: &[f32]) {
+    use std::arch::x86_64::*;
+    for p in 0..PB {
+        _mm512_storeu_ps(dst.as_mut_ptr().add(p * LANES), _mm512_loadu_ps(src.as_ptr().add(p * LANES)));
+        // A hint: it never faults, whatever the address (wrapping arithmetic, not dereferenced).
+        _mm_prefetch::<_MM_HINT_T1>(src.as_ptr().wrapping_add(COLS + p * LANES) as *const i8);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn copy_panel_row(_: &mut [f32; COLS], _: &[f32]) {
+    unreachable!("applies() is false off x86_64")
 }
 
 /// One block's operands.
