@@ -101,8 +101,7 @@ impl<E: Real> DerivedCache<E> {
     /// changed since.
     pub(crate) fn get(&mut self, source: &[E], tag: Tag) -> Option<std::sync::Arc<Vec<E>>> {
         self.lookups += 1;
-        let key = (source.as_ptr() as usize, source.len(), tag);
-        let i = self.entries.iter().position(|e| e.key == key)?;
+        let i = self.find(source, tag)?;
         if same_bits(&self.entries[i].source, source) {
             self.entries[i].used = self.lookups;
             return Some(self.entries[i].value.clone());
@@ -114,7 +113,11 @@ impl<E: Real> DerivedCache<E> {
 
     /// Whether an entry of `bytes` fits in `budget` bytes, after dropping entries not used in the
     /// last `fresh` lookups (oldest first) as needed: a dropped model's, or a moved parameter's.
+    /// One larger than the budget never fits, and drops nothing.
     pub(crate) fn make_room(&mut self, bytes: usize, budget: usize, fresh: u64) -> bool {
+        if bytes > budget {
+            return false;
+        }
         let now = self.lookups;
         while self.bytes.saturating_add(bytes) > budget {
             let stale = self
@@ -142,8 +145,7 @@ impl<E: Real> DerivedCache<E> {
         budget: usize,
         fresh: u64,
     ) -> bool {
-        let key = (source.as_ptr() as usize, source.len(), tag);
-        if let Some(i) = self.entries.iter().position(|e| e.key == key) {
+        if let Some(i) = self.find(source, tag) {
             self.remove(i);
         }
         let bytes = (source.len() + value.len()).saturating_mul(std::mem::size_of::<E>());
@@ -151,6 +153,7 @@ impl<E: Real> DerivedCache<E> {
             return false;
         }
         self.bytes += bytes;
+        let key = key(source, tag);
         self.entries.push(Derived { key, source: source.to_vec(), value, bytes, used: self.lookups });
         true
     }
@@ -158,14 +161,24 @@ impl<E: Real> DerivedCache<E> {
     /// Whether an entry for `source` derived as `tag` is held (whatever `source`'s bits now).
     #[cfg(test)]
     pub(crate) fn holds(&self, source: &[E], tag: Tag) -> bool {
-        let key = (source.as_ptr() as usize, source.len(), tag);
-        self.entries.iter().any(|e| e.key == key)
+        self.find(source, tag).is_some()
+    }
+
+    /// The index of the entry for `source` derived as `tag`.
+    fn find(&self, source: &[E], tag: Tag) -> Option<usize> {
+        let key = key(source, tag);
+        self.entries.iter().position(|e| e.key == key)
     }
 
     fn remove(&mut self, i: usize) {
         let gone = self.entries.swap_remove(i);
         self.bytes -= gone.bytes;
     }
+}
+
+/// An entry's key: the parameter's address and length, and what was derived.
+fn key<E>(source: &[E], tag: Tag) -> (usize, usize, Tag) {
+    (source.as_ptr() as usize, source.len(), tag)
 }
 
 /// Whether `a` and `b` hold the same bits (`==` on floats would take -0.0 for 0.0 and never a
@@ -337,6 +350,13 @@ mod tests {
         }
         assert!(cache.insert(&c, [2, 0], value(4), 64, 10));
         assert!(cache.holds(&d, [2, 0]) && !cache.holds(&b, [2, 0]), "b, used before d, was the older");
+        assert_eq!(cache.bytes, 64);
+        // An entry larger than the budget drops nothing, stale entries included.
+        for _ in 0..11 {
+            assert!(cache.get(&a, [9, 9]).is_none());
+        }
+        assert!(!cache.insert(&a, [2, 0], value(100), 64, 10));
+        assert!(cache.holds(&c, [2, 0]) && cache.holds(&d, [2, 0]));
         assert_eq!(cache.bytes, 64);
     }
 }

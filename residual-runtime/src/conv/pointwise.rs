@@ -215,13 +215,13 @@ fn run(m: &Matrices, c: usize, o: usize, x: &[f32], wp: &[f32], y: &mut [f32], e
                 let (jp, cols) = (panel * COLS, COLS.min(width - panel * COLS));
                 for (ci, row) in xpp.chunks_exact_mut(COLS).enumerate() {
                     let src = &xs[ci * m.n + jp..];
-                    match <&mut [f32; COLS]>::try_from(&mut *row) {
+                    if cols == COLS && src.len() >= COLS {
+                        let dst = row.try_into().expect("rows of COLS values");
                         // SAFETY: AVX-512 (`applies`); `src` holds the COLS values (checked).
-                        Ok(dst) if cols == COLS && src.len() >= COLS => unsafe { copy_panel_row(dst, src) },
-                        _ => {
-                            row[..cols].copy_from_slice(&src[..cols]);
-                            row[cols..].fill(0.0);
-                        }
+                        unsafe { copy_panel_row(dst, src) }
+                    } else {
+                        row[..cols].copy_from_slice(&src[..cols]);
+                        row[cols..].fill(0.0);
                     }
                 }
             }
@@ -229,8 +229,9 @@ fn run(m: &Matrices, c: usize, o: usize, x: &[f32], wp: &[f32], y: &mut [f32], e
             // One block of output channels sweeps the chunk's panels, then the next: its output
             // and residual rows go by as 8 streams of 1.5 KB (4 blocks at a time over each panel,
             // 32 streams, measured slower).
-            let run_end = ((r + 1) * per_run).min(blocks) * OB;
-            for ob in (r * per_run..((r + 1) * per_run).min(blocks)).map(|b| b * OB) {
+            let run_blocks = r * per_run..((r + 1) * per_run).min(blocks);
+            let run_end = run_blocks.end * OB;
+            for ob in run_blocks.map(|b| b * OB) {
                 for panel in 0..panels {
                     let (jp, cols) = (panel * COLS, COLS.min(width - panel * COLS));
                     let at = img * m.y_img + ob * m.n + j0 + jp;

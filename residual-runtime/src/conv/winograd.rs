@@ -411,7 +411,8 @@ fn run<V: Variant, E: Real>(op: &Conv2dOp, cnhw: bool, x: &[E], w: &[E], out: &m
 fn cached_weights<V: Variant, E: Real>(g: &Geom, w: &[E]) -> Option<std::sync::Arc<Vec<E>>> {
     let budget = WINOGRAD_CACHE_BYTES.get();
     let len = g.n * g.o * g.c;
-    if budget == 0 || (len + w.len()).saturating_mul(std::mem::size_of::<E>()) > budget {
+    let bytes = (len + w.len()).saturating_mul(std::mem::size_of::<E>());
+    if budget == 0 || bytes > budget {
         return None;
     }
     // The layout of u, [o][xi][c], also depends on how w's length splits into o and c.
@@ -420,7 +421,6 @@ fn cached_weights<V: Variant, E: Real>(g: &Geom, w: &[E]) -> Option<std::sync::A
         return Some(u);
     }
     // Past the budget: transformed into the scratch as without the cache (no allocation per call).
-    let bytes = (len + w.len()) * std::mem::size_of::<E>();
     if !E::with_derived(|cache| cache.make_room(bytes, budget, CACHE_FRESH_LOOKUPS)) {
         return None;
     }
